@@ -1,0 +1,43 @@
+"""gunicorn settings for Quaero: gevent workers holding many long-lived streams."""
+import ipaddress
+import os
+
+_token = os.environ.get("QUAERO_API_TOKEN")
+_host = os.environ.get("QUAERO_HOST", "127.0.0.1")
+_port = os.environ.get("QUAERO_PORT", "5000")
+
+bind = [f"{_host}:{_port}"]
+worker_class = "gevent"                 # the sync worker cannot hold streams
+workers = int(os.environ.get("QUAERO_WORKERS", "1"))
+worker_connections = int(os.environ.get("QUAERO_WORKER_CONNECTIONS", "10000"))
+timeout = 30              # worker heartbeat; async workers keep streams beyond it
+graceful_timeout = 10     # streams are closed on shutdown; clients resume elsewhere
+keepalive = 5
+backlog = 4096
+limit_request_line = 8190
+accesslog = os.environ.get("QUAERO_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("QUAERO_LOG_LEVEL", "info")
+
+
+def _loopback(addr):
+    host = addr[0] if isinstance(addr, tuple) else None
+    if host is None:  # a unix socket
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def when_ready(server):
+    """Without a token Quaero is open: refuse to listen beyond loopback."""
+    if _token:
+        server.log.info("Quaero: API token set; /api/* requires it")
+        return
+    addrs = [listener.sock.getsockname() for listener in server.LISTENERS]
+    if not all(_loopback(a) for a in addrs):
+        server.log.error("Quaero: QUAERO_API_TOKEN is not set; refusing to listen on %s. "
+                         "Set a token or bind to 127.0.0.1.", addrs)
+        server.halt("no API token for a non-loopback address", exit_status=1)
+    server.log.info("Quaero: no API token set; listening on loopback only (%s)", addrs)

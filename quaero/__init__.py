@@ -1,0 +1,84 @@
+"""Quaero: a self-hosted live log service for jobs and services."""
+import logging
+import os
+
+import sqlalchemy as sa
+from flask import Flask, Response, jsonify
+
+from .bus import LocalBus
+from .config import Config
+from .ingest import Ingestor
+from .metrics import Metrics
+from .models import db, init_db
+from .servicelog import IngestHandler
+
+log = logging.getLogger("quaero")
+
+
+class Quaero:
+    """Per-app shared state, kept in ``app.extensions["quaero"]``."""
+
+    def __init__(self, app, engine):
+        self.app = app
+        self.engine = engine
+        self.metrics = Metrics()
+        self.bus = LocalBus()
+        self.ingestor = Ingestor(engine, self.bus, self.metrics)
+        self.runner = None
+        self.hub = None
+        self.log_handler = IngestHandler(self.ingestor)
+        self._loggers = [logging.getLogger("quaero")]
+        if app.config["QUAERO_CAPTURE_ROOT_LOGGER"]:
+            self._loggers.append(logging.getLogger())
+        for logger in self._loggers:
+            logger.addHandler(self.log_handler)
+            if logger.level == logging.NOTSET or logger.level > logging.INFO:
+                logger.setLevel(logging.INFO)
+
+    def close(self):
+        for logger in self._loggers:
+            logger.removeHandler(self.log_handler)
+        if self.hub is not None:
+            self.hub.close()
+        if self.runner is not None:
+            self.runner.close()
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    cur = dbapi_conn.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
+                   "busy_timeout=10000"):
+        cur.execute("PRAGMA " + pragma)
+    cur.close()
+
+
+def create_app(config=None):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    app = Flask(__name__, instance_path=os.path.join(root, "instance"),
+                template_folder=os.path.join(root, "templates"),
+                static_folder=os.path.join(root, "static"))
+    if config and config.get("INSTANCE_PATH"):
+        app.instance_path = config["INSTANCE_PATH"]
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config.from_object(Config(app.instance_path))
+    app.config.update(config or {})
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+            "pool_pre_ping": True, "pool_size": 10, "max_overflow": 40, "pool_timeout": 10}
+
+    db.init_app(app)
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    init_db(engine)
+
+    app.extensions["quaero"] = Quaero(app, engine)
+
+    from . import api, errors, ops, stream
+    errors.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(stream.bp)
+    app.register_blueprint(ops.bp)
+    stream.init_app(app)
+    return app

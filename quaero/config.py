@@ -1,0 +1,35 @@
+"""Configuration: defaults, overridden by ``QUAERO_*`` environment variables."""
+import os
+
+
+def _int(name, default):
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+class Config:
+    """Settings read once, when the app is created."""
+
+    def __init__(self, instance_path):
+        db_url = os.environ.get("QUAERO_DATABASE_URL") or (
+            "sqlite:///" + os.path.join(instance_path, "quaero.db")
+        )
+        self.SQLALCHEMY_DATABASE_URI = db_url
+        self.QUAERO_REDIS_URL = os.environ.get("QUAERO_REDIS_URL") or None
+        self.QUAERO_API_TOKEN = os.environ.get("QUAERO_API_TOKEN") or None
+        self.QUAERO_JOBS_DIR = os.environ.get("QUAERO_JOBS_DIR", "jobs")
+        self.QUAERO_MAX_RUNNING = _int("QUAERO_MAX_RUNNING", 4)
+        # Streams
+        self.QUAERO_MAX_STREAMS = _int("QUAERO_MAX_STREAMS", 10000)
+        self.QUAERO_STREAM_LIFETIME = _int("QUAERO_STREAM_LIFETIME", 1800)  # seconds
+        self.QUAERO_STREAM_BUFFER_BYTES = _int("QUAERO_STREAM_BUFFER_BYTES", 4 << 20)
+        self.QUAERO_PING_INTERVAL = float(os.environ.get("QUAERO_PING_INTERVAL", "5"))
+        self.QUAERO_BATCH_INTERVAL = float(os.environ.get("QUAERO_BATCH_INTERVAL", "0.15"))
+        # Service log: also capture the root logger's records
+        self.QUAERO_CAPTURE_ROOT_LOGGER = os.environ.get("QUAERO_CAPTURE_ROOT_LOGGER", "") in (
+            "1", "true", "yes")
+        self.SECRET_KEY = os.environ.get("QUAERO_SECRET_KEY") or os.urandom(32).hex()
+        # Request bodies: 10,000 lines of 64 KiB is the contract's maximum batch,
+        # but a body that large is refused before parsing.
+        self.MAX_CONTENT_LENGTH = _int("QUAERO_MAX_BODY_BYTES", 32 << 20)
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}

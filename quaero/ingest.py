@@ -1,0 +1,217 @@
+"""The one write path for every log line: batch, commit, then publish.
+
+HTTP producers, Quaero's own logging and job steps all hand lines to :class:`Ingestor`.
+A single writer greenlet per process takes whatever has queued up while the previous
+transaction ran (group commit), writes it in one transaction and only after the commit
+publishes the lines on the bus and acknowledges the producers.
+"""
+import logging
+import os
+import time
+from collections import Counter, deque
+
+import gevent
+import sqlalchemy as sa
+from gevent.event import AsyncResult, Event
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .models import (ID_KEY, SERVICE_KEY, counters_t, counts_t, line_dict, log_t)
+
+log = logging.getLogger("quaero.ingest")
+
+MAX_LINES_PER_TXN = 20000
+
+
+class IngestError(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _JobGone(Exception):
+    def __init__(self, key):
+        self.key = key
+
+
+class _Unit:
+    """One producer's lines: committed together or not at all."""
+    __slots__ = ("lines", "result")
+
+    def __init__(self, lines, result=None):
+        self.lines = lines
+        self.result = result  # AsyncResult for acknowledged writes, None for fire-and-forget
+
+
+def _key(line):
+    return line["job_id"] or SERVICE_KEY
+
+
+def _upsert_counts(conn, rows):
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(counts_t)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[counts_t.c.key, counts_t.c.step_name, counts_t.c.level],
+        set_={"count": counts_t.c.count + stmt.excluded["count"]})
+    conn.execute(stmt, rows)
+
+
+def write_lines(conn, lines):
+    """Insert ``lines`` in the open transaction ``conn``; returns the stored rows.
+
+    Per-job counters are locked first (sorted), the global id counter last: its row lock
+    is held until commit, so a reader never sees id N+1 before id N has committed.
+    """
+    per_key = Counter(_key(line) for line in lines)
+    next_line = {}
+    for key in sorted(per_key):
+        n = per_key[key]
+        value = conn.execute(
+            counters_t.update().where(counters_t.c.key == key)
+            .values(value=counters_t.c.value + n).returning(counters_t.c.value)).scalar()
+        if value is None:
+            raise _JobGone(key)
+        next_line[key] = value - n
+    last_id = conn.execute(
+        counters_t.update().where(counters_t.c.key == ID_KEY)
+        .values(value=counters_t.c.value + len(lines)).returning(counters_t.c.value)).scalar_one()
+    first_id = last_id - len(lines) + 1
+    rows = []
+    counts = Counter()
+    for i, line in enumerate(lines):
+        key = _key(line)
+        next_line[key] += 1
+        rows.append({"id": first_id + i, "job_id": line["job_id"],
+                     "step_name": line["step_name"], "level": line["level"],
+                     "message": line["message"], "timestamp": line["timestamp"],
+                     "line_number": next_line[key]})
+        counts[(key, line["step_name"] or "", line["level"])] += 1
+    conn.execute(log_t.insert(), rows)
+    _upsert_counts(conn, [{"key": k, "step_name": s, "level": lv, "count": n}
+                          for (k, s, lv), n in sorted(counts.items())])
+    return rows
+
+
+class Ingestor:
+    """Group-commit writer. ``submit`` blocks its caller until its lines are committed."""
+
+    def __init__(self, engine, bus, metrics, max_pending_records=10000):
+        self.engine = engine
+        self.bus = bus
+        self.metrics = metrics
+        self.max_pending_records = max_pending_records
+        self._units = deque()
+        self._pending_records = 0
+        self._wake = Event()
+        self._greenlet = None
+        self._pid = None
+
+    # -- producers --------------------------------------------------------------------
+
+    def submit(self, lines, timeout=60):
+        """Commit ``lines`` (validated dicts) all together; return ``(first_id, last_id)``.
+
+        Raises :class:`IngestError` if nothing was stored."""
+        result = AsyncResult()
+        self._units.append(_Unit(lines, result))
+        self._kick()
+        return result.get(timeout=timeout)
+
+    def submit_nowait(self, lines):
+        """Queue lines without waiting (logging). Bounded: returns False and counts a
+        drop when too many are already waiting."""
+        if self._pending_records + len(lines) > self.max_pending_records:
+            self.metrics.service_lines_dropped.inc(len(lines))
+            return False
+        self._pending_records += len(lines)
+        self._units.append(_Unit(lines))
+        self._kick()
+        return True
+
+    def _kick(self):
+        if self._greenlet is None or self._greenlet.dead or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._greenlet = gevent.spawn(self._run)
+        self._wake.set()
+
+    # -- the writer -------------------------------------------------------------------
+
+    def _run(self):
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._units:
+                batch, n = [], 0
+                while self._units and (not batch or n + len(self._units[0].lines) <= MAX_LINES_PER_TXN):
+                    unit = self._units.popleft()
+                    batch.append(unit)
+                    n += len(unit.lines)
+                try:
+                    self._commit(batch)
+                except Exception:  # never let the writer die; the units were answered
+                    log.exception("ingest writer failed")
+
+    def _commit(self, units):
+        while units:
+            lines = [line for u in units for line in u.lines]
+            started = time.perf_counter()
+            try:
+                with self.engine.begin() as conn:
+                    rows = write_lines(conn, lines)
+            except _JobGone as gone:
+                keep = []
+                for u in units:
+                    if any(_key(line) == gone.key for line in u.lines):
+                        self._fail(u, IngestError(404, f"job {gone.key} not found"))
+                    else:
+                        keep.append(u)
+                units = keep
+                continue
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                self._database_down(units, exc)
+                return
+            except Exception as exc:
+                if len(units) > 1:  # isolate the unit that broke the batch
+                    for u in units:
+                        self._commit([u])
+                    return
+                log.error("ingest failed: %r", exc)
+                self._fail(units[0], IngestError(500, "could not store the lines"))
+                return
+            self.metrics.ingest_seconds.observe(time.perf_counter() - started)
+            self.metrics.lines_ingested.inc(len(rows))
+            self._published(units, rows)
+            return
+
+    def _published(self, units, rows):
+        self.bus.publish_lines([line_dict(r["id"], r["job_id"], r["step_name"], r["level"],
+                                          r["message"], r["timestamp"], r["line_number"])
+                                for r in rows])
+        i = 0
+        for u in units:
+            n = len(u.lines)
+            if u.result is not None:
+                u.result.set((rows[i]["id"], rows[i + n - 1]["id"]))
+            else:
+                self._pending_records -= n
+            i += n
+
+    def _fail(self, unit, error):
+        if unit.result is not None:
+            unit.result.set_exception(error)
+        else:
+            self._pending_records -= len(unit.lines)
+
+    def _database_down(self, units, exc):
+        """Refuse acknowledged writes (503); keep fire-and-forget lines (bounded) and
+        retry them after a pause."""
+        log.warning("database unavailable, ingest paused: %s", exc.__class__.__name__)
+        retry = []
+        for u in units:
+            if u.result is not None:
+                u.result.set_exception(IngestError(503, "database unavailable"))
+            else:
+                retry.append(u)
+        self._units.extendleft(reversed(retry))
+        if retry:
+            gevent.sleep(1.0)

@@ -1,0 +1,27 @@
+"""Prometheus metrics, in a registry of the app's own (tests create many apps)."""
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.streams_open = Gauge("quaero_sse_streams_open", "Open SSE streams", ["scope"], registry=r)
+        self.lines_ingested = Counter("quaero_log_lines_ingested", "Log lines committed", registry=r)
+        self.lines_delivered = Counter("quaero_log_lines_delivered",
+                                       "Log lines written to stream clients", registry=r)
+        self.events_sent = Counter("quaero_sse_events_sent", "SSE events sent", ["event"], registry=r)
+        self.bytes_sent = Counter("quaero_sse_bytes_sent", "SSE bytes sent", registry=r)
+        self.slow_dropped = Counter("quaero_sse_slow_clients_dropped",
+                                    "Streams closed because the client fell behind", registry=r)
+        self.streams_refused = Counter("quaero_sse_streams_refused",
+                                       "Streams refused at the stream cap", registry=r)
+        self.service_lines_dropped = Counter(
+            "quaero_service_log_lines_dropped",
+            "Service/step log lines dropped because too many were waiting to be written", registry=r)
+        self.ingest_seconds = Histogram("quaero_ingest_seconds", "Time to commit one ingest batch",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.delivery_seconds = Histogram("quaero_delivery_seconds",
+                                          "From commit to the write of a logs event",
+                                          buckets=LATENCY_BUCKETS, registry=r)

@@ -1,0 +1,238 @@
+"""Tables and the few queries Quaero needs.
+
+The write path (``ingest.py``) and every reader (polling API, stream backfill,
+``Last-Event-ID`` resume, the text download) go through :func:`select_lines`.
+Counts come from ``log_counts``, kept up to date by the write path, so that
+``total_count`` and ``log_counts`` never scan a job's lines.
+"""
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import DeclarativeBase
+
+LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
+LEVEL_NAMES = {v: k for k, v in LEVELS.items()}
+LEVEL_ALIASES = {"warning": "warn"}
+
+JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+FINISHED = frozenset(("completed", "failed", "cancelled"))
+STEP_STATUSES = JOB_STATUSES + ("skipped",)
+
+# Counter keys in ``line_counters``: one per job (its id), the service log, and the
+# global id allocator. The id row is updated first-to-last inside every ingest
+# transaction; its row lock serialises writers, so ids become visible in commit order.
+SERVICE_KEY = "service"
+ID_KEY = "__id__"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def utcnow():
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def new_id():
+    return uuid.uuid4().hex[:16]
+
+
+class Job(db.Model):
+    __tablename__ = "jobs"
+    id = sa.Column(sa.String(32), primary_key=True, default=new_id)
+    name = sa.Column(sa.String(200), nullable=False)
+    definition = sa.Column(sa.String(200), nullable=True)
+    status = sa.Column(sa.String(16), nullable=False, default="pending", index=True)
+    created_at = sa.Column(sa.DateTime, nullable=False, default=utcnow, index=True)
+    started_at = sa.Column(sa.DateTime, nullable=True)
+    finished_at = sa.Column(sa.DateTime, nullable=True)
+    steps = db.relationship("Step", order_by="Step.position", cascade="all, delete-orphan",
+                            lazy="selectin", back_populates="job")
+
+
+class Step(db.Model):
+    __tablename__ = "steps"
+    __table_args__ = (sa.UniqueConstraint("job_id", "name"),)
+    id = sa.Column(sa.String(32), primary_key=True, default=new_id)
+    job_id = sa.Column(sa.String(32), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+                       nullable=False)
+    position = sa.Column(sa.Integer, nullable=False)
+    name = sa.Column(sa.String(200), nullable=False)
+    status = sa.Column(sa.String(16), nullable=False, default="pending")
+    started_at = sa.Column(sa.DateTime, nullable=True)
+    finished_at = sa.Column(sa.DateTime, nullable=True)
+    job = db.relationship("Job", back_populates="steps")
+
+
+class LogEntry(db.Model):
+    __tablename__ = "log_entries"
+    __table_args__ = (
+        # last N / after X for a job or the service log (job_id IS NULL)
+        sa.Index("ix_log_job_id", "job_id", "id"),
+        # ... of one step
+        sa.Index("ix_log_job_step_id", "job_id", "step_name", "id"),
+        # ... at a level (the planner combines levels for "X and above")
+        sa.Index("ix_log_job_level_id", "job_id", "level", "id"),
+    )
+    id = sa.Column(BigId, primary_key=True, autoincrement=False)
+    job_id = sa.Column(sa.String(32), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+                       nullable=True)
+    step_name = sa.Column(sa.String(200), nullable=True)
+    level = sa.Column(sa.SmallInteger, nullable=False)
+    message = sa.Column(sa.Text, nullable=False)
+    timestamp = sa.Column(sa.DateTime, nullable=False)
+    line_number = sa.Column(sa.Integer, nullable=False)
+
+
+class LineCounter(db.Model):
+    """Last value handed out: global log id, and line numbers per job / service."""
+    __tablename__ = "line_counters"
+    key = sa.Column(sa.String(32), primary_key=True)
+    value = sa.Column(sa.BigInteger, nullable=False, default=0)
+
+
+class LogCount(db.Model):
+    """Lines present per (job or service, step, level): meta and log_counts read these."""
+    __tablename__ = "log_counts"
+    key = sa.Column(sa.String(32), primary_key=True)  # job id or SERVICE_KEY
+    step_name = sa.Column(sa.String(200), primary_key=True)  # "" for none
+    level = sa.Column(sa.SmallInteger, primary_key=True)
+    count = sa.Column(sa.BigInteger, nullable=False, default=0)
+
+
+log_t = LogEntry.__table__
+counts_t = LogCount.__table__
+counters_t = LineCounter.__table__
+
+
+def init_db(engine):
+    """Create tables and the fixed counter rows; safe to run concurrently and repeatedly."""
+    Base.metadata.create_all(engine)
+    for key in (ID_KEY, SERVICE_KEY):
+        with engine.begin() as conn:
+            exists = conn.execute(sa.select(counters_t.c.key).where(counters_t.c.key == key)).first()
+            if not exists:
+                try:
+                    conn.execute(counters_t.insert().values(key=key, value=0))
+                except sa.exc.IntegrityError:  # another process won the race
+                    pass
+
+
+# --- formats -----------------------------------------------------------------------------
+
+def iso(dt):
+    """ISO 8601 UTC with milliseconds, as every time in the API."""
+    if dt is None:
+        return None
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def line_dict(id, job_id, step_name, level, message, timestamp, line_number):
+    return {"id": id, "timestamp": iso(timestamp), "level": LEVEL_NAMES[level],
+            "message": message, "job_id": job_id, "step_name": step_name,
+            "line_number": line_number}
+
+
+def step_dict(step):
+    return {"id": step.id, "name": step.name, "status": step.status,
+            "started_at": iso(step.started_at), "finished_at": iso(step.finished_at)}
+
+
+def job_dict(job, log_counts=None):
+    return {"id": job.id, "name": job.name, "definition": job.definition,
+            "status": job.status, "created_at": iso(job.created_at),
+            "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
+            "steps": [step_dict(s) for s in job.steps],
+            "log_counts": log_counts if log_counts is not None else dict.fromkeys(LEVELS, 0)}
+
+
+def status_payload(job):
+    """The ``status`` event: the job and its steps as they are now."""
+    return {"job": {"id": job.id, "status": job.status},
+            "steps": [{"id": s.id, "name": s.name, "status": s.status} for s in job.steps]}
+
+
+# --- the read query ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LineFilter:
+    """Which lines a reader wants. Hashable: streams with equal filters share work."""
+    job_ids: tuple = ()          # empty: the service log
+    step: str | None = None
+    min_level: int = LEVELS["info"]
+
+    @property
+    def scope(self):
+        return "job" if self.job_ids else "service"
+
+    def matches(self, line):
+        if LEVELS[line["level"]] < self.min_level:
+            return False
+        if self.job_ids:
+            return line["job_id"] in self.job_ids and (
+                self.step is None or line["step_name"] == self.step)
+        return line["job_id"] is None
+
+
+def _where(f):
+    conds = [log_t.c.level >= f.min_level]
+    if not f.job_ids:
+        conds.append(log_t.c.job_id.is_(None))
+    elif len(f.job_ids) == 1:
+        conds.append(log_t.c.job_id == f.job_ids[0])
+    else:
+        conds.append(log_t.c.job_id.in_(f.job_ids))
+    if f.step is not None:
+        conds.append(log_t.c.step_name == f.step)
+    return conds
+
+
+def select_lines(conn, f, *, after=None, before=None, limit=100):
+    """Matching lines, oldest first: the first ``limit`` after ``after``, or else the
+    last ``limit`` (before ``before``). Fetches one extra row to tell whether more exist.
+    Returns ``(lines, more)``."""
+    conds = _where(f)
+    if after is not None:
+        conds.append(log_t.c.id > after)
+    if before is not None:
+        conds.append(log_t.c.id < before)
+    cols = (log_t.c.id, log_t.c.job_id, log_t.c.step_name, log_t.c.level,
+            log_t.c.message, log_t.c.timestamp, log_t.c.line_number)
+    order = log_t.c.id.asc() if after is not None else log_t.c.id.desc()
+    rows = conn.execute(sa.select(*cols).where(*conds).order_by(order).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if after is None:
+        rows.reverse()
+    return [line_dict(*r) for r in rows], more
+
+
+def count_lines(conn, f):
+    """Lines matching ``f`` now, from the kept counts (a few rows, never a scan)."""
+    keys = list(f.job_ids) if f.job_ids else [SERVICE_KEY]
+    q = sa.select(sa.func.coalesce(sa.func.sum(counts_t.c.count), 0)).where(
+        counts_t.c.key.in_(keys), counts_t.c.level >= f.min_level)
+    if f.step is not None:
+        q = q.where(counts_t.c.step_name == f.step)
+    return int(conn.execute(q).scalar())
+
+
+def level_counts(conn, job_ids):
+    """``{job_id: {"debug": n, ...}}`` for the given jobs."""
+    out = {jid: dict.fromkeys(LEVELS, 0) for jid in job_ids}
+    if not job_ids:
+        return out
+    q = (sa.select(counts_t.c.key, counts_t.c.level, sa.func.sum(counts_t.c.count))
+         .where(counts_t.c.key.in_(list(job_ids)))
+         .group_by(counts_t.c.key, counts_t.c.level))
+    for key, level, n in conn.execute(q):
+        out[key][LEVEL_NAMES[level]] = int(n)
+    return out

@@ -1,0 +1,31 @@
+"""Operations endpoints: health and metrics."""
+import sqlalchemy as sa
+from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .models import db
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    state = current_app.extensions["quaero"]
+    checks = {}
+    try:
+        with db.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {exc.__class__.__name__}"
+    bridge = getattr(state.bus, "health", None)
+    if bridge is not None:
+        checks["redis"] = bridge()
+    ok = all(v == "ok" for v in checks.values())
+    return jsonify(status="ok" if ok else "unavailable", checks=checks), 200 if ok else 503
+
+
+@bp.get("/metrics")
+def metrics():
+    registry = current_app.extensions["quaero"].metrics.registry
+    return current_app.response_class(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

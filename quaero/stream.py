@@ -1,0 +1,366 @@
+"""``GET /api/logs/stream``: one SSE connection per greenlet, fed by a shared hub.
+
+The :class:`StreamHub` is the bus's only receiver in a process. For every committed
+batch it selects the lines of each distinct filter once, encodes them once, and hands
+the same bytes to every connection with that filter. A :class:`Connection` keeps a
+bounded queue of those encoded batches; its greenlet paces them into ``logs`` events
+(leading edge, one per 150 ms at most), adds the small per-connection ``meta`` and
+writes. A connection that lets its queue grow past its byte budget is dropped; it
+resumes with ``Last-Event-ID``.
+"""
+import logging
+import random
+import time
+from collections import defaultdict, deque
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from flask import Blueprint, current_app, request, stream_with_context
+
+from . import api
+from .errors import APIError
+from .models import FINISHED, Job, count_lines, db, iso, select_lines, status_payload, utcnow
+from .sse import encode_json, format_event, join_arrays, json_event, logs_event
+
+log = logging.getLogger("quaero.stream")
+
+bp = Blueprint("stream", __name__, url_prefix="/api")
+RESUME_PAGE = 1000
+RETRY_MS = 2000
+
+
+class Batch:
+    """Lines of one committed batch that match one filter, encoded once."""
+    __slots__ = ("lines", "encoded", "first_id", "last_id", "published")
+
+    def __init__(self, lines, published):
+        self.lines = lines
+        self.encoded = encode_json(lines)
+        self.first_id = lines[0]["id"]
+        self.last_id = lines[-1]["id"]
+        self.published = published
+
+
+class Connection:
+    """One client's state; touched by the hub (push) and its own greenlet (drain)."""
+
+    def __init__(self, f, hub, buffer_bytes, sock=None):
+        from gevent.event import Event
+        self.filter = f
+        self.hub = hub
+        self.buffer_bytes = buffer_bytes
+        self.sock = sock
+        self.wake = Event()
+        self.batches = deque()
+        self.pending_bytes = 0
+        self.statuses = []
+        self.running_jobs = set(f.job_ids)
+        self.ended = {}          # job id -> final status, once finished
+        self.dropped = False
+        self.last_id = 0         # highest line id sent (or resumed from)
+        self.total = 0           # matching lines that exist (snapshot + live)
+        self.displayed = 0
+        self.has_more = False
+
+    # called by the hub, in the publisher's greenlet: never blocks
+    def push(self, batch):
+        if self.dropped:
+            return
+        self.batches.append(batch)
+        self.pending_bytes += len(batch.encoded)
+        if self.pending_bytes > self.buffer_bytes:
+            self.drop()
+        self.wake.set()
+
+    def push_status(self, encoded, job_id, status):
+        if status in FINISHED or status == "deleted":
+            self.running_jobs.discard(job_id)
+            self.ended[job_id] = status
+        self.statuses.append(encoded)
+        self.wake.set()
+
+    def drop(self):
+        """The client fell behind: stop queueing and close its socket, so that a write
+        blocked on it fails and the generator's ``finally`` runs."""
+        self.dropped = True
+        self.batches.clear()
+        self.pending_bytes = 0
+        self.hub.metrics.slow_dropped.inc()
+        self.hub.unsubscribe(self)
+        if self.sock is not None:
+            try:
+                import socket
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.wake.set()
+
+    def take(self):
+        """The queued lines this connection has not sent yet, as one encoded array."""
+        parts, count, first_published = [], 0, None
+        while self.batches:
+            b = self.batches.popleft()
+            if b.last_id <= self.last_id:
+                continue
+            if b.first_id <= self.last_id:  # overlaps the backfill: rare, re-encode
+                lines = [ln for ln in b.lines if ln["id"] > self.last_id]
+                parts.append(encode_json(lines))
+                count += len(lines)
+            else:
+                parts.append(b.encoded)
+                count += len(b.lines)
+            self.last_id = b.last_id
+            if first_published is None:
+                first_published = b.published
+        self.pending_bytes = 0
+        if not parts:
+            return None, 0, None
+        self.total += count
+        return join_arrays(parts), count, first_published
+
+
+class StreamHub:
+    """All open streams of this process, grouped by filter and by job."""
+
+    def __init__(self, app, bus, metrics, max_streams):
+        self.app = app
+        self.metrics = metrics
+        self.max_streams = max_streams
+        self.groups = defaultdict(set)    # LineFilter -> connections
+        self.by_key = defaultdict(set)    # job id or None (service) -> filters
+        self.by_job = defaultdict(set)    # job id -> connections (status events)
+        self.count = 0
+        self.bus = bus
+        bus.connect(self.on_lines, self.on_status)
+
+    def close(self):
+        self.bus.disconnect(self.on_lines, self.on_status)
+
+    def subscribe(self, conn):
+        f = conn.filter
+        self.groups[f].add(conn)
+        for key in f.job_ids or (None,):
+            self.by_key[key].add(f)
+        for job_id in f.job_ids:
+            self.by_job[job_id].add(conn)
+        self.count += 1
+        self.metrics.streams_open.labels(f.scope).inc()
+
+    def unsubscribe(self, conn):
+        f = conn.filter
+        group = self.groups.get(f)
+        if group is None or conn not in group:
+            return
+        group.discard(conn)
+        if not group:
+            del self.groups[f]
+            for key in f.job_ids or (None,):
+                self.by_key[key].discard(f)
+                if not self.by_key[key]:
+                    del self.by_key[key]
+        for job_id in f.job_ids:
+            self.by_job[job_id].discard(conn)
+            if not self.by_job[job_id]:
+                del self.by_job[job_id]
+        self.count -= 1
+        self.metrics.streams_open.labels(f.scope).dec()
+
+    def on_lines(self, lines):
+        now = time.monotonic()
+        by_key = defaultdict(list)
+        for line in lines:
+            by_key[line["job_id"]].append(line)
+        for key, key_lines in by_key.items():
+            for f in list(self.by_key.get(key, ())):
+                if len(f.job_ids) > 1:
+                    continue  # multi-job filters below, once per batch
+                matched = [ln for ln in key_lines if f.matches(ln)]
+                if matched:
+                    self._fan_out(f, matched, now)
+        multi = {f for key in by_key for f in self.by_key.get(key, ()) if len(f.job_ids) > 1}
+        for f in multi:
+            matched = [ln for ln in lines if f.matches(ln)]
+            if matched:
+                self._fan_out(f, matched, now)
+
+    def _fan_out(self, f, matched, now):
+        batch = Batch(matched, now)
+        for conn in list(self.groups.get(f, ())):
+            conn.push(batch)
+
+    def on_status(self, payload):
+        job = payload["job"]
+        conns = self.by_job.get(job["id"])
+        if not conns:
+            return
+        encoded = json_event("status", payload)
+        for conn in list(conns):
+            conn.push_status(encoded, job["id"], job["status"])
+
+
+def init_app(app):
+    state = app.extensions["quaero"]
+    state.hub = StreamHub(app, state.bus, state.metrics, app.config["QUAERO_MAX_STREAMS"])
+
+
+@bp.before_request
+def require_token():
+    api.require_token()
+
+
+@bp.get("/logs/stream")
+def stream_logs():
+    f, limit = api.parse_query(request.args)
+    resume = api.parse_int(request.headers.get("Last-Event-ID") or None, "Last-Event-ID")
+    if resume is None:
+        resume = api.parse_int(request.args.get("after"), "after")
+    state = current_app.extensions["quaero"]
+    hub = state.hub
+    with db.engine.connect() as conn:
+        api.check_jobs_exist(conn, f.job_ids)
+    if hub.count >= hub.max_streams:
+        state.metrics.streams_refused.inc()
+        raise APIError(503, "too many open streams; retry later")
+    cfg = current_app.config
+    connection = Connection(f, hub, cfg["QUAERO_STREAM_BUFFER_BYTES"],
+                            request.environ.get("gunicorn.socket"))
+    hub.subscribe(connection)  # before the backfill: nothing falls in between
+    body = _generate(connection, state, db.engine, limit, resume, cfg)
+    response = current_app.response_class(body, mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _job_states(engine, job_ids):
+    """``{job_id: (status, status event payload)}`` for the jobs that still exist."""
+    with Session(engine) as session:
+        jobs = session.execute(sa.select(Job).where(Job.id.in_(job_ids))).scalars().all()
+        return {j.id: (j.status, status_payload(j)) for j in jobs}
+
+
+def _generate(conn, state, engine, limit, resume, cfg):
+    """The body of one stream. Runs in the request's greenlet."""
+    hub, metrics, f = state.hub, state.metrics, conn.filter
+    interval = cfg["QUAERO_BATCH_INTERVAL"]
+    ping_every = cfg["QUAERO_PING_INTERVAL"]
+    lifetime = cfg["QUAERO_STREAM_LIFETIME"] * random.uniform(0.85, 1.0)
+    started = time.monotonic()
+
+    def sent(data, event, lines=0):
+        metrics.events_sent.labels(event).inc()
+        metrics.bytes_sent.inc(len(data))
+        if lines:
+            metrics.lines_delivered.inc(lines)
+        return data
+
+    def backfill():
+        """Events for everything before live: the tail, or every line after ``resume``."""
+        with engine.connect() as db_conn:
+            conn.total = count_lines(db_conn, f)
+            if resume is None:
+                lines, more = select_lines(db_conn, f, limit=max(limit, 1))
+                if lines:
+                    conn.last_id = lines[-1]["id"]  # live starts after the newest line
+                if limit == 0:
+                    lines, more = [], bool(lines)
+                pages = [lines]
+                conn.has_more = more
+        if resume is not None:
+            conn.last_id = resume
+            pages = _pages_after(engine, f, resume)
+        first = True
+        for lines in pages:
+            if not lines and not first:
+                break
+            if lines:
+                conn.last_id = max(conn.last_id, lines[-1]["id"])
+            conn.displayed += len(lines)
+            if resume is not None:
+                conn.has_more = conn.total > conn.displayed and resume > 0
+            yield sent(logs_event(encode_json(lines), lines[-1]["id"] if lines else None,
+                                  max(conn.total, conn.displayed), conn.displayed,
+                                  conn.has_more), "logs", len(lines))
+            first = False
+
+    def flush():
+        data, count, published = conn.take()
+        if data is None:
+            return None
+        conn.displayed += count
+        metrics.delivery_seconds.observe(time.monotonic() - published)
+        return sent(logs_event(data, conn.last_id, max(conn.total, conn.displayed),
+                               conn.displayed, conn.has_more), "logs", count)
+
+    def ending():
+        """All jobs finished: send what committed since, then ``end``."""
+        conn.batches.clear()
+        for lines in _pages_after(engine, f, conn.last_id):
+            if not lines:
+                break
+            conn.last_id = lines[-1]["id"]
+            conn.displayed += len(lines)
+            conn.total = max(conn.total, conn.displayed)
+            yield sent(logs_event(encode_json(lines), conn.last_id, conn.total, conn.displayed,
+                                  conn.has_more), "logs", len(lines))
+        jobs = [{"id": j, "status": s} for j, s in conn.ended.items()]
+        payload = {"job": jobs[-1]} if len(jobs) == 1 else {"job": jobs[-1], "jobs": jobs}
+        yield sent(json_event("end", payload), "end")
+
+    try:
+        yield sent(format_event(retry=RETRY_MS, comment="quaero"), "retry")
+        yield from backfill()
+        if f.job_ids:
+            conn.statuses.clear()  # superseded by the states read now; later ones follow
+            jobs = _job_states(engine, f.job_ids)
+            for job_id in f.job_ids:
+                status, payload = jobs.get(job_id, ("deleted", None))
+                if payload is not None:
+                    yield sent(json_event("status", payload), "status")
+                if status in FINISHED or status == "deleted":
+                    conn.push_status(b"", job_id, status)
+        next_logs = time.monotonic() + interval  # the backfill counts as a logs event
+        next_ping = time.monotonic() + ping_every
+        deadline = started + lifetime
+        while not conn.dropped:
+            now = time.monotonic()
+            out = []
+            if conn.statuses:
+                out.extend(s for s in conn.statuses if s)
+                conn.statuses.clear()
+            if conn.batches and now >= next_logs:
+                data = flush()
+                if data is not None:
+                    out.append(data)
+                    next_logs = now + interval
+            if f.job_ids and not conn.running_jobs:
+                if out:
+                    yield b"".join(out)
+                yield from ending()
+                return
+            if now >= next_ping:
+                out.append(sent(json_event("ping", {"timestamp": iso(utcnow())}), "ping"))
+                next_ping = now + ping_every
+            if out:
+                yield b"".join(out)
+                continue
+            if now >= deadline:
+                return  # the client reconnects with Last-Event-ID and loses nothing
+            wait = min(next_ping, deadline) - now
+            if conn.batches:
+                wait = min(wait, next_logs - now)
+            conn.wake.clear()
+            conn.wake.wait(max(wait, 0))
+    finally:
+        hub.unsubscribe(conn)
+
+
+def _pages_after(engine, f, after):
+    """Every matching line after ``after``, a page at a time, a connection per page."""
+    while True:
+        with engine.connect() as db_conn:
+            lines, more = select_lines(db_conn, f, after=after, limit=RESUME_PAGE)
+        yield lines
+        if not more or not lines:
+            return
+        after = lines[-1]["id"]
