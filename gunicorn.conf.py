@@ -30,6 +30,21 @@ def _loopback(addr):
         return host == "localhost"
 
 
+def post_worker_init(worker):
+    """When the worker is told to stop, close its streams at once so that clients
+    reconnect (to another worker) and resume, instead of waiting out graceful_timeout."""
+    import gevent
+
+    def watch():
+        while worker.alive:
+            gevent.sleep(0.2)
+        state = getattr(worker.wsgi, "extensions", {}).get("quaero")
+        if state is not None:
+            state.shutdown()
+
+    gevent.spawn(watch)
+
+
 def when_ready(server):
     """Without a token Quaero is open: refuse to listen beyond loopback."""
     if _token:

@@ -35,6 +35,11 @@ class Quaero:
             if logger.level == logging.NOTSET or logger.level > logging.INFO:
                 logger.setLevel(logging.INFO)
 
+    def shutdown(self):
+        """The process is stopping: close streams; in-flight ingest still commits."""
+        if self.hub is not None:
+            self.hub.shutdown()
+
     def close(self):
         for logger in self._loggers:
             logger.removeHandler(self.log_handler)

@@ -8,6 +8,8 @@ class Metrics:
     def __init__(self):
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.streams_open = Gauge("quaero_sse_streams_open", "Open SSE streams", ["scope"], registry=r)
+        for scope in ("service", "job"):
+            self.streams_open.labels(scope)
         self.lines_ingested = Counter("quaero_log_lines_ingested", "Log lines committed", registry=r)
         self.lines_delivered = Counter("quaero_log_lines_delivered",
                                        "Log lines written to stream clients", registry=r)

@@ -195,6 +195,10 @@ def _where(f):
     return conds
 
 
+_COLS = (log_t.c.id, log_t.c.job_id, log_t.c.step_name, log_t.c.level, log_t.c.message,
+         log_t.c.timestamp, log_t.c.line_number)
+
+
 def select_lines(conn, f, *, after=None, before=None, limit=100):
     """Matching lines, oldest first: the first ``limit`` after ``after``, or else the
     last ``limit`` (before ``before``). Fetches one extra row to tell whether more exist.
@@ -204,8 +208,7 @@ def select_lines(conn, f, *, after=None, before=None, limit=100):
         conds.append(log_t.c.id > after)
     if before is not None:
         conds.append(log_t.c.id < before)
-    cols = (log_t.c.id, log_t.c.job_id, log_t.c.step_name, log_t.c.level,
-            log_t.c.message, log_t.c.timestamp, log_t.c.line_number)
+    cols = _COLS
     order = log_t.c.id.asc() if after is not None else log_t.c.id.desc()
     rows = conn.execute(sa.select(*cols).where(*conds).order_by(order).limit(limit + 1)).all()
     more = len(rows) > limit
@@ -213,6 +216,26 @@ def select_lines(conn, f, *, after=None, before=None, limit=100):
     if after is None:
         rows.reverse()
     return [line_dict(*r) for r in rows], more
+
+
+def tail_lines(conn, f, limit):
+    """The stream's backfill: the last ``limit`` lines of each job (or of the service
+    log), oldest first, read in one statement so that all jobs share one snapshot."""
+    if len(f.job_ids) <= 1:
+        return select_lines(conn, f, limit=limit)
+    parts = []
+    for job_id in f.job_ids:
+        one = LineFilter(job_ids=(job_id,), step=f.step, min_level=f.min_level)
+        parts.append(sa.select(*_COLS).where(*_where(one))
+                     .order_by(log_t.c.id.desc()).limit(limit + 1).subquery().select())
+    rows = conn.execute(sa.union_all(*parts)).all()
+    per_job = {}
+    for r in rows:
+        per_job.setdefault(r.job_id, []).append(r)
+    more = any(len(v) > limit for v in per_job.values())
+    keep = sorted((r for v in per_job.values() for r in sorted(v, key=lambda r: -r.id)[:limit]),
+                  key=lambda r: r.id)
+    return [line_dict(*r) for r in keep], more
 
 
 def count_lines(conn, f):

@@ -19,7 +19,8 @@ from flask import Blueprint, current_app, request, stream_with_context
 
 from . import api
 from .errors import APIError
-from .models import FINISHED, Job, count_lines, db, iso, select_lines, status_payload, utcnow
+from .models import (FINISHED, Job, count_lines, db, iso, select_lines, status_payload,
+                     tail_lines, utcnow)
 from .sse import encode_json, format_event, join_arrays, json_event, logs_event
 
 log = logging.getLogger("quaero.stream")
@@ -57,6 +58,7 @@ class Connection:
         self.running_jobs = set(f.job_ids)
         self.ended = {}          # job id -> final status, once finished
         self.dropped = False
+        self.closing = False
         self.last_id = 0         # highest line id sent (or resumed from)
         self.total = 0           # matching lines that exist (snapshot + live)
         self.displayed = 0
@@ -68,7 +70,9 @@ class Connection:
             return
         self.batches.append(batch)
         self.pending_bytes += len(batch.encoded)
-        if self.pending_bytes > self.buffer_bytes:
+        # A single batch is always taken (its bytes are shared with every stream);
+        # a backlog beyond the budget means the client is not keeping up.
+        if self.pending_bytes > self.buffer_bytes and len(self.batches) > 1:
             self.drop()
         self.wake.set()
 
@@ -93,6 +97,11 @@ class Connection:
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        self.wake.set()
+
+    def close(self):
+        """Server shutdown: end the stream cleanly; the client resumes elsewhere."""
+        self.closing = True
         self.wake.set()
 
     def take(self):
@@ -130,11 +139,19 @@ class StreamHub:
         self.by_key = defaultdict(set)    # job id or None (service) -> filters
         self.by_job = defaultdict(set)    # job id -> connections (status events)
         self.count = 0
+        self.shutting_down = False
         self.bus = bus
         bus.connect(self.on_lines, self.on_status)
 
     def close(self):
         self.bus.disconnect(self.on_lines, self.on_status)
+
+    def shutdown(self):
+        """Close every stream (gunicorn is stopping this worker) and refuse new ones."""
+        self.shutting_down = True
+        for group in list(self.groups.values()):
+            for conn in list(group):
+                conn.close()
 
     def subscribe(self, conn):
         f = conn.filter
@@ -218,6 +235,8 @@ def stream_logs():
     hub = state.hub
     with db.engine.connect() as conn:
         api.check_jobs_exist(conn, f.job_ids)
+    if hub.shutting_down:
+        raise APIError(503, "server is shutting down; retry")
     if hub.count >= hub.max_streams:
         state.metrics.streams_refused.inc()
         raise APIError(503, "too many open streams; retry later")
@@ -259,7 +278,7 @@ def _generate(conn, state, engine, limit, resume, cfg):
         with engine.connect() as db_conn:
             conn.total = count_lines(db_conn, f)
             if resume is None:
-                lines, more = select_lines(db_conn, f, limit=max(limit, 1))
+                lines, more = tail_lines(db_conn, f, max(limit, 1))
                 if lines:
                     conn.last_id = lines[-1]["id"]  # live starts after the newest line
                 if limit == 0:
@@ -322,7 +341,7 @@ def _generate(conn, state, engine, limit, resume, cfg):
         next_logs = time.monotonic() + interval  # the backfill counts as a logs event
         next_ping = time.monotonic() + ping_every
         deadline = started + lifetime
-        while not conn.dropped:
+        while not (conn.dropped or conn.closing):
             now = time.monotonic()
             out = []
             if conn.statuses:

@@ -1,0 +1,386 @@
+"""GET /api/logs/stream against a real gunicorn (gevent worker) with a socket-level client."""
+import time
+
+import gevent
+import httpx
+import pytest
+
+from tests.sse_client import SSEClient
+
+
+@pytest.fixture
+def api(server):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.server = server
+        yield client
+
+
+def new_job(api, steps=("build", "test")):
+    r = api.post("/api/jobs", json={"name": "job", "steps": list(steps)})
+    assert r.status_code == 201
+    return r.json()["id"]
+
+
+def post(api, lines):
+    r = api.post("/api/logs", json={"logs": lines})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def stream(api, query, **kw):
+    return SSEClient(f"{api.server.url}/api/logs/stream?{query}", **kw)
+
+
+def ids_of(events):
+    return [ln["id"] for ev in events if ev.event == "logs" for ln in ev.json()["logs"]]
+
+
+def test_headers_retry_backfill_and_status(api):
+    job = new_job(api)
+    post(api, [{"level": "info", "message": f"l{i}", "job_id": job, "step": "build"}
+               for i in range(30)])
+    s = stream(api, f"scope=job&job_id={job}&limit=10")
+    try:
+        assert s.status == 200
+        assert s.headers["content-type"].startswith("text/event-stream")
+        assert s.headers["cache-control"] == "no-cache"
+        assert s.headers["x-accel-buffering"] == "no"
+        assert "content-encoding" not in s.headers
+        first = s.next_event()
+        assert b"retry: " in first.raw
+        backfill = s.next_event()
+        assert backfill.event == "logs"
+        data = backfill.json()
+        assert [ln["message"] for ln in data["logs"]] == [f"l{i}" for i in range(20, 30)]
+        assert data["meta"] == {"total_count": 30, "displayed_count": 10, "has_more": True}
+        assert backfill.id == str(data["logs"][-1]["id"])
+        status = s.next_event()
+        assert status.event == "status"
+        assert status.json()["job"] == {"id": job, "status": "pending"}
+        assert [st["name"] for st in status.json()["steps"]] == ["build", "test"]
+    finally:
+        s.close()
+
+
+def test_empty_backfill_is_still_sent(api):
+    s = stream(api, "scope=service&level=error")
+    try:
+        events = s.events(until=lambda e: e.event == "logs")
+        assert events[-1].json() == {"logs": [], "meta": {
+            "total_count": 0, "displayed_count": 0, "has_more": False}}
+        assert events[-1].id is None
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("query, headers, status", [
+    ("", {}, 400), ("scope=nope", {}, 400), ("scope=job", {}, 400),
+    ("scope=service&step=x", {}, 400), ("scope=service&level=verbose", {}, 400),
+    ("scope=service&limit=-5", {}, 400), ("scope=service&after=abc", {}, 400),
+    ("scope=service", {"Last-Event-ID": "12x"}, 400),
+    ("scope=service", {"Last-Event-ID": "-1"}, 400),
+    ("scope=job&job_id=doesnotexist", {}, 404),
+])
+def test_errors_are_json_not_streams(api, query, headers, status):
+    s = stream(api, query, headers=headers)
+    try:
+        assert s.status == status
+        assert s.headers["content-type"] == "application/json"
+        import json
+        assert set(json.loads(s.body())) == {"error"}
+    finally:
+        s.close()
+
+
+def test_live_lines_with_filters(api):
+    job = new_job(api)
+    all_ = stream(api, f"scope=job&job_id={job}&level=debug")
+    warn = stream(api, f"scope=job&job_id={job}&level=warn")
+    step = stream(api, f"scope=job&job_id={job}&step=test&level=debug")
+    service = stream(api, "scope=service&level=debug")
+    try:
+        for s in (all_, warn, step, service):
+            s.events(until=lambda e: e.event == "logs")
+        lines = [{"level": lv, "message": f"{lv}-{st}", "job_id": job, "step": st}
+                 for lv in ("debug", "info", "warn", "error") for st in ("build", "test")]
+        post(api, lines)
+        post(api, [{"level": "info", "message": "svc"}])
+
+        def got(s, n):
+            msgs = []
+            while len(msgs) < n:
+                ev = s.events(until=lambda e: e.event == "logs", timeout=5)[-1]
+                msgs += [ln["message"] for ln in ev.json()["logs"]]
+            return msgs
+        assert got(all_, 8) == [ln["message"] for ln in lines]
+        assert got(warn, 4) == ["warn-build", "warn-test", "error-build", "error-test"]
+        assert got(step, 4) == ["debug-test", "info-test", "warn-test", "error-test"]
+        assert "svc" in got(service, 1) or "svc" in got(service, 1)
+    finally:
+        for s in (all_, warn, step, service):
+            s.close()
+
+
+def test_leading_edge_then_coalescing(api):
+    s = stream(api, "scope=service")
+    try:
+        s.events(until=lambda e: e.event == "logs")
+        gevent.sleep(0.3)  # quiet
+        sent = time.monotonic()
+        post(api, [{"level": "info", "message": "first"}])
+        ev = s.events(until=lambda e: e.event == "logs")[-1]
+        assert [ln["message"] for ln in ev.json()["logs"]] == ["first"]
+        assert ev.received - sent < 0.1, "a line on a quiet stream goes out at once"
+        # a burst inside one window: coalesced, never more than one event per 150 ms
+        for i in range(10):
+            post(api, [{"level": "info", "message": f"burst{i}"}])
+        events = []
+        while sum(len(e.json()["logs"]) for e in events) < 10:
+            events += s.events(until=lambda e: e.event == "logs", timeout=5)[-1:]
+        assert [ln["message"] for e in events for ln in e.json()["logs"]] == [
+            f"burst{i}" for i in range(10)]
+        times = [ev.received] + [e.received for e in events]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert all(g >= 0.13 for g in gaps), gaps
+        assert len(events) <= 3
+    finally:
+        s.close()
+
+
+def test_ping_every_five_seconds(api):
+    s = stream(api, "scope=service")
+    try:
+        start = time.monotonic()
+        pings = s.events(until=lambda e: e.event == "ping", timeout=8, skip=("retry",))
+        assert pings[-1].event == "ping"
+        assert 4.5 <= time.monotonic() - start <= 6.5
+        assert pings[-1].json()["timestamp"].endswith("Z")
+    finally:
+        s.close()
+
+
+def test_resume_across_reconnects_loses_and_repeats_nothing(api):
+    job = new_job(api)
+    acked = []
+    done = gevent.event.Event()
+
+    def producer():
+        i = 0
+        while not done.is_set():
+            r = post(api, [{"level": "info", "message": f"p{i}-{k}", "job_id": job}
+                           for k in range(7)])
+            acked.extend(range(r["first_id"], r["last_id"] + 1))
+            i += 1
+            gevent.sleep(0.02)
+
+    p = gevent.spawn(producer)
+    seen, last = [], None
+    try:
+        for round_ in range(6):
+            headers = {"Last-Event-ID": last} if last else {}
+            s = stream(api, f"scope=job&job_id={job}&limit=0", headers=headers)
+            deadline = time.monotonic() + 0.4 + 0.1 * round_
+            while time.monotonic() < deadline:
+                ev = s.next_event(timeout=5)
+                if ev.event == "logs":
+                    seen.extend(ln["id"] for ln in ev.json()["logs"])
+                    last = ev.id or last
+            s.close()  # mid-stream, maybe mid-batch
+    finally:
+        done.set()
+        p.join()
+    # catch up: everything acknowledged arrives once, in order
+    s = stream(api, f"scope=job&job_id={job}&after={last}")
+    try:
+        while not seen or seen[-1] < acked[-1]:
+            ev = s.next_event(timeout=5)
+            if ev.event == "logs":
+                seen.extend(ln["id"] for ln in ev.json()["logs"])
+    finally:
+        s.close()
+    first = seen[0]
+    assert seen == sorted(set(seen)), "no duplicates, in order"
+    assert seen == [i for i in sorted(acked) if i >= first]
+
+
+def test_resume_pages_are_at_most_1000_lines(api):
+    job = new_job(api)
+    ack = post(api, [{"level": "info", "message": str(i), "job_id": job} for i in range(2500)])
+    s = stream(api, f"scope=job&job_id={job}", headers={"Last-Event-ID": str(ack["first_id"] - 1)})
+    try:
+        events = s.events(until=lambda e: e.event == "status")
+        logs = [e for e in events if e.event == "logs"]
+        assert [len(e.json()["logs"]) for e in logs] == [1000, 1000, 500]
+        assert ids_of(logs) == list(range(ack["first_id"], ack["last_id"] + 1))
+        assert logs[-1].json()["meta"]["displayed_count"] == 2500
+    finally:
+        s.close()
+
+
+def test_end_after_all_lines_then_close(api):
+    job = new_job(api)
+    s = stream(api, f"scope=job&job_id={job}&level=debug")
+    try:
+        s.events(until=lambda e: e.event == "status")
+        api.patch(f"/api/jobs/{job}/steps/build", json={"status": "running"})
+        ack = post(api, [{"level": "info", "message": str(i), "job_id": job, "step": "build"}
+                         for i in range(50)])
+        api.patch(f"/api/jobs/{job}", json={"status": "completed"})
+        events = s.events(until=lambda e: e.event == "end", timeout=10)
+        assert events[-1].event == "end"
+        assert events[-1].json()["job"] == {"id": job, "status": "completed"}
+        assert ids_of(events) == list(range(ack["first_id"], ack["last_id"] + 1))
+        statuses = [e.json()["job"]["status"] for e in events if e.event == "status"]
+        assert statuses[0] == "running" and statuses[-1] == "completed"
+        assert s.next_event(timeout=5) is None  # the server closed the stream
+    finally:
+        s.close()
+    # a finished job: backfill, status, end, close
+    s = stream(api, f"scope=job&job_id={job}&limit=5")
+    try:
+        events = s.events(timeout=5)
+        assert [e.event for e in events] == ["logs", "status", "end"]
+    finally:
+        s.close()
+
+
+def test_cancel_and_delete_end_streams(api):
+    a, b = new_job(api), new_job(api)
+    s = stream(api, f"scope=job&job_id={a}&job_id={b}")
+    try:
+        events = s.events(until=lambda e: e.event == "status" and e.json()["job"]["id"] == b)
+        api.post(f"/api/jobs/{a}/cancel")
+        ev = s.events(until=lambda e: e.event == "status")[-1]
+        assert ev.json()["job"] == {"id": a, "status": "cancelled"}
+        assert api.delete(f"/api/jobs/{b}").status_code == 204
+        events = s.events(until=lambda e: e.event == "end", timeout=5)
+        assert events[-1].event == "end"
+        assert {j["id"]: j["status"] for j in events[-1].json()["jobs"]} == {
+            a: "cancelled", b: "deleted"}
+    finally:
+        s.close()
+
+
+def test_several_jobs_on_one_connection(api):
+    jobs = [new_job(api) for _ in range(3)]
+    for j in jobs:
+        post(api, [{"level": "info", "message": f"{j}-{i}", "job_id": j} for i in range(5)])
+    s = stream(api, "scope=job&limit=2&" + "&".join(f"job_id={j}" for j in jobs))
+    try:
+        events = s.events(until=lambda e: e.event == "status" and e.json()["job"]["id"] == jobs[-1])
+        backfill = events[0].json()
+        assert sorted(ln["message"] for ln in backfill["logs"]) == sorted(
+            f"{j}-{i}" for j in jobs for i in (3, 4))
+        assert backfill["meta"]["total_count"] == 15 and backfill["meta"]["has_more"] is True
+        assert [e.json()["job"]["id"] for e in events if e.event == "status"] == jobs
+        post(api, [{"level": "info", "message": "live", "job_id": jobs[1]}])
+        ev = s.events(until=lambda e: e.event == "logs")[-1]
+        assert [(ln["job_id"], ln["message"]) for ln in ev.json()["logs"]] == [(jobs[1], "live")]
+    finally:
+        s.close()
+
+
+def test_two_hundred_streams_receive_every_line(api):
+    clients = [stream(api, "scope=service&limit=0", timeout=30) for _ in range(200)]
+    try:
+        for c in clients:
+            c.events(until=lambda e: e.event == "logs")
+        ack = [post(api, [{"level": "info", "message": f"fan{i}-{k}"} for k in range(5)])
+               for i in range(10)]
+        want = [i for a in ack for i in range(a["first_id"], a["last_id"] + 1)]
+
+        def read(c):
+            got = []
+            while len([i for i in got if i in want]) < len(want):
+                ev = c.next_event(timeout=10)
+                if ev.event == "logs":
+                    got += [ln["id"] for ln in ev.json()["logs"]]
+            return [i for i in got if i >= want[0]]
+        results = gevent.joinall([gevent.spawn(read, c) for c in clients], timeout=30,
+                                 raise_error=True)
+        assert all(g.value == want for g in results)
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_metrics_count_streams_and_events(api):
+    s = stream(api, "scope=service")
+    try:
+        s.events(until=lambda e: e.event == "logs")
+        text = api.get("/metrics").text
+        assert 'quaero_sse_streams_open{scope="service"} 1.0' in text
+        assert 'quaero_sse_events_sent_total{event="logs"}' in text
+    finally:
+        s.close()
+
+
+def test_stream_cap_and_lifetime(server_factory):
+    srv = server_factory(env={"QUAERO_MAX_STREAMS": "2", "QUAERO_STREAM_LIFETIME": "2"})
+    url = f"{srv.url}/api/logs/stream?scope=service"
+    a, b = SSEClient(url), SSEClient(url)
+    try:
+        a.events(until=lambda e: e.event == "logs")
+        b.events(until=lambda e: e.event == "logs")
+        c = SSEClient(url)
+        assert c.status == 503 and b"error" in c.body()
+        c.close()
+        start = time.monotonic()
+        assert a.events(timeout=5) == [] or True
+        assert a.closed and 1.5 <= time.monotonic() - start <= 3
+    finally:
+        a.close()
+        b.close()
+
+
+def test_slow_client_is_dropped_and_resumes(server_factory):
+    srv = server_factory(env={"QUAERO_STREAM_BUFFER_BYTES": str(2 << 20)})
+    with httpx.Client(base_url=srv.url, timeout=30) as api:
+        job = api.post("/api/jobs", json={"name": "big", "steps": []}).json()["id"]
+        slow = SSEClient(f"{srv.url}/api/logs/stream?scope=job&job_id={job}", rcvbuf=4096)
+        fast = SSEClient(f"{srv.url}/api/logs/stream?scope=job&job_id={job}&limit=0")
+        fast.events(until=lambda e: e.event == "status")
+        slow_first = slow.events(until=lambda e: e.event == "status")
+        assert slow_first  # then never read again
+        line = "x" * 1000
+        acked, got = [], []
+        posted = gevent.event.Event()
+
+        def read_fast():
+            while not posted.is_set() or len(got) < len(acked):
+                ev = fast.next_event(timeout=20)
+                if ev.event == "logs":
+                    got.extend(ln["id"] for ln in ev.json()["logs"])
+        reader = gevent.spawn(read_fast)
+        for _ in range(200):  # 200 x 100 x 1 KB = 20 MB
+            r = api.post("/api/logs", json={"logs": [{"level": "info", "message": line,
+                                                      "job_id": job}] * 100}).json()
+            acked += range(r["first_id"], r["last_id"] + 1)
+            gevent.sleep(0.01)
+        posted.set()
+        reader.get(timeout=30)
+        assert got == acked, "the others keep receiving"
+        metrics = api.get("/metrics").text
+        dropped = [ln for ln in metrics.splitlines()
+                   if ln.startswith("quaero_sse_slow_clients_dropped_total")]
+        assert float(dropped[0].split()[-1]) >= 1
+        # the slow reader finds its stream closed, resumes from its last id, loses nothing
+        seen = []
+        last = None
+        while True:
+            ev = slow.next_event(timeout=10)
+            if ev is None:
+                break
+            if ev.event == "logs":
+                seen += [ln["id"] for ln in ev.json()["logs"]]
+                last = ev.id or last
+        slow.close()
+        again = SSEClient(f"{srv.url}/api/logs/stream?scope=job&job_id={job}",
+                          headers={"Last-Event-ID": last})
+        while not seen or seen[-1] < acked[-1]:
+            ev = again.next_event(timeout=10)
+            if ev.event == "logs":
+                seen += [ln["id"] for ln in ev.json()["logs"]]
+        again.close()
+        assert seen == acked
+        fast.close()
