@@ -17,6 +17,7 @@ backlog = 4096
 limit_request_line = 8190
 accesslog = os.environ.get("QUAERO_ACCESS_LOG") or None
 errorlog = "-"
+control_socket_disable = True   # several Quaero servers may share a host (and a $HOME)
 loglevel = os.environ.get("QUAERO_LOG_LEVEL", "info")
 
 
