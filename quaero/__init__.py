@@ -5,7 +5,7 @@ import os
 import sqlalchemy as sa
 from flask import Flask, Response, jsonify
 
-from .bus import LocalBus
+from .bus import LocalBus, RedisBus
 from .config import Config
 from .ingest import Ingestor
 from .metrics import Metrics
@@ -22,7 +22,8 @@ class Quaero:
         self.app = app
         self.engine = engine
         self.metrics = Metrics()
-        self.bus = LocalBus()
+        redis_url = app.config["QUAERO_REDIS_URL"]
+        self.bus = RedisBus(redis_url) if redis_url else LocalBus()
         self.ingestor = Ingestor(engine, self.bus, self.metrics)
         self.runner = None
         self.hub = None

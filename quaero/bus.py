@@ -1,11 +1,15 @@
 """The pub/sub bus between the write path and the streams.
 
-In one process it is a pair of blinker signals. A Redis bridge can sit behind the same
-three methods (``publish_lines``, ``publish_status``, ``connect``) to carry it between
-processes and hosts.
+In one process it is a few blinker signals (:class:`LocalBus`). :class:`RedisBus` has the
+same methods (``publish_lines``, ``publish_status``, ``connect``) and carries the bus
+between processes and hosts. Receivers take the payload as their only argument.
 """
+import json
 import logging
+import os
+from collections import deque
 
+import gevent
 from blinker import Namespace
 
 log = logging.getLogger("quaero.bus")
@@ -13,6 +17,7 @@ log = logging.getLogger("quaero.bus")
 _signals = Namespace()
 log_lines = _signals.signal("log-lines", doc="Committed log lines, a list of line dicts in id order.")
 job_status = _signals.signal("job-status", doc="A job or one of its steps changed; payload is the status event.")
+line_range = _signals.signal("line-range", doc="Lines (first_id, last_id) committed elsewhere, too big to carry; read them from the database.")
 
 
 class LocalBus:
@@ -21,15 +26,19 @@ class LocalBus:
     def __init__(self):
         self._receivers = []  # strong references: blinker would hold them weakly
 
-    def connect(self, on_lines, on_status):
+    def connect(self, on_lines, on_status, on_range=None):
         log_lines.connect(on_lines, sender=self, weak=False)
         job_status.connect(on_status, sender=self, weak=False)
-        self._receivers.append((on_lines, on_status))
+        if on_range is not None:
+            line_range.connect(on_range, sender=self, weak=False)
+        self._receivers.append((on_lines, on_status, on_range))
 
-    def disconnect(self, on_lines, on_status):
+    def disconnect(self, on_lines, on_status, on_range=None):
         log_lines.disconnect(on_lines, sender=self)
         job_status.disconnect(on_status, sender=self)
-        self._receivers.remove((on_lines, on_status))
+        if on_range is not None:
+            line_range.disconnect(on_range, sender=self)
+        self._receivers.remove((on_lines, on_status, on_range))
 
     def publish_lines(self, lines):
         if lines:
@@ -45,3 +54,134 @@ class LocalBus:
                 receiver(payload)
             except Exception:
                 log.exception("bus receiver failed")
+
+
+class RedisBus(LocalBus):
+    """The local bus, bridged to other processes and hosts through Redis pub/sub.
+
+    Publishing delivers locally at once and queues the message for Redis (bounded, from
+    a greenlet of its own: a slow or absent Redis never holds up a commit). One
+    subscriber connection per process feeds what other processes publish into the local
+    signals. Redis pub/sub may lose messages while a connection is down; the stream hub
+    notices the gap in ids and reads the missing lines from the database, and its
+    database watcher covers the time Redis is away.
+    """
+
+    CHANNEL = "quaero:bus"
+    MAX_INLINE_BYTES = 1 << 20  # bigger batches travel as an id range, read from the database
+    MAX_QUEUED = 10000
+
+    def __init__(self, url):
+        super().__init__()
+        import uuid
+        self.url = url
+        self.origin = uuid.uuid4().hex
+        self._outbox = deque()
+        self._wake = None
+        self._pid = None
+        self._connected = False
+        self._last_error = "not connected yet"
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def publish_lines(self, lines):
+        if not lines:
+            return
+        super().publish_lines(lines)
+        self._enqueue({"t": "lines", "lines": lines})
+
+    def publish_status(self, payload):
+        super().publish_status(payload)
+        self._enqueue({"t": "status", "payload": payload})
+
+    def _enqueue(self, message):
+        self._start()
+        if len(self._outbox) >= self.MAX_QUEUED:
+            self._outbox.popleft()  # the hub's database watcher still delivers it
+        self._outbox.append(message)
+        self._wake.set()
+
+    def _start(self):
+        if self._pid == os.getpid():
+            return
+        from gevent.event import Event
+        self._pid = os.getpid()
+        self._wake = Event()
+        gevent.spawn(self._publisher)
+        gevent.spawn(self._subscriber)
+
+    def _client(self):
+        import redis
+        return redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2,
+                                    health_check_interval=10)
+
+    def _publisher(self):
+        client = self._client()
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                message = self._outbox[0]
+                data = self._encode(message)
+                try:
+                    client.publish(self.CHANNEL, data)
+                    self._outbox.popleft()
+                except Exception as exc:
+                    self._down(exc)
+                    self._outbox.clear()  # receivers recover from the database
+                    gevent.sleep(1)
+
+    def _encode(self, message):
+        message = dict(message, o=self.origin)
+        data = json.dumps(message, separators=(",", ":"))
+        if len(data) > self.MAX_INLINE_BYTES and message["t"] == "lines":
+            lines = message["lines"]
+            data = json.dumps({"t": "range", "o": self.origin, "first": lines[0]["id"],
+                               "last": lines[-1]["id"]})
+        return data
+
+    # -- subscribing --------------------------------------------------------------------
+
+    def _subscriber(self):
+        delay = 0.2
+        while True:
+            try:
+                pubsub = self._client().pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.CHANNEL)
+                self._connected, self._last_error, delay = True, None, 0.2
+                log.info("redis bus connected")
+                while True:
+                    raw = pubsub.get_message(timeout=1.0)
+                    if raw is not None:
+                        self._receive(raw)
+            except Exception as exc:
+                self._down(exc)
+            gevent.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _down(self, exc):
+        if self._connected or self._last_error is None:
+            log.warning("redis bus unavailable (%s); streams fall back to the database",
+                        exc.__class__.__name__)
+        self._connected = False
+        self._last_error = f"error: {exc.__class__.__name__}"
+
+    def _receive(self, raw):
+        if raw.get("type") != "message":
+            return
+        message = json.loads(raw["data"])
+        if message.get("o") == self.origin:
+            return
+        kind = message.get("t")
+        if kind == "lines":
+            super().publish_lines(message["lines"])
+        elif kind == "status":
+            super().publish_status(message["payload"])
+        elif kind == "range":
+            self._send(line_range, (message["first"], message["last"]))
+
+    def health(self):
+        self._start()
+        if self._connected:
+            return "ok"
+        return self._last_error or "error"

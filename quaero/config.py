@@ -25,6 +25,9 @@ class Config:
         self.QUAERO_STREAM_BUFFER_BYTES = _int("QUAERO_STREAM_BUFFER_BYTES", 4 << 20)
         self.QUAERO_PING_INTERVAL = float(os.environ.get("QUAERO_PING_INTERVAL", "5"))
         self.QUAERO_BATCH_INTERVAL = float(os.environ.get("QUAERO_BATCH_INTERVAL", "0.15"))
+        # How often each process reads the database for lines and job changes made by
+        # other processes (what keeps streams complete without Redis, or while it is down)
+        self.QUAERO_WATCH_INTERVAL = float(os.environ.get("QUAERO_WATCH_INTERVAL", "0.5"))
         # Service log: also capture the root logger's records
         self.QUAERO_CAPTURE_ROOT_LOGGER = os.environ.get("QUAERO_CAPTURE_ROOT_LOGGER", "") in (
             "1", "true", "yes")

@@ -218,6 +218,14 @@ def select_lines(conn, f, *, after=None, before=None, limit=100):
     return [line_dict(*r) for r in rows], more
 
 
+def all_lines_between(conn, after, before, limit=None):
+    """Every line with ``after < id < before`` (any job, any level), oldest first."""
+    q = sa.select(*_COLS).where(log_t.c.id > after, log_t.c.id < before).order_by(log_t.c.id)
+    if limit is not None:
+        q = q.limit(limit)
+    return [line_dict(*r) for r in conn.execute(q)]
+
+
 def tail_lines(conn, f, limit):
     """The stream's backfill: the last ``limit`` lines of each job (or of the service
     log), oldest first, read in one statement so that all jobs share one snapshot."""

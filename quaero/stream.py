@@ -9,18 +9,20 @@ writes. A connection that lets its queue grow past its byte budget is dropped; i
 resumes with ``Last-Event-ID``.
 """
 import logging
+import os
 import random
 import time
 from collections import defaultdict, deque
 
+import gevent
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from flask import Blueprint, current_app, request, stream_with_context
 
 from . import api
 from .errors import APIError
-from .models import (FINISHED, Job, count_lines, db, iso, select_lines, status_payload,
-                     tail_lines, utcnow)
+from .models import (FINISHED, ID_KEY, Job, all_lines_between, count_lines, counters_t, db,
+                     iso, select_lines, status_payload, tail_lines, utcnow)
 from .sse import encode_json, format_event, join_arrays, json_event, logs_event
 
 log = logging.getLogger("quaero.stream")
@@ -129,22 +131,37 @@ class Connection:
 
 
 class StreamHub:
-    """All open streams of this process, grouped by filter and by job."""
+    """All open streams of this process, grouped by filter and by job.
 
-    def __init__(self, app, bus, metrics, max_streams):
+    Lines reach the hub from this process's writer, from other processes (Redis) and
+    from the database watcher. The hub delivers them in id order, each once: ids are
+    dense and become visible in commit order, so a batch that does not start right
+    after the last delivered id means lines are missing, and they are read from the
+    database (one query for the whole process, not one per stream).
+    """
+
+    def __init__(self, app, engine, bus, metrics, max_streams, watch_interval):
+        from gevent.lock import Semaphore
         self.app = app
+        self.engine = engine
         self.metrics = metrics
         self.max_streams = max_streams
+        self.watch_interval = watch_interval
         self.groups = defaultdict(set)    # LineFilter -> connections
         self.by_key = defaultdict(set)    # job id or None (service) -> filters
         self.by_job = defaultdict(set)    # job id -> connections (status events)
+        self.last_status = {}             # job id -> last status payload sent
         self.count = 0
         self.shutting_down = False
+        self.delivered = None             # highest line id handed to streams
+        self._lock = Semaphore()
+        self._watcher_pid = None
         self.bus = bus
-        bus.connect(self.on_lines, self.on_status)
+        bus.connect(self.on_lines, self.on_status, self.on_range)
 
     def close(self):
-        self.bus.disconnect(self.on_lines, self.on_status)
+        self.bus.disconnect(self.on_lines, self.on_status, self.on_range)
+        self.shutting_down = True
 
     def shutdown(self):
         """Close every stream (gunicorn is stopping this worker) and refuse new ones."""
@@ -154,6 +171,9 @@ class StreamHub:
                 conn.close()
 
     def subscribe(self, conn):
+        self._ensure_watcher()
+        if self.delivered is None:
+            self.delivered = _max_id(self.engine)
         f = conn.filter
         self.groups[f].add(conn)
         for key in f.job_ids or (None,):
@@ -179,10 +199,45 @@ class StreamHub:
             self.by_job[job_id].discard(conn)
             if not self.by_job[job_id]:
                 del self.by_job[job_id]
+                self.last_status.pop(job_id, None)
         self.count -= 1
         self.metrics.streams_open.labels(f.scope).dec()
 
+    # -- lines, in id order ---------------------------------------------------------------
+
     def on_lines(self, lines):
+        with self._lock:
+            if self.delivered is None:  # no stream has opened yet
+                self.delivered = lines[-1]["id"]
+                return
+            fresh = [ln for ln in lines if ln["id"] > self.delivered]
+            if not fresh:
+                return
+            if self.count and fresh[0]["id"] != self.delivered + 1:
+                fresh = _lines_between(self.engine, self.delivered, fresh[0]["id"]) + fresh
+            self.delivered = fresh[-1]["id"]
+            if self.count:
+                self._dispatch(fresh)
+
+    def on_range(self, id_range):
+        self.catch_up(until=id_range[1])
+
+    def catch_up(self, until=None):
+        """Deliver what committed beyond the last delivered id (the watcher's tick)."""
+        with self._lock:
+            newest = _max_id(self.engine)
+            if self.delivered is None or not self.count:
+                self.delivered = newest
+                return
+            while self.delivered < newest:
+                lines = _lines_between(self.engine, self.delivered, newest + 1, RESUME_PAGE * 5)
+                if not lines:
+                    self.delivered = newest
+                    break
+                self.delivered = lines[-1]["id"]
+                self._dispatch(lines)
+
+    def _dispatch(self, lines):
         now = time.monotonic()
         by_key = defaultdict(list)
         for line in lines:
@@ -205,19 +260,59 @@ class StreamHub:
         for conn in list(self.groups.get(f, ())):
             conn.push(batch)
 
+    # -- status ---------------------------------------------------------------------------
+
     def on_status(self, payload):
         job = payload["job"]
         conns = self.by_job.get(job["id"])
-        if not conns:
+        if not conns or self.last_status.get(job["id"]) == payload:
             return
+        self.last_status[job["id"]] = payload
         encoded = json_event("status", payload)
         for conn in list(conns):
             conn.push_status(encoded, job["id"], job["status"])
 
+    # -- the database watcher -------------------------------------------------------------
+
+    def _ensure_watcher(self):
+        if self._watcher_pid != os.getpid():
+            self._watcher_pid = os.getpid()
+            gevent.spawn(self._watch)
+
+    def _watch(self):
+        """One light query per tick for the whole process: lines committed by other
+        processes reach this one's streams even without Redis, and job changes made
+        elsewhere become ``status`` events."""
+        while not self.shutting_down:
+            gevent.sleep(self.watch_interval)
+            try:
+                self.catch_up()
+                if self.by_job:
+                    states = _job_states(self.engine, list(self.by_job))
+                    for job_id in list(self.by_job):
+                        status, payload = states.get(job_id, ("deleted", None))
+                        self.on_status(payload or {"job": {"id": job_id, "status": "deleted"},
+                                                   "steps": []})
+            except Exception as exc:  # the database may be away; try again next tick
+                log.warning("stream watcher: %s", exc.__class__.__name__)
+
+
+def _max_id(engine):
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(counters_t.c.value).where(
+            counters_t.c.key == ID_KEY)).scalar() or 0)
+
+
+def _lines_between(engine, after, before, limit=None):
+    """Every line with ``after < id < before``, whatever its job or level."""
+    with engine.connect() as conn:
+        return all_lines_between(conn, after, before, limit)
+
 
 def init_app(app):
     state = app.extensions["quaero"]
-    state.hub = StreamHub(app, state.bus, state.metrics, app.config["QUAERO_MAX_STREAMS"])
+    state.hub = StreamHub(app, state.engine, state.bus, state.metrics,
+                          app.config["QUAERO_MAX_STREAMS"], app.config["QUAERO_WATCH_INTERVAL"])
 
 
 @bp.before_request
