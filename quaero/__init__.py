@@ -78,6 +78,9 @@ def create_app(config=None):
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     init_db(engine)
+    from flask_migrate import Migrate
+    from .migrate import MIGRATIONS
+    Migrate(app, db, directory=MIGRATIONS)  # `flask --app wsgi db migrate` for new revisions
 
     app.extensions["quaero"] = Quaero(app, engine)
 

@@ -114,8 +114,10 @@ counters_t = LineCounter.__table__
 
 
 def init_db(engine):
-    """Create tables and the fixed counter rows; safe to run concurrently and repeatedly."""
-    Base.metadata.create_all(engine)
+    """Bring the schema up to date (Alembic migrations) and create the fixed counter rows;
+    safe to run concurrently and repeatedly."""
+    from .migrate import upgrade
+    upgrade(engine)
     for key in (ID_KEY, SERVICE_KEY):
         with engine.begin() as conn:
             exists = conn.execute(sa.select(counters_t.c.key).where(counters_t.c.key == key)).first()
