@@ -10,6 +10,7 @@ from .config import Config
 from .ingest import Ingestor
 from .metrics import Metrics
 from .models import db, init_db
+from .retention import Pruner
 from .servicelog import IngestHandler
 
 log = logging.getLogger("quaero")
@@ -27,6 +28,9 @@ class Quaero:
         self.ingestor = Ingestor(engine, self.bus, self.metrics)
         self.runner = None
         self.hub = None
+        self.pruner = Pruner(engine, app.config["QUAERO_RETENTION_DAYS"],
+                             app.config["QUAERO_MAX_LINES_PER_JOB"],
+                             app.config["QUAERO_PRUNE_INTERVAL"])
         self.log_handler = IngestHandler(self.ingestor)
         self._loggers = [logging.getLogger("quaero")]
         if app.config["QUAERO_CAPTURE_ROOT_LOGGER"]:
@@ -42,6 +46,7 @@ class Quaero:
             self.hub.shutdown()
 
     def close(self):
+        self.pruner.stopped = True
         for logger in self._loggers:
             logger.removeHandler(self.log_handler)
         if self.hub is not None:
@@ -90,4 +95,8 @@ def create_app(config=None):
     app.register_blueprint(stream.bp)
     app.register_blueprint(ops.bp)
     stream.init_app(app)
+
+    @app.before_request
+    def _background_work():
+        app.extensions["quaero"].pruner.ensure_started()
     return app

@@ -28,6 +28,10 @@ class Config:
         # How often each process reads the database for lines and job changes made by
         # other processes (what keeps streams complete without Redis, or while it is down)
         self.QUAERO_WATCH_INTERVAL = float(os.environ.get("QUAERO_WATCH_INTERVAL", "0.5"))
+        # Retention (0: keep everything)
+        self.QUAERO_RETENTION_DAYS = float(os.environ.get("QUAERO_RETENTION_DAYS", "0"))
+        self.QUAERO_MAX_LINES_PER_JOB = _int("QUAERO_MAX_LINES_PER_JOB", 0)
+        self.QUAERO_PRUNE_INTERVAL = float(os.environ.get("QUAERO_PRUNE_INTERVAL", "60"))
         # Service log: also capture the root logger's records
         self.QUAERO_CAPTURE_ROOT_LOGGER = os.environ.get("QUAERO_CAPTURE_ROOT_LOGGER", "") in (
             "1", "true", "yes")

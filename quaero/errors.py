@@ -1,5 +1,6 @@
 """One shape for every API error: ``{"error": "..."}`` with the right status."""
 from flask import jsonify, request
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 
@@ -35,6 +36,16 @@ def init_app(app):
                 response.headers["Allow"] = ", ".join(exc.valid_methods)
             return response
         return exc
+
+    @app.errorhandler(sa_exc.OperationalError)
+    @app.errorhandler(sa_exc.InterfaceError)
+    @app.errorhandler(sa_exc.TimeoutError)
+    def database_unavailable(exc):
+        app.logger.warning("database unavailable on %s %s: %s", request.method, request.path,
+                           exc.__class__.__name__)
+        response = error_response(503, "database unavailable; retry later")
+        response.headers["Retry-After"] = "2"
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc):

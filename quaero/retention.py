@@ -1,0 +1,134 @@
+"""Retention: prune old jobs and lines in the background, in small transactions.
+
+``QUAERO_RETENTION_DAYS``: finished jobs (with their lines) and service lines older than
+that go. ``QUAERO_MAX_LINES_PER_JOB``: a job keeps only its newest lines. Counts in
+``log_counts`` go down with every deleted line, so ``meta.total_count`` and
+``log_counts`` stay true; ``has_more`` follows from what is left.
+"""
+import logging
+import os
+from datetime import timedelta
+
+import gevent
+import sqlalchemy as sa
+
+from .models import (FINISHED, SERVICE_KEY, Job, counters_t, counts_t, log_t, utcnow)
+
+log = logging.getLogger("quaero.retention")
+
+CHUNK = 5000
+_LOCK = 0x51554146
+
+
+def _delete_lines(conn, key, where):
+    """Delete up to CHUNK lines of one job (or the service log) matching ``where``, and
+    take them off the counts. Returns how many went."""
+    job_cond = log_t.c.job_id.is_(None) if key == SERVICE_KEY else log_t.c.job_id == key
+    ids = conn.execute(sa.select(log_t.c.id).where(job_cond, *where)
+                       .order_by(log_t.c.id).limit(CHUNK)).scalars().all()
+    if not ids:
+        return 0
+    lo, hi = ids[0], ids[-1]
+    span = (job_cond, log_t.c.id >= lo, log_t.c.id <= hi, *where)
+    groups = conn.execute(sa.select(log_t.c.step_name, log_t.c.level, sa.func.count())
+                          .where(*span).group_by(log_t.c.step_name, log_t.c.level)).all()
+    for step, level, n in sorted(groups, key=lambda g: (g[0] or "", g[1])):
+        conn.execute(counts_t.update().where(
+            counts_t.c.key == key, counts_t.c.step_name == (step or ""),
+            counts_t.c.level == level).values(count=counts_t.c.count - n))
+    return conn.execute(log_t.delete().where(*span)).rowcount
+
+
+def prune_once(engine, retention_days=None, max_lines_per_job=None):
+    """One pass; returns ``(jobs_deleted, lines_deleted)``."""
+    jobs_deleted = lines_deleted = 0
+    if retention_days:
+        cutoff = utcnow() - timedelta(days=retention_days)
+        with engine.connect() as conn:
+            old = conn.execute(sa.select(Job.id).where(
+                Job.status.in_(FINISHED), Job.finished_at < cutoff).limit(100)).scalars().all()
+        for job_id in old:
+            while True:  # its lines first, in chunks, then the job
+                with engine.begin() as conn:
+                    n = _delete_lines(conn, job_id, ())
+                lines_deleted += n
+                if n < CHUNK:
+                    break
+            with engine.begin() as conn:
+                conn.execute(counts_t.delete().where(counts_t.c.key == job_id))
+                conn.execute(counters_t.delete().where(counters_t.c.key == job_id))
+                conn.execute(sa.delete(Job.__table__).where(Job.id == job_id))
+                jobs_deleted += 1
+        while True:
+            with engine.begin() as conn:
+                n = _delete_lines(conn, SERVICE_KEY, (log_t.c.timestamp < cutoff,))
+            lines_deleted += n
+            if n < CHUNK:
+                break
+    if max_lines_per_job:
+        with engine.connect() as conn:
+            over = conn.execute(
+                sa.select(counts_t.c.key).where(counts_t.c.key != SERVICE_KEY)
+                .group_by(counts_t.c.key).having(sa.func.sum(counts_t.c.count) > max_lines_per_job)
+            ).scalars().all()
+        for job_id in over:
+            with engine.connect() as conn:
+                threshold = conn.execute(
+                    sa.select(log_t.c.id).where(log_t.c.job_id == job_id)
+                    .order_by(log_t.c.id.desc()).offset(max_lines_per_job).limit(1)).scalar()
+            while threshold is not None:
+                with engine.begin() as conn:
+                    n = _delete_lines(conn, job_id, (log_t.c.id <= threshold,))
+                lines_deleted += n
+                if n < CHUNK:
+                    break
+    return jobs_deleted, lines_deleted
+
+
+class Pruner:
+    """A greenlet per process; on PostgreSQL only one process prunes at a time."""
+
+    def __init__(self, engine, retention_days, max_lines_per_job, interval):
+        self.engine = engine
+        self.retention_days = retention_days
+        self.max_lines_per_job = max_lines_per_job
+        self.interval = interval
+        self._pid = None
+        self.stopped = False
+
+    @property
+    def enabled(self):
+        return bool(self.retention_days or self.max_lines_per_job)
+
+    def ensure_started(self):
+        if self.enabled and self._pid != os.getpid():
+            self._pid = os.getpid()
+            gevent.spawn(self._run)
+
+    def _run(self):
+        while not self.stopped:
+            try:
+                self.run_once()
+            except Exception as exc:
+                log.warning("retention pass failed: %s", exc.__class__.__name__)
+            gevent.sleep(self.interval)
+
+    def run_once(self):
+        if self.engine.dialect.name != "postgresql":
+            return self._prune()
+        with self.engine.connect() as lock_conn:  # held for the pass: one pruner at a time
+            got = lock_conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK}).scalar()
+            lock_conn.commit()
+            if not got:
+                return None
+            try:
+                return self._prune()
+            finally:
+                lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK})
+                lock_conn.commit()
+
+    def _prune(self):
+        jobs, lines = prune_once(self.engine, self.retention_days, self.max_lines_per_job)
+        if jobs or lines:
+            log.info("retention pruned %d jobs and %d lines", jobs, lines)
+        return jobs, lines
