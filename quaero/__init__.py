@@ -88,12 +88,16 @@ def create_app(config=None):
     Migrate(app, db, directory=MIGRATIONS)  # `flask --app wsgi db migrate` for new revisions
 
     app.extensions["quaero"] = Quaero(app, engine)
+    from .runner import Runner
+    app.extensions["quaero"].runner = Runner(app, app.extensions["quaero"])
 
     from . import api, errors, ops, stream
     errors.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(stream.bp)
     app.register_blueprint(ops.bp)
+    from . import views  # the pages, login and CSRF (issue 5)
+    views.init_app(app)
     stream.init_app(app)
 
     @app.before_request
