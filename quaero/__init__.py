@@ -96,8 +96,6 @@ def create_app(config=None):
     app.register_blueprint(api.bp)
     app.register_blueprint(stream.bp)
     app.register_blueprint(ops.bp)
-    from . import views  # the pages, login and CSRF (issue 5)
-    views.init_app(app)
     stream.init_app(app)
 
     @app.before_request
