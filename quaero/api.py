@@ -349,6 +349,12 @@ def delete_job(job_id):
     return "", 204
 
 
+@bp.get("/openapi.json")
+def openapi():
+    from .openapi import document
+    return jsonify(document())
+
+
 @bp.get("/job-definitions")
 def job_definitions():
     runner = quaero().runner

@@ -1,0 +1,196 @@
+"""The OpenAPI 3.1 description of Quaero's HTTP API, served at ``/api/openapi.json``."""
+from .models import JOB_STATUSES, STEP_STATUSES
+
+LEVEL = {"type": "string", "enum": ["debug", "info", "warn", "error"]}
+NULL_STR = {"type": ["string", "null"]}
+TIME = {"type": ["string", "null"], "format": "date-time"}
+INT0 = {"type": "integer", "minimum": 0}
+
+
+def _ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema):
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _error(description):
+    return {"description": description, **_json(_ref("Error"))}
+
+
+def _errors(*codes):
+    text = {400: "bad request", 401: "authentication required", 404: "not found",
+            405: "method not allowed", 409: "conflict with the current state",
+            413: "request too large", 503: "unavailable (database, stream cap, shutdown)"}
+    return {str(c): _error(text[c]) for c in codes}
+
+
+def _q(name, schema, description="", required=False, explode=None):
+    p = {"name": name, "in": "query", "required": required, "schema": schema,
+         "description": description}
+    if explode is not None:
+        p["explode"] = explode
+        p["style"] = "form"
+    return p
+
+
+def _path(name):
+    return {"name": name, "in": "path", "required": True,
+            "schema": {"type": "string", "minLength": 1}}
+
+
+# the query string of the stream and the polling API (values arrive as strings and are
+# validated by the server; invalid ones get a 400)
+LINE_QUERY = [
+    _q("scope", {"type": "string", "enum": ["service", "job"]}, "service or job", True),
+    _q("job_id", {"type": "array", "items": {"type": "string"}, "maxItems": 50},
+       "required for scope=job; may repeat", explode=True),
+    _q("step", {"type": "string"}, "step name (scope=job)"),
+    _q("level", LEVEL, "minimum level (default info)"),
+    _q("limit", INT0, "lines (default 100; at most 5000 for job, 500 for service)"),
+    _q("after", INT0, "only lines with a larger id"),
+]
+
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "LogLine": {
+        "type": "object",
+        "required": ["id", "timestamp", "level", "message", "job_id", "step_name", "line_number"],
+        "properties": {"id": {"type": "integer"}, "timestamp": {"type": "string"},
+                       "level": LEVEL, "message": {"type": "string"}, "job_id": NULL_STR,
+                       "step_name": NULL_STR, "line_number": {"type": "integer", "minimum": 1}}},
+    "Meta": {"type": "object", "required": ["total_count", "displayed_count", "has_more"],
+             "properties": {"total_count": INT0, "displayed_count": INT0,
+                            "has_more": {"type": "boolean"}}},
+    "LogsPage": {"type": "object", "required": ["logs", "meta", "last_id"],
+                 "properties": {"logs": {"type": "array", "items": _ref("LogLine")},
+                                "meta": _ref("Meta"), "last_id": {"type": ["integer", "null"]}}},
+    "IngestLine": {
+        "type": "object", "required": ["level", "message"],
+        "properties": {"level": {"type": "string", "enum": ["debug", "info", "warn", "warning", "error"]},
+                       "message": {"type": "string"}, "job_id": NULL_STR, "step": NULL_STR,
+                       "timestamp": {"type": ["string", "null"], "format": "date-time"}}},
+    "IngestRequest": {"type": "object", "required": ["logs"],
+                      "properties": {"logs": {"type": "array", "minItems": 1, "maxItems": 10000,
+                                              "items": _ref("IngestLine")}}},
+    "IngestResult": {"type": "object", "required": ["accepted", "first_id", "last_id"],
+                     "properties": {"accepted": {"type": "integer", "minimum": 1},
+                                    "first_id": {"type": "integer"}, "last_id": {"type": "integer"}}},
+    "Step": {"type": "object", "required": ["id", "name", "status", "started_at", "finished_at"],
+             "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+                            "status": {"type": "string", "enum": list(STEP_STATUSES)},
+                            "started_at": TIME, "finished_at": TIME}},
+    "Job": {"type": "object",
+            "required": ["id", "name", "status", "created_at", "started_at", "finished_at",
+                         "steps", "log_counts"],
+            "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+                           "definition": NULL_STR,
+                           "status": {"type": "string", "enum": list(JOB_STATUSES)},
+                           "created_at": {"type": "string"}, "started_at": TIME,
+                           "finished_at": TIME, "steps": {"type": "array", "items": _ref("Step")},
+                           "log_counts": {"type": "object",
+                                          "required": ["debug", "info", "warn", "error"],
+                                          "additionalProperties": INT0}}},
+    "JobList": {"type": "object", "required": ["jobs", "total"],
+                "properties": {"jobs": {"type": "array", "items": _ref("Job")}, "total": INT0}},
+    "NewJob": {"oneOf": [
+        {"type": "object", "required": ["definition"],
+         "properties": {"definition": {"type": "string"}}},
+        {"type": "object", "required": ["name"],
+         "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "steps": {"type": "array", "items": {"type": "string"}}}}]},
+    "StatusChange": {"type": "object", "required": ["status"],
+                     "properties": {"status": {"type": "string"}}},
+    "Definitions": {"type": "object", "required": ["definitions"],
+                    "properties": {"definitions": {"type": "array", "items": {"type": "object"}}}},
+    "Health": {"type": "object", "required": ["status"],
+               "properties": {"status": {"type": "string"}, "checks": {"type": "object"}}},
+}
+
+
+def _op(summary, responses, params=(), body=None, op_id=None):
+    op = {"summary": summary, "operationId": op_id or summary.lower().replace(" ", "_"),
+          "parameters": list(params), "responses": responses}
+    if body is not None:
+        op["requestBody"] = {"required": True, **_json(body)}
+    return op
+
+
+JOB_PATH = [_path("job_id")]
+
+PATHS = {
+    "/api/logs": {
+        "get": _op("Read log lines", {"200": {"description": "lines, oldest first",
+                                              **_json(_ref("LogsPage"))},
+                                      **_errors(400, 401, 404, 503)},
+                   LINE_QUERY + [_q("before", INT0, "only lines with a smaller id")]),
+        "post": _op("Ingest log lines", {"201": {"description": "committed",
+                                                 **_json(_ref("IngestResult"))},
+                                         **_errors(400, 401, 404, 413, 503)},
+                    body=_ref("IngestRequest")),
+    },
+    "/api/logs/stream": {
+        "get": _op("Stream log lines", {
+            "200": {"description": "Server-Sent Events: logs, status, ping, end",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            **_errors(400, 401, 404, 503)}, LINE_QUERY + [
+            {"name": "Last-Event-ID", "in": "header", "required": False, "schema": INT0}]),
+    },
+    "/api/jobs": {
+        "get": _op("List jobs", {"200": {"description": "newest first", **_json(_ref("JobList"))},
+                                 **_errors(400, 401, 503)},
+                   [_q("status", {"type": "string", "enum": list(JOB_STATUSES)}),
+                    _q("limit", INT0), _q("offset", INT0)]),
+        "post": _op("Create job", {"201": {"description": "created", **_json(_ref("Job"))},
+                                   **_errors(400, 401, 404, 503)}, body=_ref("NewJob")),
+    },
+    "/api/jobs/{job_id}": {
+        "get": _op("Get job", {"200": {"description": "the job", **_json(_ref("Job"))},
+                               **_errors(401, 404, 503)}, JOB_PATH),
+        "patch": _op("Change job status", {"200": {"description": "the job", **_json(_ref("Job"))},
+                                           **_errors(400, 401, 404, 409, 503)},
+                     JOB_PATH, body=_ref("StatusChange")),
+        "delete": _op("Delete job", {"204": {"description": "deleted"},
+                                     **_errors(401, 404, 409, 503)}, JOB_PATH),
+    },
+    "/api/jobs/{job_id}/steps/{step_name}": {
+        "patch": _op("Change step status", {"200": {"description": "the job", **_json(_ref("Job"))},
+                                            **_errors(400, 401, 404, 409, 503)},
+                     JOB_PATH + [_path("step_name")], body=_ref("StatusChange")),
+    },
+    "/api/jobs/{job_id}/cancel": {
+        "post": _op("Cancel job", {"202": {"description": "cancelling", **_json(_ref("Job"))},
+                                   **_errors(401, 404, 409, 503)}, JOB_PATH),
+    },
+    "/api/jobs/{job_id}/rerun": {
+        "post": _op("Rerun job", {"201": {"description": "the new job", **_json(_ref("Job"))},
+                                  **_errors(401, 404, 409, 503)}, JOB_PATH),
+    },
+    "/api/jobs/{job_id}/logs.txt": {
+        "get": _op("Download job log", {
+            "200": {"description": "plain text", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            **_errors(401, 404, 503)}, JOB_PATH),
+    },
+    "/api/job-definitions": {
+        "get": _op("List job definitions", {"200": {"description": "definitions",
+                                                    **_json(_ref("Definitions"))},
+                                            **_errors(401, 503)}),
+    },
+    "/healthz": {
+        "get": _op("Health", {"200": {"description": "ok", **_json(_ref("Health"))},
+                              "503": {"description": "unhealthy", **_json(_ref("Health"))}}),
+    },
+}
+
+
+def document():
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Quaero", "version": "1.0",
+                 "description": "Live log service: ingest, read, stream; jobs."},
+        "paths": PATHS,
+        "components": {"schemas": SCHEMAS, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{}, {"bearer": []}],
+    }
