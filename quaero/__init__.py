@@ -25,7 +25,8 @@ class Quaero:
         self.metrics = Metrics()
         redis_url = app.config["QUAERO_REDIS_URL"]
         self.bus = RedisBus(redis_url) if redis_url else LocalBus()
-        self.ingestor = Ingestor(engine, self.bus, self.metrics)
+        self.ingestor = Ingestor(engine, self.bus, self.metrics,
+                                 app.config["QUAERO_LOG_BUFFER_LINES"])
         self.runner = None
         self.hub = None
         self.pruner = Pruner(engine, app.config["QUAERO_RETENTION_DAYS"],
