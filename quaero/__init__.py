@@ -25,8 +25,7 @@ class Quaero:
         self.metrics = Metrics()
         redis_url = app.config["QUAERO_REDIS_URL"]
         self.bus = RedisBus(redis_url) if redis_url else LocalBus()
-        self.ingestor = Ingestor(engine, self.bus, self.metrics,
-                                 app.config["QUAERO_LOG_BUFFER_LINES"])
+        self.ingestor = Ingestor(engine, self.bus, self.metrics)
         self.runner = None
         self.hub = None
         self.pruner = Pruner(engine, app.config["QUAERO_RETENTION_DAYS"],
@@ -97,6 +96,8 @@ def create_app(config=None):
     app.register_blueprint(api.bp)
     app.register_blueprint(stream.bp)
     app.register_blueprint(ops.bp)
+    from . import views  # the pages, login and CSRF (issue 5)
+    views.init_app(app)
     stream.init_app(app)
 
     @app.before_request
