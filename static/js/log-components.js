@@ -737,10 +737,9 @@ function (root, Q) {
     var refreshTimer = null;
     var stepBoxes = null;
     var tick = null;
-    return mixin({
+    var data = mixin({
       jobId: String(jobId),
       compact: compact,
-      job: options.job || null,
       level: options.level || "debug",
       levels: LEVELS,
       autoScroll: true,
@@ -869,15 +868,13 @@ function (root, Q) {
 
       onStatus: function (payload) {
         var self = this;
-        if (this.job && payload.job) {
+        if (!compact && this.job && payload.job) {
           this.job.status = payload.job.status;
           var byName = {};
           (payload.steps || []).forEach(function (s) { byName[s.name] = s.status; });
           (this.job.steps || []).forEach(function (s) {
             if (byName[s.name]) s.status = byName[s.name];
           });
-        } else if (payload.job) {
-          this.job = Object.assign(this.job || {}, payload.job);
         }
         if (this.$dispatch) this.$dispatch("job-status", { id: this.jobId, status: payload.job.status });
         if (!compact) {
@@ -889,7 +886,7 @@ function (root, Q) {
       onEnd: function (payload) {
         this.ended = true;
         if (payload && payload.job && payload.job.id === this.jobId) {
-          if (this.job) this.job.status = payload.job.status;
+          if (!compact && this.job) this.job.status = payload.job.status;
           if (this.$dispatch) this.$dispatch("job-status", { id: this.jobId, status: payload.job.status });
         }
         if (!compact) this.refreshJob();
@@ -1120,6 +1117,9 @@ function (root, Q) {
           }, function () { self.busy = false; self.message = "Rerun failed: the server cannot be reached."; });
       }
     });
+    // Compact rows live inside the queue's x-for: `job` there is the row's job, not ours.
+    if (!compact) data.job = options.job || null;
+    return data;
   }
 
   // --- Alpine: pages -------------------------------------------------------------------
