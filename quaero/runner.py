@@ -497,16 +497,26 @@ class Runner:
         files = self._files()
         if files == self._signature:
             return
-        defs, errors, origin = {}, {}, {}
-        for path, mtime, size in files:
+        parsed, failed = {}, {}
+        for path, _, _ in files:
             try:
-                d = parse_definition(path)
-                if d.name in defs:
-                    raise DefinitionError(f"defines job {d.name!r}, which "
-                                          f"{os.path.basename(origin[d.name])} already defines")
-                defs[d.name] = d
-                origin[d.name] = path
+                parsed[path] = parse_definition(path)
             except DefinitionError as exc:
+                failed[path] = exc
+        defs, errors = {}, {}
+        # Two files, one name: the file named after the job wins, else the first by name.
+        ranked = sorted(parsed.items(), key=lambda kv: (
+            os.path.splitext(os.path.basename(kv[0]))[0] != kv[1].name, kv[0]))
+        for path, d in ranked:
+            if d.name in defs:
+                failed[path] = DefinitionError(
+                    f"defines job {d.name!r}, which {os.path.basename(defs[d.name].path)} "
+                    "already defines")
+            else:
+                defs[d.name] = d
+        for path, mtime, size in files:
+            if path in failed:
+                exc = failed[path]
                 errors[path] = str(exc)
                 if self._reported.get(path) != ((mtime, size), str(exc)):
                     self._reported[path] = ((mtime, size), str(exc))
