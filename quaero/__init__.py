@@ -25,7 +25,8 @@ class Quaero:
         self.metrics = Metrics()
         redis_url = app.config["QUAERO_REDIS_URL"]
         self.bus = RedisBus(redis_url) if redis_url else LocalBus()
-        self.ingestor = Ingestor(engine, self.bus, self.metrics)
+        self.ingestor = Ingestor(engine, self.bus, self.metrics,
+                                 app.config["QUAERO_LOG_BUFFER_LINES"])
         self.runner = None
         self.hub = None
         self.pruner = Pruner(engine, app.config["QUAERO_RETENTION_DAYS"],
@@ -53,6 +54,7 @@ class Quaero:
             self.hub.close()
         if self.runner is not None:
             self.runner.close()
+        self.engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_conn, _record):
@@ -75,7 +77,7 @@ def create_app(config=None):
     app.config.update(config or {})
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
-            "pool_pre_ping": True, "pool_size": 10, "max_overflow": 40, "pool_timeout": 10}
+            "pool_pre_ping": True, "pool_size": 5, "max_overflow": 15, "pool_timeout": 10}
 
     db.init_app(app)
     with app.app_context():

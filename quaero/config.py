@@ -35,6 +35,9 @@ class Config:
         # Service log: also capture the root logger's records
         self.QUAERO_CAPTURE_ROOT_LOGGER = os.environ.get("QUAERO_CAPTURE_ROOT_LOGGER", "") in (
             "1", "true", "yes")
+        # Lines from Quaero's own logging and job steps kept while the database is away;
+        # beyond this they are dropped and counted (quaero_service_log_lines_dropped_total)
+        self.QUAERO_LOG_BUFFER_LINES = _int("QUAERO_LOG_BUFFER_LINES", 10000)
         self.SECRET_KEY = os.environ.get("QUAERO_SECRET_KEY") or os.urandom(32).hex()
         # Request bodies: 10,000 lines of 64 KiB is the contract's maximum batch,
         # but a body that large is refused before parsing.

@@ -61,6 +61,8 @@ class Connection:
         self.ended = {}          # job id -> final status, once finished
         self.dropped = False
         self.closing = False
+        self.writing = False     # between handing bytes to the server and it asking for more
+        self.backlog = 0         # bytes queued since that write began
         self.last_id = 0         # highest line id sent (or resumed from)
         self.total = 0           # matching lines that exist (snapshot + live)
         self.displayed = 0
@@ -70,11 +72,16 @@ class Connection:
     def push(self, batch):
         if self.dropped:
             return
+        size = len(batch.encoded)
         self.batches.append(batch)
-        self.pending_bytes += len(batch.encoded)
-        # A single batch is always taken (its bytes are shared with every stream);
-        # a backlog beyond the budget means the client is not keeping up.
-        if self.pending_bytes > self.buffer_bytes and len(self.batches) > 1:
+        self.pending_bytes += size
+        if self.writing:
+            self.backlog += size
+        # Slow means: more than the budget arrived while the client had not yet taken our
+        # last write. What gathers during the 150 ms pacing wait is capped more loosely
+        # (the batches are shared with every stream; this only holds references).
+        if (self.backlog > self.buffer_bytes and len(self.batches) > 1) or (
+                self.pending_bytes > 4 * self.buffer_bytes and len(self.batches) > 1):
             self.drop()
         self.wake.set()
 
@@ -339,7 +346,7 @@ def stream_logs():
     connection = Connection(f, hub, cfg["QUAERO_STREAM_BUFFER_BYTES"],
                             request.environ.get("gunicorn.socket"))
     hub.subscribe(connection)  # before the backfill: nothing falls in between
-    body = _generate(connection, state, db.engine, limit, resume, cfg)
+    body = _track_writes(connection, _generate(connection, state, db.engine, limit, resume, cfg))
     response = current_app.response_class(body, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
@@ -467,6 +474,18 @@ def _generate(conn, state, engine, limit, resume, cfg):
             conn.wake.wait(max(wait, 0))
     finally:
         hub.unsubscribe(conn)
+
+
+def _track_writes(conn, body):
+    """Mark the time the server spends writing each chunk (the generator is suspended
+    until the socket took it): what queues up meanwhile is what a slow client costs."""
+    try:
+        for chunk in body:
+            conn.writing, conn.backlog = True, 0
+            yield chunk
+            conn.writing = False
+    finally:
+        body.close()
 
 
 def _pages_after(engine, f, after):
