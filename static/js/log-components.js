@@ -113,7 +113,7 @@ function (root, Q) {
   }
 
   var STATE_LABELS = {
-    idle: "disconnected", connecting: "reconnecting", connected: "connected",
+    idle: "disconnected", connecting: "connecting", connected: "connected",
     reconnecting: "reconnecting", polling: "polling", disconnected: "disconnected",
     ended: "disconnected", closed: "disconnected"
   };
@@ -634,6 +634,9 @@ function (root, Q) {
   var connectionMixin = {
     state: "connecting",
     get stateLabel() { return STATE_LABELS[this.state] || this.state; },
+    get stateText() {
+      return this.state === "ended" ? "disconnected (job finished)" : this.stateLabel;
+    },
     get stateTitle() { return STATE_TITLES[this.state] || ""; }
   };
 
@@ -819,7 +822,7 @@ function (root, Q) {
             onLines: function (lines, info) { self.onLines(lines, null, info); },
             onStatus: function (payload) { self.onStatus(payload); },
             onEnd: function (job) { self.onEnd({ job: job }); },
-            onState: function (state) { self.state = state; }
+            onState: function (state) { self.state = self.ended ? "ended" : state; }
           });
           return;
         }
@@ -868,6 +871,10 @@ function (root, Q) {
 
       onStatus: function (payload) {
         var self = this;
+        if (compact && payload.job && Q.isFinished(payload.job.status)) {
+          this.ended = true;
+          this.state = "ended";
+        }
         if (!compact && this.job && payload.job) {
           this.job.status = payload.job.status;
           var byName = {};
@@ -885,6 +892,7 @@ function (root, Q) {
 
       onEnd: function (payload) {
         this.ended = true;
+        this.state = "ended";
         if (payload && payload.job && payload.job.id === this.jobId) {
           if (!compact && this.job) this.job.status = payload.job.status;
           if (this.$dispatch) this.$dispatch("job-status", { id: this.jobId, status: payload.job.status });

@@ -163,7 +163,7 @@ def test_job_page_status_steps_and_download(live, page):
     expect(page.locator("#L2")).to_have_class(re.compile("ql-lv-error"))
     set_status(live, job, "failed")
     expect(page.locator(".jobtitle .badge")).to_have_text("failed")
-    expect(page.locator(".jobbar").get_by_role("status")).to_have_text("disconnected")
+    expect(page.locator(".jobbar").get_by_role("status")).to_have_text("disconnected (job finished)")
     expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
     with page.expect_download() as info:
         page.get_by_role("link", name="Download").click()

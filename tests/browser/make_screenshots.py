@@ -1,0 +1,138 @@
+"""Screenshots of each page with some data, into docs/screenshots/.
+
+    /work/venv/bin/python -m tests.browser.make_screenshots
+
+Starts its own gunicorn servers (one open, one with a token for the login page) on
+temporary databases, fills them through the API and photographs the pages in Debian's
+Chromium. Not a test; run it after changing how the pages look.
+"""
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import httpx  # noqa: E402
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+from tests.browser.conftest import ARGS, CHROMIUM, new_job, post, set_status  # noqa: E402
+from tests.conftest import ROOT, Server  # noqa: E402
+
+OUT = Path(ROOT) / "docs" / "screenshots"
+ESC = "\x1b"
+
+
+def fill(api):
+    post(api, [{"level": "info", "message": "Quaero started; listening on 127.0.0.1"},
+               {"level": "debug", "message": "database: sqlite, WAL mode"}])
+    backup = new_job(api, "nightly-backup", steps=["snapshot", "upload", "verify"])
+    set_status(api, backup, "running")
+    for step in ("snapshot", "upload", "verify"):
+        set_status(api, backup, "running", step=step)
+        post(api, [{"level": "info", "message": f"{step}: {i * 12} MB done", "job_id": backup, "step": step}
+                   for i in range(1, 6)])
+        set_status(api, backup, "completed", step=step)
+    set_status(api, backup, "completed")
+
+    deploy = new_job(api, "deploy-eu-west", steps=["build", "push", "rollout"])
+    set_status(api, deploy, "running")
+    set_status(api, deploy, "running", step="build")
+    post(api, [{"level": "info", "message": "building image quaero:1.4.2", "job_id": deploy, "step": "build"}])
+    set_status(api, deploy, "completed", step="build")
+    set_status(api, deploy, "running", step="push")
+    post(api, [{"level": "warn", "message": "registry slow to answer, retrying (1/3)", "job_id": deploy, "step": "push"},
+               {"level": "error", "message": "push failed: 502 Bad Gateway", "job_id": deploy, "step": "push"}])
+    set_status(api, deploy, "failed")
+
+    tests = new_job(api, "integration-tests", steps=["setup", "unit", "browser", "report"])
+    set_status(api, tests, "running")
+    set_status(api, tests, "running", step="setup")
+    post(api, [{"level": "debug", "message": "python 3.13, node 20", "job_id": tests, "step": "setup"},
+               {"level": "info", "message": "installing 42 packages", "job_id": tests, "step": "setup"}])
+    set_status(api, tests, "completed", step="setup")
+    set_status(api, tests, "running", step="unit")
+    lines = []
+    for i in range(1, 61):
+        name = f"tests/test_module_{i:02d}.py"
+        if i % 17 == 0:
+            lines.append({"level": "error", "message": f"{ESC}[31mFAILED{ESC}[0m {name}::test_edge_case - AssertionError: 3 != 4"})
+        elif i % 9 == 0:
+            lines.append({"level": "warn", "message": f"{ESC}[33mWARN{ESC}[0m {name}: DeprecationWarning: utcnow() is deprecated"})
+        else:
+            lines.append({"level": "info", "message": f"{ESC}[32mPASSED{ESC}[0m {name} {ESC}[2m({i * 7 % 90} ms){ESC}[0m"})
+    for line in lines:
+        line.update(job_id=tests, step="unit")
+    post(api, lines)
+    post(api, [{"level": "info", "message": f"{ESC}[1mcollected 1,204 items{ESC}[0m", "job_id": tests, "step": "unit"}])
+    post(api, [{"level": "warn", "message": "disk usage at 81% on /var/lib/quaero"},
+               {"level": "info", "message": "service log: retention pruned 12,480 lines"}])
+    return backup, deploy, tests
+
+
+def main():
+    if not os.path.exists(CHROMIUM):
+        sys.exit(f"{CHROMIUM} is not installed")
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="quaero-shots-"))
+    srv = Server(tmp).start()
+    auth_tmp = tmp / "auth"
+    auth_tmp.mkdir()
+    auth = Server(auth_tmp, env={"QUAERO_API_TOKEN": "screenshot-token"}).start()
+    try:
+        api = httpx.Client(base_url=srv.url, timeout=30)
+        backup, deploy, tests = fill(api)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.goto(srv.url + "/")
+            expect(page.get_by_role("link", name="integration-tests").first).to_be_visible()
+            expect(page.locator(".svc .ql-line").first).to_be_visible()
+            time.sleep(1)
+            page.screenshot(path=str(OUT / "home.png"))
+
+            page.goto(srv.url + "/queue")
+            for name in ("integration-tests", "deploy-eu-west"):
+                page.locator("li.qrow", has_text=name).locator("button[aria-expanded]").click()
+            expect(page.locator(".qlog .ql-line").first).to_be_visible()
+            time.sleep(1.5)
+            page.screenshot(path=str(OUT / "queue.png"))
+
+            page.goto(f"{srv.url}/jobs/{tests}#L20")
+            expect(page.locator("#L20")).to_be_in_viewport()
+            page.get_by_role("searchbox", name="Search the log").fill("deprecat")
+            expect(page.get_by_text(re_text("of 6 lines"))).to_be_visible()
+            post(api, [{"level": "info", "message": f"{ESC}[32mPASSED{ESC}[0m tests/test_live.py (streamed)",
+                        "job_id": tests, "step": "unit"}])
+            time.sleep(1.5)
+            page.screenshot(path=str(OUT / "job.png"))
+
+            page.goto(f"{srv.url}/jobs/{deploy}")
+            expect(page.locator("#L3")).to_be_visible()
+            time.sleep(1)
+            page.screenshot(path=str(OUT / "job-failed.png"))
+
+            page.goto(auth.url + "/")
+            page.get_by_label("API token").fill("wrong")
+            page.get_by_role("button", name="Log in").click()
+            time.sleep(0.5)
+            page.screenshot(path=str(OUT / "login.png"))
+            browser.close()
+    finally:
+        srv.stop()
+        auth.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\n".join(sorted(str(p) for p in OUT.glob("*.png"))))
+
+
+def re_text(text):
+    import re
+    return re.compile(re.escape(text))
+
+
+if __name__ == "__main__":
+    main()
