@@ -115,7 +115,10 @@ class Ingestor:
         result = AsyncResult()
         self._units.append(_Unit(lines, result))
         self._kick()
-        return result.get(timeout=timeout)
+        try:
+            return result.get(timeout=timeout)
+        except gevent.Timeout:
+            raise IngestError(503, "the database is too slow to answer; retry") from None
 
     def submit_nowait(self, lines):
         """Queue lines without waiting (logging). Bounded: returns False and counts a

@@ -348,6 +348,8 @@ def stream_logs():
     hub.subscribe(connection)  # before the backfill: nothing falls in between
     body = _track_writes(connection, _generate(connection, state, db.engine, limit, resume, cfg))
     response = current_app.response_class(body, mimetype="text/event-stream")
+    # the server closes every response, even one whose body it never started
+    response.call_on_close(lambda: hub.unsubscribe(connection))
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response
