@@ -61,6 +61,7 @@ DEBUG, INFO, WARN, ERROR = (LEVELS[k] for k in ("debug", "info", "warn", "error"
 BATCH_LINES = 5000        # lines per ingest call from one step
 BUFFER_LINES = 20000      # a step's unsent lines beyond which its pipes are not read
 MAX_LINE_BYTES = 65536    # longer output lines are split
+SECRET_ENV = ("QUAERO_API_TOKEN", "QUAERO_SECRET_KEY", "QUAERO_DATABASE_URL", "QUAERO_REDIS_URL")
 CLAIM_LOCK = 0x51756165   # pg_advisory_xact_lock key serialising claims ("Quae")
 
 jobs_t = Job.__table__
@@ -414,6 +415,7 @@ class RunningJob:
 
 
 _live_runners = weakref.WeakSet()
+_module_mtimes = {}               # python step modules of jobs folders: file -> mtime seen
 _atexit_registered = False
 
 
@@ -473,6 +475,8 @@ class Runner:
         state.log_handler.addFilter(_not_in_step)
         self.bus.connect(self._on_lines, self._on_status)
         app.before_request(self.ensure_started)
+        from .cli import cli  # `flask --app wsgi quaero run demo` = `python -m quaero run demo`
+        app.cli.add_command(cli, "quaero")
         _live_runners.add(self)
 
     # -- definitions --------------------------------------------------------------------
@@ -637,8 +641,8 @@ class Runner:
                 now = time.monotonic()
                 if now >= next_beat:
                     self._heartbeat()
-                    self._check_running()
                     next_beat = now + self.heartbeat_interval
+                self._check_running()
                 if now >= next_recover:
                     self._recover()
                     next_recover = now + max(self.heartbeat_interval, 5.0)
@@ -922,7 +926,8 @@ class Runner:
         env.update({"PYTHONUNBUFFERED": "1", "QUAERO_JOB_ID": rj.job_id,
                     "QUAERO_JOB_NAME": rj.name or "", "QUAERO_STEP": step.name,
                     "QUAERO_PYTHON": sys.executable, "QUAERO_JOBS_DIR": self.jobs_dir})
-        env.pop("QUAERO_API_TOKEN", None)  # steps do not inherit the server's secret
+        for secret in SECRET_ENV:  # steps do not inherit the server's secrets
+            env.pop(secret, None)
         env.update(dict(step.env))
         return env
 
@@ -1005,6 +1010,16 @@ class Runner:
         if self.jobs_dir not in sys.path:
             sys.path.append(self.jobs_dir)
         obj = importlib.import_module(module_name)
+        path = getattr(obj, "__file__", None) or ""
+        if path.startswith(self.jobs_dir + os.sep):  # a definition's own module: edits apply
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except OSError:
+                mtime = None
+            seen = _module_mtimes.setdefault(path, mtime)
+            if mtime is not None and seen != mtime:
+                obj = importlib.reload(obj)
+                _module_mtimes[path] = mtime
         for part in attr.split("."):
             obj = getattr(obj, part)
         if not callable(obj):
