@@ -435,7 +435,11 @@ def _pid_alive(pid):
         return False
     except OSError:
         return True
-    return True
+    try:  # a zombie (its parent died too, and nobody reaped it) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class Runner:

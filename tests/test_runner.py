@@ -694,7 +694,7 @@ def test_a_killed_server_leaves_its_job_failed_after_restart(tmp_path, served, s
         pid2 = next(int(ln["message"].split()[1]) for ln in api.get(
             f"/api/logs?scope=job&job_id={job2}").json()["logs"] if ln["message"].startswith("pid "))
         again.stop()
-        assert pid_gone(pid2) or (gevent.sleep(2) or pid_gone(pid2))
+        wait_for(lambda: pid_gone(pid2), timeout=10, what="the stopped server's step to die")
         engine = sa.create_engine(again.env["QUAERO_DATABASE_URL"])
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT status FROM jobs WHERE id = :i"),
