@@ -7,6 +7,7 @@ temporary databases, fills them through the API and photographs the pages in Deb
 Chromium. Not a test; run it after changing how the pages look.
 """
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -79,6 +80,8 @@ def main():
         sys.exit(f"{CHROMIUM} is not installed")
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="quaero-shots-"))
+    if (Path(ROOT) / "jobs").is_dir():        # the demo definitions, for the Run buttons
+        shutil.copytree(Path(ROOT) / "jobs", tmp / "jobs")
     srv = Server(tmp).start()
     auth_tmp = tmp / "auth"
     auth_tmp.mkdir()
@@ -86,6 +89,8 @@ def main():
     try:
         api = httpx.Client(base_url=srv.url, timeout=30)
         backup, deploy, tests = fill(api)
+        demo = api.post("/api/jobs", json={"definition": "demo"})
+        demo = demo.json()["id"] if demo.status_code == 201 else None
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1360, "height": 900})
@@ -116,6 +121,12 @@ def main():
             time.sleep(1)
             page.screenshot(path=str(OUT / "job-failed.png"))
 
+            if demo:
+                page.goto(f"{srv.url}/jobs/{demo}")
+                expect(page.get_by_role("button", name=re.compile("^trickle.*running"))).to_be_visible(timeout=30000)
+                time.sleep(4)
+                page.screenshot(path=str(OUT / "job-demo-running.png"))
+
             page.goto(auth.url + "/")
             page.get_by_label("API token").fill("wrong")
             page.get_by_role("button", name="Log in").click()
@@ -130,7 +141,6 @@ def main():
 
 
 def re_text(text):
-    import re
     return re.compile(re.escape(text))
 
 
