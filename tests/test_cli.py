@@ -136,8 +136,11 @@ def test_tail_service_filters(server):
     cli = CLI("tail", "--service", "--url", server.url, "--level", "warn", "--json",
               "--limit", "0")
     try:
-        time.sleep(1.0)  # connected (the backfill is empty with --limit 0)
         with httpx.Client(base_url=server.url, timeout=30) as api:
+            deadline = time.monotonic() + 30
+            while 'quaero_sse_streams_open{scope="service"} 1.0' not in api.get("/metrics").text:
+                assert time.monotonic() < deadline and cli.proc.poll() is None, cli.err
+                time.sleep(0.05)  # until the CLI's stream is open (--limit 0: no backlog)
             api.post("/api/logs", json={"logs": [{"level": "info", "message": "quiet"},
                                                  {"level": "error", "message": "loud"}]})
         cli.wait_for_output(lambda out: any("loud" in x for x in out))
