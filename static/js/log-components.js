@@ -1022,7 +1022,9 @@ function (root, Q) {
 
       reveal: function (rec) {
         var self = this;
-        if (rec.line.step_name && this.collapsed[rec.line.step_name]) this.collapsed[rec.line.step_name] = false;
+        var name = rec.line.step_name;
+        var key = name && stepBoxes && stepBoxes.has(name) ? name : "";
+        if (this.collapsed[key]) this.collapsed[key] = false;
         this.paused = true;
         this.$nextTick(function () {
           rec.el.scrollIntoView({ block: "center" });

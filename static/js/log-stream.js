@@ -364,6 +364,7 @@ function (root) {
     this.state = "idle";
     this.endPayload = null;
     this.jobStatus = {};
+    this._statusSig = {};
     this._es = null;
     this._attempt = 0;
     this._failures = 0;
@@ -683,7 +684,11 @@ function (root) {
       var all = payloads.length > 0;
       payloads.forEach(function (p) {
         if (!p) { all = false; return; }
-        if (self.jobStatus[p.job.id] !== p.job.status) self._status(p);
+        var sig = JSON.stringify(p);
+        if (self._statusSig[p.job.id] !== sig) {   // the job or one of its steps changed
+          self._statusSig[p.job.id] = sig;
+          self._status(p);
+        }
         if (!isFinished(p.job.status)) all = false;
       });
       if (all) {

@@ -199,3 +199,38 @@ def test_run_a_definition_from_home_then_rerun(server_factory, tmp_path, page):
     expect(page).to_have_url(re.compile(r"/jobs/[0-9a-f]+$"))
     expect(page.locator(".ql-lv-info", has_text="hello from greet")).to_be_visible()
     assert page.errors == []
+
+
+def test_refused_streams_fall_back_to_polling_then_stream_again(server_factory, page):
+    # A server at its stream cap answers 503 to every stream: the pages poll instead.
+    srv = server_factory(env=dict(FAST, QUAERO_MAX_STREAMS="0"))
+    api = httpx.Client(base_url=srv.url, timeout=30)
+    job = new_job(api, "polled", steps=["work"])
+    set_status(api, job, "running")
+    post(api, [{"level": "info", "message": "polled-0", "job_id": job, "step": "work"}])
+    page.goto(f"{srv.url}/jobs/{job}")
+    panel_state = service_panel(page).get_by_role("status")
+    job_state = page.locator(".jobbar").get_by_role("status")
+    expect(panel_state).to_have_text("polling")
+    expect(job_state).to_have_text("polling")
+    post(api, [{"level": "info", "message": f"polled-{i}", "job_id": job, "step": "work"} for i in (1, 2)])
+    post(api, [{"level": "info", "message": "svc-polled"}])
+    expect(service_panel(page).locator(".ql-line", has_text="svc-polled")).to_have_count(1)
+    for i in range(3):
+        expect(page.locator(".joblog .ql-line", has_text=f"polled-{i}")).to_have_count(1)
+    # the job's status is polled too
+    set_status(api, job, "completed", step="work")
+    expect(page.get_by_role("button", name=re.compile("^work"))).to_contain_text("completed")
+
+    # the server comes back without the cap: streaming again, nothing lost or repeated
+    srv.stop()
+    srv2 = server_factory(env=FAST, port=srv.port)
+    api2 = httpx.Client(base_url=srv2.url, timeout=30)
+    expect(panel_state).to_have_text("connected")
+    expect(job_state).to_have_text("connected")
+    post(api2, [{"level": "info", "message": "streamed-3", "job_id": job}])
+    expect(page.locator(".joblog .ql-line", has_text="streamed-3")).to_have_count(1)
+    numbers = [int(n) for n in page.locator(".joblog .ql-ln").all_inner_texts()]
+    assert sorted(numbers) == [1, 2, 3, 4]     # the line outside the steps has a section of its own
+    set_status(api2, job, "completed")
+    expect(job_state).to_have_text("disconnected (job finished)")
