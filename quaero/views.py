@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from urllib.parse import urlsplit
 
 from flask import (Blueprint, abort, current_app, redirect, render_template, request, session,
@@ -159,6 +160,7 @@ def login():
                 session.permanent = True
                 csrf_token()
                 return redirect(nxt)
+            time.sleep(0.5)              # a guess costs time (gevent: nothing else waits)
             error, status = "That token is not valid.", 401
     return render_template("login.html", error=error, next=nxt), status
 

@@ -774,7 +774,7 @@ function (root, Q) {
         var box = this.$refs.scroller;
         box.addEventListener("scroll", function () { self.onScroll(); }, { passive: true });
         view = new LogView({
-          root: this.$refs.lines, maxLines: compact ? 1000 : WINDOW, lineIds: !compact,
+          root: this.$refs.lines, maxLines: compact ? 500 : WINDOW, lineIds: !compact,
           permalinks: true, jobLinks: compact, showStep: compact,
           containerFor: compact ? null : function (line) { return self.stepBox(line.step_name); }
         });

@@ -106,6 +106,8 @@ def test_login_session_cookie_streams_and_csrf(server_factory, page):
 
     page.goto(f"{srv.url}/jobs/{job}")
     expect(page).to_have_url(re.compile(r"/login\?next="))
+    expect(page.get_by_role("heading", name="Log in to Quaero")).to_be_visible()
+    assert page.errors == [], "the login page renders without console errors"
     page.get_by_label("API token").fill("wrong")
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("alert")).to_have_text("That token is not valid.")
