@@ -376,6 +376,23 @@ def _not_in_step(record):
     return _current_step.get() is None
 
 
+class StepLogHandler(IngestHandler):
+    """The python steps' handler. Like the service log's, it queues without waiting for a
+    commit; but a step that logs faster than the database commits is held back (in its own
+    greenlet, briefly) while the ingest queue is nearly full, instead of losing lines."""
+
+    def emit(self, record):
+        ingestor = self.ingestor
+        limit = getattr(ingestor, "max_pending_records", None)
+        pending = getattr(ingestor, "_pending_records", None)
+        if limit and pending is not None and pending > limit * 0.8:
+            deadline = time.monotonic() + 10.0
+            while (ingestor._pending_records > limit // 2 and time.monotonic() < deadline
+                   and gevent.getcurrent() is not gevent.get_hub()):
+                gevent.sleep(0.005)
+        super().emit(record)
+
+
 class StepStopped(BaseException):
     """Raised in a python step's greenlet when it is cancelled or times out."""
 
@@ -473,7 +490,7 @@ class Runner:
         self._reported = {}               # file path -> (signature, problem) already logged
         self._load()
         # python steps' logging: the root logger, routed by the current step
-        self.step_handler = IngestHandler(self.ingestor, target=self._target)
+        self.step_handler = StepLogHandler(self.ingestor, target=self._target)
         self.step_handler.addFilter(self._in_my_step)
         logging.getLogger().addHandler(self.step_handler)
         state.log_handler.addFilter(_not_in_step)

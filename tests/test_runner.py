@@ -232,6 +232,25 @@ def test_python_steps_route_logging_to_their_step(c, tmp_path):
     assert not any("i in levels" in m for m in service_messages(c))
 
 
+def test_python_step_logging_fast_loses_nothing(c, tmp_path):
+    mod = module(tmp_path, """
+        import logging
+        log = logging.getLogger("chatty")
+
+        def chatty():
+            for i in range(30000):  # never yields by itself
+                log.info("chat %d", i)
+    """)
+    define(tmp_path, "chatty", f"""
+        [[steps]]
+        name = "chatty"
+        python = "{mod}:chatty"
+    """)
+    job = wait_job(c, start(c, "chatty")["id"], timeout=120)
+    assert job["status"] == "completed"
+    assert job["log_counts"]["info"] == 30000
+
+
 # --- failure, skipping, timeouts ---------------------------------------------------------
 
 def test_failed_step_fails_the_job_and_skips_the_rest(c, tmp_path):
