@@ -934,6 +934,12 @@ class Runner:
                              reason="Quaero stopped while the job was running")
         elif rj.stop_reason is None:
             self._transition(jobops.set_job_status, job_id, "completed")
+        else:  # finished by another process: tell this process's streams too (no Redis)
+            try:
+                jobops.publish(jobops.get_job(job_id))
+            except APIError:
+                self.bus.publish_status({"job": {"id": job_id, "status": "deleted"}, "steps": []})
+            db.session.rollback()
 
     def _stopped_line(self, rj, step):
         if rj.stop_reason == "cancel":

@@ -723,3 +723,49 @@ def test_a_killed_server_leaves_its_job_failed_after_restart(tmp_path, served, s
         api.close()
         if pid and not pid_gone(pid):  # the orphan of the SIGKILLed server
             os.killpg(pid, signal.SIGKILL)
+
+
+def test_two_gunicorn_workers_share_the_jobs(tmp_path, server_factory):
+    """Each worker process has a runner: every job runs once, the bound holds across them,
+    and a cancel reaches the job whichever worker answers it."""
+    record = tmp_path / "ran.txt"
+    define(tmp_path, "once", f"""
+        [[steps]]
+        name = "once"
+        run = 'echo "$QUAERO_JOB_ID $PPID" >> {record}; sleep 0.5'
+    """)
+    define(tmp_path, "long", """
+        [[steps]]
+        name = "wait"
+        run = "echo pid $$; sleep 300"
+    """)
+    srv = server_factory(workers=2, env={"QUAERO_MAX_RUNNING": "2", "QUAERO_KILL_GRACE": "2"})
+    with httpx.Client(base_url=srv.url, timeout=30) as api:
+        ids = [api.post("/api/jobs", json={"definition": "once"}).json()["id"] for _ in range(8)]
+        deadline = time.monotonic() + 90
+        while True:
+            jobs = [api.get(f"/api/jobs/{i}").json() for i in ids]
+            assert sum(j["status"] == "running" for j in jobs) <= 2
+            if all(j["status"] in FINISHED for j in jobs):
+                break
+            assert time.monotonic() < deadline, jobs
+            time.sleep(0.1)
+        assert all(j["status"] == "completed" for j in jobs)
+        assert max_overlap(jobs) <= 2
+        ran = [line.split()[0] for line in record.read_text().splitlines()]
+        assert sorted(ran) == sorted(ids)  # each job ran exactly once
+        for _ in range(3):  # cancel answered by either worker
+            job_id = api.post("/api/jobs", json={"definition": "long"}).json()["id"]
+
+            def step_pid():
+                for ln in api.get(f"/api/logs?scope=job&job_id={job_id}").json()["logs"]:
+                    if ln["message"].startswith("pid "):
+                        return int(ln["message"].split()[1])
+            wait_for(step_pid, what="the long step")
+            pid = step_pid()
+            asked = time.monotonic()
+            assert api.post(f"/api/jobs/{job_id}/cancel").status_code == 202
+            wait_for(lambda: api.get(f"/api/jobs/{job_id}").json()["status"] == "cancelled",
+                     timeout=15, what="cancelled")
+            wait_for(lambda: pid_gone(pid), timeout=15, what="the step's process to die")
+            assert time.monotonic() - asked < 12
