@@ -58,13 +58,21 @@ def producer(port, body, stop_at, out):
     out.append((lines, lat))
 
 
-def run_http(server, job_id, n_producers, seconds):
+def run_http(server, job_id, n_producers, seconds, profile=None):
     bodies = [batch_body(job_id, p) for p in range(n_producers)]
     # warm up: connection pool, statement caches
     for _ in range(3):
         producer(server.port, bodies[0], time.monotonic() + 0.01, [])
     pid = server.worker_pid()
     out = []
+    spy = None
+    if profile:
+        import subprocess
+        os.makedirs(os.path.dirname(profile), exist_ok=True)
+        spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record",
+                                "-p", str(pid), "-r", "200", "-f", "raw", "-o", profile,
+                                "-d", str(int(seconds))],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     c0, t0 = cpu_seconds(pid), time.perf_counter()
     stop_at = time.monotonic() + seconds
     threads = [threading.Thread(target=producer, args=(server.port, b, stop_at, out))
@@ -75,6 +83,8 @@ def run_http(server, job_id, n_producers, seconds):
         t.join()
     elapsed = time.perf_counter() - t0
     cpu = cpu_seconds(pid) - c0
+    if spy is not None:
+        spy.wait(60)
     lines = sum(n for n, _ in out)
     lat = [x for _, ls in out for x in ls]
     return {"lines_s": lines / elapsed, "req_s": len(lat) / elapsed,
@@ -120,7 +130,7 @@ def run_floor(db_url, seconds):
             db.engine.dispose()
 
 
-def bench_db(kind, producers, seconds):
+def bench_db(kind, producers, seconds, profile=False):
     print(f"\n== {kind}: batches of {BATCH} lines, {seconds:.0f} s per run "
           f"(load average {loadavg()}) ==")
     cpus = os.sched_getaffinity(0)
@@ -137,7 +147,9 @@ def bench_db(kind, producers, seconds):
             os.sched_setaffinity(0, {1})
             try:
                 for n in producers:
-                    r = run_http(server, job_id, n, seconds)
+                    out = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                        f"ingest-{kind}-{n}.collapsed.txt") if profile else None)
+                    r = run_http(server, job_id, n, seconds, out)
                     results[n] = r
                     print(f"HTTP   {n} producer{'s' if n > 1 else ' '}               : "
                           f"{r['lines_s']:>9,.0f} lines/s   {r['cpu_us_line']:6.1f} µs CPU/line "
@@ -154,6 +166,9 @@ def main():
     ap.add_argument("--only-postgres", action="store_true", help="run on PostgreSQL only")
     ap.add_argument("--producers", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy record the worker during each HTTP run "
+                         "(bench/results/ingest-<db>-<producers>.collapsed.txt)")
     args = ap.parse_args()
     raise_nofile()
     kinds = ["postgresql"] if args.only_postgres else (
@@ -161,7 +176,7 @@ def main():
     print(f"ingest benchmark: server (1 gevent worker) on CPU 0, producers on CPU 1, "
           f"{os.cpu_count()} CPUs, Quaero at {revision()}")
     for kind in kinds:
-        bench_db(kind, args.producers, args.seconds)
+        bench_db(kind, args.producers, args.seconds, args.profile)
 
 
 if __name__ == "__main__":
