@@ -112,6 +112,29 @@ function (root, Q) {
     });
   }
 
+  /** Remembered view settings (not auto-scroll: that is on whenever a page opens). */
+  function loadPrefs(key, target, names) {
+    try {
+      var saved = JSON.parse(root.localStorage.getItem("quaero." + key) || "{}");
+      names.forEach(function (n) { if (saved[n] !== undefined) target[n] = saved[n]; });
+    } catch (e) { /* storage disabled or corrupt: defaults */ }
+  }
+
+  function savePrefs(key, source, names) {
+    try {
+      var out = {};
+      names.forEach(function (n) { out[n] = source[n]; });
+      root.localStorage.setItem("quaero." + key, JSON.stringify(out));
+    } catch (e) { /* storage disabled */ }
+  }
+
+  function rememberPrefs(component, key, names) {
+    loadPrefs(key, component, names);
+    names.forEach(function (n) {
+      component.$watch(n, function () { savePrefs(key, component, names); });
+    });
+  }
+
   var STATE_LABELS = {
     idle: "disconnected", connecting: "connecting", connected: "connected",
     reconnecting: "reconnecting", polling: "polling", disconnected: "disconnected",
@@ -667,6 +690,8 @@ function (root, Q) {
       init: function () {
         var self = this;
         var box = this.$refs.lines;
+        rememberPrefs(this, "serviceLogs", ["open", "level", "showTimestamps"]);
+        if (LEVELS.indexOf(this.level) < 0) this.level = "info";
         view = new LogView({ root: box, maxLines: options.maxLines || 1000, showStep: false });
         box.addEventListener("scroll", function () { self.onScroll(); }, { passive: true });
         this.connect();
@@ -771,6 +796,7 @@ function (root, Q) {
           var data = doc.getElementById("job-data");
           if (data) this.job = JSON.parse(data.textContent);
         }
+        rememberPrefs(this, compact ? "queueLog" : "jobLog", ["showTimestamps"]);
         var box = this.$refs.scroller;
         box.addEventListener("scroll", function () { self.onScroll(); }, { passive: true });
         view = new LogView({

@@ -102,6 +102,17 @@ def test_service_panel_live_level_filter_clear_and_autoscroll(live, page):
     box.evaluate("el => { el.scrollTop = el.scrollHeight; el.dispatchEvent(new Event('scroll')); }")
     post(live, [{"level": "debug", "message": f"resumed {i}"} for i in range(40)])
     expect(lines.filter(has_text="resumed 39")).to_be_in_viewport()
+    # the level and the timestamps are remembered; auto-scroll is on whenever a page opens
+    panel.get_by_role("checkbox", name="Timestamps").uncheck()
+    panel.get_by_role("checkbox", name="Auto-scroll").uncheck()
+    page.reload()
+    panel = service_panel(page)
+    wait_connected(panel)
+    expect(panel.get_by_role("combobox", name=re.compile("level", re.I))).to_have_value("debug")
+    expect(panel.get_by_role("checkbox", name="Timestamps")).not_to_be_checked()
+    expect(panel.get_by_role("checkbox", name="Auto-scroll")).to_be_checked()
+    expect(panel.locator(".ql-line", has_text="resumed 39")).to_have_count(1)
+    expect(panel.locator(".ql-line .ql-ts").first).to_be_hidden()
     assert page.errors == []
 
 
