@@ -314,6 +314,10 @@ def _run_local(definition, level, printer, detach):
             events.put(("status", payload))
 
     state.bus.connect(on_lines, on_status)
+    import signal
+    # Ctrl-C: cancel the job (its processes are killed) instead of a KeyboardInterrupt
+    # landing in whichever greenlet runs at that moment.
+    interrupt = gevent.signal_handler(signal.SIGINT, lambda: events.put(("interrupt", None)))
     code = 1
     try:
         with app.app_context():
@@ -327,27 +331,25 @@ def _run_local(definition, level, printer, detach):
                          f"(database {app.config['SQLALCHEMY_DATABASE_URI']})")
         if detach:
             printer.note("--detach with an in-process run waits for the job anyway")
-        try:
-            while True:
-                kind, payload = events.get()
-                if kind == "logs":
-                    printer.lines(payload)
-                    continue
+        interrupted = False
+        while True:
+            kind, payload = events.get()
+            if kind == "logs":
+                printer.lines(payload)
+            elif kind == "interrupt":
+                if interrupted:
+                    break  # a second Ctrl-C: stop now; the runner's close kills the step
+                interrupted = True
+                printer.note(f"interrupted: cancelling job {job_id} (Ctrl-C again to quit)")
+                gevent.spawn(runner.cancel, job_id, runner.kill_grace + 2)
+            else:
                 printer.status(payload)
                 status = payload["job"]["status"]
                 if status in FINISHED:
-                    code = EXIT.get(status, 1)
+                    code = 130 if interrupted else EXIT.get(status, 1)
                     break
-        except KeyboardInterrupt:
-            printer.note(f"interrupted: cancelling job {job_id}")
-            runner.cancel(job_id, wait=runner.kill_grace + 2)
-            gevent.sleep(0.1)
-            while not events.empty():
-                kind, payload = events.get()
-                if kind == "logs":
-                    printer.lines(payload)
-            code = 130
     finally:
+        interrupt.cancel()
         state.bus.disconnect(on_lines, on_status)
         state.close()
     return code

@@ -1,6 +1,7 @@
 """``python -m quaero`` against a real gunicorn (and in-process), run as a subprocess."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -215,3 +216,28 @@ def test_run_in_process_without_a_server(jobs_dir, tmp_path):
     text = "\n".join(cli.out)
     assert "[greet] hello from greet" in text and "DEBUG [greet] [debug] hidden" in text
     assert "[count] count 3" in text
+
+
+def test_ctrl_c_cancels_an_in_process_run(tmp_path):
+    define(tmp_path, "slow", """
+        [[steps]]
+        name = "wait"
+        run = "echo waiting; sleep 300"
+        [[steps]]
+        name = "after"
+        run = "echo never"
+    """)
+    db = tmp_path / "local.db"
+    cli = CLI("run", "slow", "--local", env={"QUAERO_JOBS_DIR": str(tmp_path / "jobs"),
+                                             "QUAERO_DATABASE_URL": f"sqlite:///{db}"})
+    try:
+        cli.wait_for_output(lambda out: any("waiting" in x for x in out))
+        cli.proc.send_signal(signal.SIGINT)
+        assert cli.wait(30) == 130
+    finally:
+        cli.stop()
+    assert any("step wait: cancelled" in x for x in cli.err)
+    assert any("job" in x and "cancelled" in x for x in cli.err)
+    import sqlite3
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT status FROM jobs").fetchall() == [("cancelled",)]
