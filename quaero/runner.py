@@ -559,7 +559,7 @@ class Runner:
             return d
         for path, problem in self.errors.items():
             if os.path.splitext(os.path.basename(path))[0] == name:
-                raise APIError(422, f"job definition {name!r} ({path}) is invalid: {problem}")
+                raise APIError(404, f"job definition {name!r} ({path}) is invalid: {problem}")
         raise APIError(404, f"no job definition named {name!r} in {self.jobs_dir}")
 
     def definitions_json(self):
