@@ -20,7 +20,8 @@ lines every 100 ms (100 lines/s) for ``--seconds`` s, each line carrying its sen
 Printed for each server:
 - server CPU µs per delivered line-to-client: utime+stime of the server process (the
   gunicorn worker) over the load window from /proc/<pid>/stat, / lines delivered;
-- delivered %: distinct lines received by all clients / (lines acknowledged × clients);
+- delivered %: distinct lines received by all clients / (lines acknowledged × clients)
+  (and a warning when the server acknowledged less than the offered 100 lines/s);
 - latency p50/p99: client receive time − embedded send time;
 - RSS per stream: (worker RSS with the clients connected at the end of the load − RSS
   with 0 streams) / clients;
@@ -394,7 +395,7 @@ def quiet_and_idle_run(make_server, args):
             "rss_per_idle_stream": (rss_idle - rss0) / max(args.idle, 1), "idle": idle_res}
 
 
-def report(name, r):
+def report(name, r, offered):
     s = r["swarm"]
     print(f"{name:<7} CPU {r['cpu_us_per_delivery']:6.2f} µs/delivery  "
           f"(server {r['cpu_frac'] * 100:4.0f} % of a core over {r['window_s']:.1f} s)  "
@@ -408,6 +409,9 @@ def report(name, r):
           f"{s['max_per_client']} of {r['acked']}, producer {r['rate']:.1f} lines/s "
           f"(POST p50 {r['post_p50_ms']:.1f} ms), swarm CPU {s['swarm_cpu_frac'] * 100:.0f} %"
           + (f", slow clients dropped {r['dropped']:.0f}" if r["dropped"] is not None else ""))
+    if r["rate"] < 0.95 * offered:
+        print(f"        WARNING: the server did not take the offered load: {r['rate']:.1f} of "
+              f"{offered:.0f} lines/s acknowledged (each POST waits for its 201)")
 
 
 def main():
@@ -451,11 +455,12 @@ def main():
             results[name] = r
     print()
     for name, r in results.items():
-        report(name, r)
+        report(name, r, rate)
     if "quaero" in results:
         q = results["quaero"]
         print("\ntargets (Quaero):")
-        checks = [("delivered 100 %", q["delivered_pct"] >= 100.0, f"{q['delivered_pct']:.2f} %"),
+        checks = [("offered load taken", q["rate"] >= 0.95 * rate, f"{q['rate']:.1f} lines/s"),
+                  ("delivered 100 %", q["delivered_pct"] >= 100.0, f"{q['delivered_pct']:.2f} %"),
                   ("p99 <= 250 ms", q["swarm"]["p99_ms"] <= 250, f"{q['swarm']['p99_ms']:.1f} ms"),
                   ("quiet p50 <= 20 ms", q["quiet"]["p50_ms"] <= 20, f"{q['quiet']['p50_ms']:.1f} ms"),
                   ("idle RSS/stream <= 30 KB", q["rss_per_idle_stream"] <= 30 * 1024,
