@@ -669,11 +669,11 @@ class Runner:
                     next_recover = now + max(self.heartbeat_interval, 5.0)
                 self._fill()
                 if failing:
-                    log.info("job runner: database reachable again")
+                    log.info("job runner: database working again")
                 failing = None
             except Exception as exc:
                 if failing != exc.__class__:
-                    log.warning("job runner: cannot reach the database (%s: %s); retrying",
+                    log.warning("job runner: database error (%s: %s); retrying",
                                 exc.__class__.__name__, str(exc).splitlines()[0][:200])
                     failing = exc.__class__
                 gevent.sleep(1.0)
