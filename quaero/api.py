@@ -121,9 +121,9 @@ def clean_text(value, name, max_len=None):
     return value
 
 
-def parse_timestamp(value):
+def parse_timestamp(value, now):
     if value is None:
-        return datetime.now(timezone.utc).replace(tzinfo=None)
+        return now
     if not isinstance(value, str) or len(value) > 64:
         raise APIError(400, "timestamp must be an ISO 8601 string")
     try:
@@ -146,6 +146,7 @@ def post_logs():
     if len(items) > MAX_LINES_PER_REQUEST:
         raise APIError(413, f"at most {MAX_LINES_PER_REQUEST} lines per request")
     lines, wanted = [], set()
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise APIError(400, f"logs[{i}] must be an object")
@@ -170,7 +171,7 @@ def post_logs():
         job_id = job_id or None
         wanted.add((job_id, step))
         lines.append({"job_id": job_id, "step_name": step, "level": LEVELS[level],
-                      "message": message, "timestamp": parse_timestamp(item.get("timestamp"))})
+                      "message": message, "timestamp": parse_timestamp(item.get("timestamp"), now)})
     _check_targets(wanted)
     try:
         first_id, last_id = quaero().ingestor.submit(lines)

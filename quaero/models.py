@@ -134,7 +134,7 @@ def iso(dt):
     """ISO 8601 UTC with milliseconds, as every time in the API."""
     if dt is None:
         return None
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return dt.isoformat(timespec="milliseconds") + "Z"
 
 
 def line_dict(id, job_id, step_name, level, message, timestamp, line_number):
@@ -185,7 +185,15 @@ class LineFilter:
 
 
 def _where(f):
-    conds = [log_t.c.level >= f.min_level]
+    """The filter as conditions. "info and above" (the default) matches nearly every line,
+    so its level test is kept out of the index choice (``level + 0``): the job's or step's
+    index is then read backwards from the newest line, instead of every line at a level
+    being collected and sorted. Rarer levels (warn, error) use the (job, level, id) index."""
+    conds = []
+    if f.min_level > LEVELS["info"]:
+        conds.append(log_t.c.level >= f.min_level)
+    elif f.min_level > LEVELS["debug"]:
+        conds.append((log_t.c.level + 0) >= f.min_level)
     if not f.job_ids:
         conds.append(log_t.c.job_id.is_(None))
     elif len(f.job_ids) == 1:

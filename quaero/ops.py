@@ -27,5 +27,8 @@ def healthz():
 
 @bp.get("/metrics")
 def metrics():
-    registry = current_app.extensions["quaero"].metrics.registry
+    state = current_app.extensions["quaero"]
+    if state.hub is not None:
+        state.hub.flush_metrics()  # streams count in plain integers between scrapes
+    registry = state.metrics.registry
     return current_app.response_class(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

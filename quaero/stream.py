@@ -30,18 +30,39 @@ log = logging.getLogger("quaero.stream")
 bp = Blueprint("stream", __name__, url_prefix="/api")
 RESUME_PAGE = 1000
 RETRY_MS = 2000
+TICK = 0.25  # seconds: resolution of pings and stream lifetimes
 
 
 class Batch:
     """Lines of one committed batch that match one filter, encoded once."""
     __slots__ = ("lines", "encoded", "first_id", "last_id", "published")
 
-    def __init__(self, lines, published):
+    def __init__(self, lines, published, encoded=None):
         self.lines = lines
-        self.encoded = encode_json(lines)
+        self.encoded = encode_json(lines) if encoded is None else encoded
         self.first_id = lines[0]["id"]
         self.last_id = lines[-1]["id"]
         self.published = published
+
+    @classmethod
+    def combine(cls, batches):
+        if len(batches) == 1:
+            return batches[0]
+        return cls([ln for b in batches for ln in b.lines], batches[0].published,
+                   join_arrays([b.encoded for b in batches]))
+
+
+class Group:
+    """The streams that share one filter, and the pacing they share: a window opens with
+    the first batch on a quiet group (sent at once, the leading edge); whatever arrives
+    within the window is released together when it closes."""
+    __slots__ = ("conns", "pending", "last_release", "timer")
+
+    def __init__(self):
+        self.conns = set()
+        self.pending = []
+        self.last_release = 0.0
+        self.timer = None
 
 
 class Connection:
@@ -67,6 +88,9 @@ class Connection:
         self.total = 0           # matching lines that exist (snapshot + live)
         self.displayed = 0
         self.has_more = False
+        self.next_logs = 0.0     # no logs event before this (monotonic time)
+        self.next_ping = float("inf")
+        self.deadline = float("inf")
 
     # called by the hub, in the publisher's greenlet: never blocks
     def push(self, batch):
@@ -83,7 +107,6 @@ class Connection:
         if (self.backlog > self.buffer_bytes and len(self.batches) > 1) or (
                 self.pending_bytes > 4 * self.buffer_bytes and len(self.batches) > 1):
             self.drop()
-        self.wake.set()
 
     def push_status(self, encoded, job_id, status):
         if status in FINISHED or status == "deleted":
@@ -98,7 +121,7 @@ class Connection:
         self.dropped = True
         self.batches.clear()
         self.pending_bytes = 0
-        self.hub.metrics.slow_dropped.inc()
+        self.hub.counts["slow_dropped"] += 1
         self.hub.unsubscribe(self)
         if self.sock is not None:
             try:
@@ -154,7 +177,8 @@ class StreamHub:
         self.metrics = metrics
         self.max_streams = max_streams
         self.watch_interval = watch_interval
-        self.groups = defaultdict(set)    # LineFilter -> connections
+        self.interval = app.config["QUAERO_BATCH_INTERVAL"]
+        self.groups = {}                  # LineFilter -> Group
         self.by_key = defaultdict(set)    # job id or None (service) -> filters
         self.by_job = defaultdict(set)    # job id -> connections (status events)
         self.last_status = {}             # job id -> last status payload sent
@@ -163,6 +187,8 @@ class StreamHub:
         self.delivered = None             # highest line id handed to streams
         self._lock = Semaphore()
         self._watcher_pid = None
+        self.counts = defaultdict(int)    # metrics, added to Prometheus in bulk
+        self.ping_event = b""
         self.bus = bus
         bus.connect(self.on_lines, self.on_status, self.on_range)
 
@@ -174,7 +200,7 @@ class StreamHub:
         """Close every stream (gunicorn is stopping this worker) and refuse new ones."""
         self.shutting_down = True
         for group in list(self.groups.values()):
-            for conn in list(group):
+            for conn in list(group.conns):
                 conn.close()
 
     def subscribe(self, conn):
@@ -182,7 +208,10 @@ class StreamHub:
         if self.delivered is None:
             self.delivered = _max_id(self.engine)
         f = conn.filter
-        self.groups[f].add(conn)
+        group = self.groups.get(f)
+        if group is None:
+            group = self.groups[f] = Group()
+        group.conns.add(conn)
         for key in f.job_ids or (None,):
             self.by_key[key].add(f)
         for job_id in f.job_ids:
@@ -193,11 +222,13 @@ class StreamHub:
     def unsubscribe(self, conn):
         f = conn.filter
         group = self.groups.get(f)
-        if group is None or conn not in group:
+        if group is None or conn not in group.conns:
             return
-        group.discard(conn)
-        if not group:
+        group.conns.discard(conn)
+        if not group.conns:
             del self.groups[f]
+            if group.timer is not None:
+                group.timer.kill(block=False)
             for key in f.job_ids or (None,):
                 self.by_key[key].discard(f)
                 if not self.by_key[key]:
@@ -263,9 +294,56 @@ class StreamHub:
                 self._fan_out(f, matched, now)
 
     def _fan_out(self, f, matched, now):
-        batch = Batch(matched, now)
-        for conn in list(self.groups.get(f, ())):
+        group = self.groups.get(f)
+        if group is None:
+            return
+        group.pending.append(Batch(matched, now))
+        if group.timer is None:
+            # A little past the window: streams that took the last release a few ms late
+            # are then ready for the next one without a timer of their own.
+            delay = group.last_release + self.interval * 1.07 - now
+            if delay <= 0:
+                self._release(group)
+            else:
+                group.timer = gevent.spawn_later(delay, self._release, group)
+
+    def _release(self, group):
+        group.timer = None
+        if not group.pending:
+            return
+        batch = Batch.combine(group.pending)
+        group.pending = []
+        now = group.last_release = time.monotonic()
+        self.metrics.delivery_seconds.observe(now - batch.published)
+        for conn in list(group.conns):
             conn.push(batch)
+            conn.wake.set()
+
+    # -- pings, lifetimes and metrics: one ticker for all streams ---------------------------
+
+    def _tick(self):
+        while not self.shutting_down:
+            now = time.monotonic()
+            self.ping_event = json_event("ping", {"timestamp": iso(utcnow())})
+            for group in list(self.groups.values()):
+                for conn in group.conns:
+                    if now >= conn.next_ping or now >= conn.deadline:
+                        conn.wake.set()
+            self.flush_metrics()
+            gevent.sleep(TICK)
+
+    def flush_metrics(self):
+        counts, self.counts = self.counts, defaultdict(int)
+        m = self.metrics
+        for key, n in counts.items():
+            if key == "bytes":
+                m.bytes_sent.inc(n)
+            elif key == "lines":
+                m.lines_delivered.inc(n)
+            elif key == "slow_dropped":
+                m.slow_dropped.inc(n)
+            else:
+                m.events_sent.labels(key).inc(n)
 
     # -- status ---------------------------------------------------------------------------
 
@@ -284,7 +362,9 @@ class StreamHub:
     def _ensure_watcher(self):
         if self._watcher_pid != os.getpid():
             self._watcher_pid = os.getpid()
+            self.ping_event = json_event("ping", {"timestamp": iso(utcnow())})
             gevent.spawn(self._watch)
+            gevent.spawn(self._tick)
 
     def _watch(self):
         """One light query per tick for the whole process: lines committed by other
@@ -364,17 +444,19 @@ def _job_states(engine, job_ids):
 
 def _generate(conn, state, engine, limit, resume, cfg):
     """The body of one stream. Runs in the request's greenlet."""
-    hub, metrics, f = state.hub, state.metrics, conn.filter
+    hub, f = state.hub, conn.filter
     interval = cfg["QUAERO_BATCH_INTERVAL"]
     ping_every = cfg["QUAERO_PING_INTERVAL"]
     lifetime = cfg["QUAERO_STREAM_LIFETIME"] * random.uniform(0.85, 1.0)
     started = time.monotonic()
 
+    counts = hub.counts
+
     def sent(data, event, lines=0):
-        metrics.events_sent.labels(event).inc()
-        metrics.bytes_sent.inc(len(data))
+        counts[event] += 1
+        counts["bytes"] += len(data)
         if lines:
-            metrics.lines_delivered.inc(lines)
+            counts["lines"] += lines
         return data
 
     def backfill():
@@ -411,7 +493,6 @@ def _generate(conn, state, engine, limit, resume, cfg):
         if data is None:
             return None
         conn.displayed += count
-        metrics.delivery_seconds.observe(time.monotonic() - published)
         return sent(logs_event(data, conn.last_id, max(conn.total, conn.displayed),
                                conn.displayed, conn.has_more), "logs", count)
 
@@ -442,38 +523,39 @@ def _generate(conn, state, engine, limit, resume, cfg):
                     yield sent(json_event("status", payload), "status")
                 if status in FINISHED or status == "deleted":
                     conn.push_status(b"", job_id, status)
-        next_logs = time.monotonic() + interval  # the backfill counts as a logs event
-        next_ping = time.monotonic() + ping_every
-        deadline = started + lifetime
+        now = time.monotonic()
+        conn.next_logs = now + interval  # the backfill counts as a logs event
+        conn.next_ping = now + ping_every
+        conn.deadline = started + lifetime
         while not (conn.dropped or conn.closing):
             now = time.monotonic()
             out = []
             if conn.statuses:
                 out.extend(s for s in conn.statuses if s)
                 conn.statuses.clear()
-            if conn.batches and now >= next_logs:
+            if conn.batches and now >= conn.next_logs:
                 data = flush()
                 if data is not None:
                     out.append(data)
-                    next_logs = now + interval
+                    conn.next_logs = now + interval
             if f.job_ids and not conn.running_jobs:
                 if out:
                     yield b"".join(out)
                 yield from ending()
                 return
-            if now >= next_ping:
-                out.append(sent(json_event("ping", {"timestamp": iso(utcnow())}), "ping"))
-                next_ping = now + ping_every
+            if now >= conn.next_ping:
+                out.append(sent(hub.ping_event, "ping"))
+                conn.next_ping = now + ping_every
             if out:
                 yield b"".join(out)
                 continue
-            if now >= deadline:
+            if now >= conn.deadline:
                 return  # the client reconnects with Last-Event-ID and loses nothing
-            wait = min(next_ping, deadline) - now
-            if conn.batches:
-                wait = min(wait, next_logs - now)
             conn.wake.clear()
-            conn.wake.wait(max(wait, 0))
+            if conn.batches:  # released early for this stream's own pace: wait it out
+                conn.wake.wait(conn.next_logs - now)
+            else:  # woken by a release, a status, the ticker (ping, lifetime) or a close
+                conn.wake.wait()
     finally:
         hub.unsubscribe(conn)
 
