@@ -103,6 +103,8 @@ def main():
                 if not ended:
                     resumed += 1
             job = client.get(f"/api/jobs/{job['id']}").json()
+            dropped = sum(float(x.split()[-1]) for x in client.get("/metrics").text.splitlines()
+                          if x.startswith("quaero_sse_slow_clients_dropped_total"))
     finally:
         server.terminate()
         try:
@@ -127,7 +129,8 @@ def main():
           f"= {args.lines / step_secs:,.0f} lines/s")
     print(f"stream: all {received} lines at the SSE client {stream_secs:.2f} s after the "
           f"job was posted ({events} logs events, resumed {resumed} times; first line after "
-          f"{(first - posted) * 1000:.0f} ms) = {received / stream_secs:,.0f} lines/s end to end")
+          f"{(first - posted) * 1000:.0f} ms; dropped as slow {dropped:.0f} times) "
+          f"= {received / stream_secs:,.0f} lines/s end to end")
     print(f"RESULT runner_throughput_lines_per_s={received / stream_secs:,.0f}")
     shutil.rmtree(tmp, ignore_errors=True)
 
