@@ -11,6 +11,7 @@ resumes with ``Last-Event-ID``.
 import logging
 import os
 import random
+import socket
 import time
 from collections import defaultdict, deque
 
@@ -68,7 +69,7 @@ class Group:
 class Connection:
     """One client's state; touched by the hub (push) and its own greenlet (drain)."""
 
-    def __init__(self, f, hub, buffer_bytes, sock=None):
+    def __init__(self, f, hub, buffer_bytes, sock=None, chunked=False):
         from gevent.event import Event
         self.filter = f
         self.hub = hub
@@ -88,6 +89,12 @@ class Connection:
         self.total = 0           # matching lines that exist (snapshot + live)
         self.displayed = 0
         self.has_more = False
+        self.chunked = chunked   # gunicorn frames an HTTP/1.1 body in chunks
+        # the hub may write live events itself to a gunicorn socket (see write_now)
+        self.direct = sock is not None and hasattr(sock, "_sock")
+        self.parked = False      # the greenlet waits with nothing to send
+        self.partial = b""       # the unsent rest of a write made by the hub
+        self.broken = False      # a write failed: the client is gone
         self.next_logs = 0.0     # no logs event before this (monotonic time)
         self.next_ping = float("inf")
         self.deadline = float("inf")
@@ -125,7 +132,6 @@ class Connection:
         self.hub.unsubscribe(self)
         if self.sock is not None:
             try:
-                import socket
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
@@ -135,6 +141,39 @@ class Connection:
         """Server shutdown: end the stream cleanly; the client resumes elsewhere."""
         self.closing = True
         self.wake.set()
+
+    def next_logs_event(self):
+        """The ``logs`` event for everything queued, or None; counts it as displayed."""
+        data, count, _ = self.take()
+        if data is None:
+            return None, 0
+        self.displayed += count
+        return logs_event(data, self.last_id, max(self.total, self.displayed),
+                          self.displayed, self.has_more), count
+
+    def write_now(self, now, interval, counts):
+        """Called by the hub for a parked stream whose pace allows an event: format it
+        and hand it to the socket without a switch to the stream's greenlet. Whatever
+        the socket does not take at once is finished by the greenlet (blocking)."""
+        event, count = self.next_logs_event()
+        if event is None:
+            return
+        data = b"%X\r\n%s\r\n" % (len(event), event) if self.chunked else event
+        self.next_logs = now + interval
+        counts["logs"] += 1
+        counts["bytes"] += len(event)
+        counts["lines"] += count
+        try:
+            sent = self.sock._sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.broken = True
+            self.wake.set()
+            return
+        if sent < len(data):
+            self.partial = data[sent:]
+            self.wake.set()
 
     def take(self):
         """The queued lines this connection has not sent yet, as one encoded array."""
@@ -315,9 +354,13 @@ class StreamHub:
         group.pending = []
         now = group.last_release = time.monotonic()
         self.metrics.delivery_seconds.observe(now - batch.published)
+        interval, counts = self.interval, self.counts
         for conn in list(group.conns):
             conn.push(batch)
-            conn.wake.set()
+            if conn.parked and now >= conn.next_logs and not conn.dropped:
+                conn.write_now(now, interval, counts)
+            else:
+                conn.wake.set()
 
     # -- pings, lifetimes and metrics: one ticker for all streams ---------------------------
 
@@ -423,8 +466,10 @@ def stream_logs():
         state.metrics.streams_refused.inc()
         raise APIError(503, "too many open streams; retry later")
     cfg = current_app.config
+    environ = request.environ
     connection = Connection(f, hub, cfg["QUAERO_STREAM_BUFFER_BYTES"],
-                            request.environ.get("gunicorn.socket"))
+                            environ.get("gunicorn.socket"),
+                            chunked=environ.get("SERVER_PROTOCOL") == "HTTP/1.1")
     hub.subscribe(connection)  # before the backfill: nothing falls in between
     body = _track_writes(connection, _generate(connection, state, db.engine, limit, resume, cfg))
     response = current_app.response_class(body, mimetype="text/event-stream")
@@ -489,12 +534,8 @@ def _generate(conn, state, engine, limit, resume, cfg):
             first = False
 
     def flush():
-        data, count, published = conn.take()
-        if data is None:
-            return None
-        conn.displayed += count
-        return sent(logs_event(data, conn.last_id, max(conn.total, conn.displayed),
-                               conn.displayed, conn.has_more), "logs", count)
+        event, count = conn.next_logs_event()
+        return None if event is None else sent(event, "logs", count)
 
     def ending():
         """All jobs finished: send what committed since, then ``end``."""
@@ -527,7 +568,17 @@ def _generate(conn, state, engine, limit, resume, cfg):
         conn.next_logs = now + interval  # the backfill counts as a logs event
         conn.next_ping = now + ping_every
         conn.deadline = started + lifetime
-        while not (conn.dropped or conn.closing):
+        while not (conn.dropped or conn.closing or conn.broken):
+            if conn.partial:  # the rest of a write the hub began on this socket
+                data, conn.partial = conn.partial, b""
+                conn.writing, conn.backlog = True, 0
+                try:
+                    conn.sock.sendall(data)
+                except OSError:
+                    return
+                finally:
+                    conn.writing = False
+                continue
             now = time.monotonic()
             out = []
             if conn.statuses:
@@ -555,7 +606,9 @@ def _generate(conn, state, engine, limit, resume, cfg):
             if conn.batches:  # released early for this stream's own pace: wait it out
                 conn.wake.wait(conn.next_logs - now)
             else:  # woken by a release, a status, the ticker (ping, lifetime) or a close
+                conn.parked = conn.direct
                 conn.wake.wait()
+                conn.parked = False
     finally:
         hub.unsubscribe(conn)
 
