@@ -357,7 +357,7 @@ class StreamHub:
         interval, counts = self.interval, self.counts
         for conn in list(group.conns):
             conn.push(batch)
-            if conn.parked and now >= conn.next_logs and not conn.dropped:
+            if conn.parked and now >= conn.next_logs and not (conn.dropped or conn.partial):
                 conn.write_now(now, interval, counts)
             else:
                 conn.wake.set()
@@ -460,6 +460,9 @@ def stream_logs():
     hub = state.hub
     with db.engine.connect() as conn:
         api.check_jobs_exist(conn, f.job_ids)
+    if request.method == "HEAD":  # headers only: no subscription, no body
+        return current_app.response_class(b"", mimetype="text/event-stream",
+                                          headers={"Cache-Control": "no-cache"})
     if hub.shutting_down:
         raise APIError(503, "server is shutting down; retry")
     if hub.count >= hub.max_streams:
