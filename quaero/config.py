@@ -19,6 +19,12 @@ class Config:
         self.QUAERO_API_TOKEN = os.environ.get("QUAERO_API_TOKEN") or None
         self.QUAERO_JOBS_DIR = os.environ.get("QUAERO_JOBS_DIR", "jobs")
         self.QUAERO_MAX_RUNNING = _int("QUAERO_MAX_RUNNING", 4)
+        # Runner: SIGTERM-to-SIGKILL grace on cancel, how often it looks for pending jobs,
+        # its heartbeat, and when another process's running job counts as abandoned
+        self.QUAERO_KILL_GRACE = float(os.environ.get("QUAERO_KILL_GRACE", "5"))
+        self.QUAERO_RUNNER_POLL = float(os.environ.get("QUAERO_RUNNER_POLL", "1"))
+        self.QUAERO_RUNNER_HEARTBEAT = float(os.environ.get("QUAERO_RUNNER_HEARTBEAT", "5"))
+        self.QUAERO_RUNNER_STALE = float(os.environ.get("QUAERO_RUNNER_STALE", "30"))
         # Streams
         self.QUAERO_MAX_STREAMS = _int("QUAERO_MAX_STREAMS", 10000)
         self.QUAERO_STREAM_LIFETIME = _int("QUAERO_STREAM_LIFETIME", 1800)  # seconds

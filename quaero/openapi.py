@@ -19,6 +19,10 @@ def _error(description):
     return {"description": description, **_json(_ref("Error"))}
 
 
+TOO_LONG = {"414": {"description": "request line over 8190 bytes: refused by the HTTP server "
+                                   "(gunicorn) before Quaero sees it"}}
+
+
 def _errors(*codes):
     text = {400: "bad request", 401: "authentication required", 404: "not found",
             405: "method not allowed", 409: "conflict with the current state",
@@ -44,9 +48,9 @@ def _path(name):
 # validated by the server; invalid ones get a 400)
 LINE_QUERY = [
     _q("scope", {"type": "string", "enum": ["service", "job"]}, "service or job", True),
-    _q("job_id", {"type": "array", "items": {"type": "string"}, "maxItems": 50},
+    _q("job_id", {"type": "array", "items": {"type": "string", "maxLength": 32}, "maxItems": 50},
        "required for scope=job; may repeat", explode=True),
-    _q("step", {"type": "string"}, "step name (scope=job)"),
+    _q("step", {"type": "string", "maxLength": 200}, "step name (scope=job)"),
     _q("level", LEVEL, "minimum level (default info)"),
     _q("limit", INT0, "lines (default 100; at most 5000 for job, 500 for service)"),
     _q("after", INT0, "only lines with a larger id"),
@@ -123,7 +127,7 @@ PATHS = {
     "/api/logs": {
         "get": _op("Read log lines", {"200": {"description": "lines, oldest first",
                                               **_json(_ref("LogsPage"))},
-                                      **_errors(400, 401, 404, 503)},
+                                      **_errors(400, 401, 404, 503), **TOO_LONG},
                    LINE_QUERY + [_q("before", INT0, "only lines with a smaller id")]),
         "post": _op("Ingest log lines", {"201": {"description": "committed",
                                                  **_json(_ref("IngestResult"))},
@@ -134,7 +138,7 @@ PATHS = {
         "get": _op("Stream log lines", {
             "200": {"description": "Server-Sent Events: logs, status, ping, end",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-            **_errors(400, 401, 404, 503)}, LINE_QUERY + [
+            **_errors(400, 401, 404, 503), **TOO_LONG}, LINE_QUERY + [
             {"name": "Last-Event-ID", "in": "header", "required": False, "schema": INT0}]),
     },
     "/api/jobs": {
