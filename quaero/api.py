@@ -128,10 +128,10 @@ def parse_timestamp(value, now):
         raise APIError(400, "timestamp must be an ISO 8601 string")
     try:
         ts = datetime.fromisoformat(value.strip())
-    except ValueError:
+        if ts.tzinfo is not None:
+            ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):
         raise APIError(400, "timestamp must be an ISO 8601 string") from None
-    if ts.tzinfo is not None:
-        ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
     return ts
 
 

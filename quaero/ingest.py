@@ -113,11 +113,16 @@ class Ingestor:
 
         Raises :class:`IngestError` if nothing was stored."""
         result = AsyncResult()
-        self._units.append(_Unit(lines, result))
+        unit = _Unit(lines, result)
+        self._units.append(unit)
         self._kick()
         try:
             return result.get(timeout=timeout)
         except gevent.Timeout:
+            try:
+                self._units.remove(unit)  # still waiting: withdrawn, nothing stored
+            except ValueError:  # being written now: its outcome is the answer
+                return result.get()
             raise IngestError(503, "the database is too slow to answer; retry") from None
 
     def submit_nowait(self, lines):
@@ -187,9 +192,12 @@ class Ingestor:
             return
 
     def _published(self, units, rows):
-        self.bus.publish_lines([line_dict(r["id"], r["job_id"], r["step_name"], r["level"],
-                                          r["message"], r["timestamp"], r["line_number"])
-                                for r in rows])
+        try:
+            self.bus.publish_lines([line_dict(r["id"], r["job_id"], r["step_name"], r["level"],
+                                              r["message"], r["timestamp"], r["line_number"])
+                                    for r in rows])
+        except Exception:  # committed all the same: streams catch up from the database
+            log.exception("publishing committed lines failed")
         i = 0
         for u in units:
             n = len(u.lines)

@@ -118,6 +118,10 @@ def _announce(job, reason=None):
 
 
 def delete_job(job_id):
+    # The writer locks a job's counter row, then the job row (foreign key check): take
+    # them in the same order, or a delete and a write to the same job deadlock.
+    db.session.execute(sa.select(LineCounter.key).where(LineCounter.key == job_id)
+                       .with_for_update())
     job = get_job(job_id, lock=True)
     if job.status == "running":
         db.session.rollback()

@@ -55,8 +55,9 @@ def prune_once(engine, retention_days=None, max_lines_per_job=None):
                 if n < CHUNK:
                     break
             with engine.begin() as conn:
-                conn.execute(counts_t.delete().where(counts_t.c.key == job_id))
+                # the counter row first, as the writer locks it (a late write then 404s)
                 conn.execute(counters_t.delete().where(counters_t.c.key == job_id))
+                conn.execute(counts_t.delete().where(counts_t.c.key == job_id))
                 conn.execute(sa.delete(Job.__table__).where(Job.id == job_id))
                 jobs_deleted += 1
         while True:

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 import time
 from collections import defaultdict, deque
 
@@ -78,7 +79,7 @@ class Connection:
         self.wake = Event()
         self.batches = deque()
         self.pending_bytes = 0
-        self.statuses = []
+        self.statuses = {}       # job id -> latest encoded status event (bounded by jobs)
         self.running_jobs = set(f.job_ids)
         self.ended = {}          # job id -> final status, once finished
         self.dropped = False
@@ -91,7 +92,8 @@ class Connection:
         self.has_more = False
         self.chunked = chunked   # gunicorn frames an HTTP/1.1 body in chunks
         # the hub may write live events itself to a gunicorn socket (see write_now)
-        self.direct = sock is not None and hasattr(sock, "_sock")
+        self.direct = (sock is not None and hasattr(sock, "_sock")
+                       and not isinstance(sock, ssl.SSLSocket))
         self.parked = False      # the greenlet waits with nothing to send
         self.partial = b""       # the unsent rest of a write made by the hub
         self.broken = False      # a write failed: the client is gone
@@ -119,7 +121,9 @@ class Connection:
         if status in FINISHED or status == "deleted":
             self.running_jobs.discard(job_id)
             self.ended[job_id] = status
-        self.statuses.append(encoded)
+        if encoded:
+            self.statuses.pop(job_id, None)
+            self.statuses[job_id] = encoded
         self.wake.set()
 
     def drop(self):
@@ -418,8 +422,11 @@ class StreamHub:
             try:
                 self.catch_up()
                 if self.by_job:
-                    states = _job_states(self.engine, list(self.by_job))
-                    for job_id in list(self.by_job):
+                    job_ids = list(self.by_job)
+                    states = _job_states(self.engine, job_ids)
+                    for job_id in job_ids:  # not jobs subscribed while the query ran
+                        if job_id not in self.by_job:
+                            continue
                         status, payload = states.get(job_id, ("deleted", None))
                         self.on_status(payload or {"job": {"id": job_id, "status": "deleted"},
                                                    "steps": []})
@@ -498,9 +505,8 @@ def _generate(conn, state, engine, limit, resume, cfg):
     lifetime = cfg["QUAERO_STREAM_LIFETIME"] * random.uniform(0.85, 1.0)
     started = time.monotonic()
 
-    counts = hub.counts
-
     def sent(data, event, lines=0):
+        counts = hub.counts  # swapped for a fresh one at every metrics flush
         counts[event] += 1
         counts["bytes"] += len(data)
         if lines:
@@ -542,10 +548,14 @@ def _generate(conn, state, engine, limit, resume, cfg):
 
     def ending():
         """All jobs finished: send what committed since, then ``end``."""
+        hub.unsubscribe(conn)  # the database has every line from here on
         conn.batches.clear()
+        conn.pending_bytes = 0
         for lines in _pages_after(engine, f, conn.last_id):
             if not lines:
                 break
+            gevent.sleep(max(0.0, conn.next_logs - time.monotonic()))  # keep the pace
+            conn.next_logs = time.monotonic() + interval
             conn.last_id = lines[-1]["id"]
             conn.displayed += len(lines)
             conn.total = max(conn.total, conn.displayed)
@@ -571,7 +581,7 @@ def _generate(conn, state, engine, limit, resume, cfg):
         conn.next_logs = now + interval  # the backfill counts as a logs event
         conn.next_ping = now + ping_every
         conn.deadline = started + lifetime
-        while not (conn.dropped or conn.closing or conn.broken):
+        while not (conn.dropped or conn.broken) and (conn.partial or not conn.closing):
             if conn.partial:  # the rest of a write the hub began on this socket
                 data, conn.partial = conn.partial, b""
                 conn.writing, conn.backlog = True, 0
@@ -585,7 +595,7 @@ def _generate(conn, state, engine, limit, resume, cfg):
             now = time.monotonic()
             out = []
             if conn.statuses:
-                out.extend(s for s in conn.statuses if s)
+                out.extend(conn.statuses.values())
                 conn.statuses.clear()
             if conn.batches and now >= conn.next_logs:
                 data = flush()
