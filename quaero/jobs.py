@@ -36,8 +36,12 @@ def create_job(name, step_names, definition=None):
 
 
 def get_job(job_id, lock=False):
+    """``lock="update"`` for a status change: FOR NO KEY UPDATE, which does not block a
+    concurrent write's foreign-key check on the job; ``lock=True`` (delete): FOR UPDATE."""
     q = sa.select(Job).where(Job.id == job_id)
-    if lock:
+    if lock == "update":
+        q = q.with_for_update(key_share=True)
+    elif lock:
         q = q.with_for_update()
     job = db.session.execute(q).scalar_one_or_none()
     if job is None:
@@ -55,7 +59,7 @@ def _start(obj, now):
 
 def set_job_status(job_id, status, reason=None):
     """Move a job to ``status``; finishing a job settles its open steps."""
-    job = get_job(job_id, lock=True)
+    job = get_job(job_id, lock="update")
     if status == job.status:
         db.session.rollback()
         return job
@@ -81,7 +85,7 @@ def set_job_status(job_id, status, reason=None):
 
 
 def set_step_status(job_id, step_name, status):
-    job = get_job(job_id, lock=True)
+    job = get_job(job_id, lock="update")
     step = next((s for s in job.steps if s.name == step_name), None)
     if step is None:
         db.session.rollback()
