@@ -56,6 +56,22 @@ def _upsert_counts(conn, rows):
     conn.execute(stmt, rows)
 
 
+_COPY = ("COPY log_entries (id, job_id, step_name, level, message, timestamp, line_number) "
+         "FROM STDIN")
+
+
+def _insert(conn, rows):
+    """On PostgreSQL, COPY inside the same transaction (psycopg's executemany waits on
+    the socket once per row under gevent); elsewhere a plain executemany."""
+    if conn.dialect.name != "postgresql":
+        conn.execute(log_t.insert(), rows)
+        return
+    with conn.connection.driver_connection.cursor() as cur, cur.copy(_COPY) as copy:
+        for r in rows:
+            copy.write_row((r["id"], r["job_id"], r["step_name"], r["level"], r["message"],
+                            r["timestamp"], r["line_number"]))
+
+
 def write_lines(conn, lines):
     """Insert ``lines`` in the open transaction ``conn``; returns the stored rows.
 
@@ -86,7 +102,7 @@ def write_lines(conn, lines):
                      "message": line["message"], "timestamp": line["timestamp"],
                      "line_number": next_line[key]})
         counts[(key, line["step_name"] or "", line["level"])] += 1
-    conn.execute(log_t.insert(), rows)
+    _insert(conn, rows)
     _upsert_counts(conn, [{"key": k, "step_name": s, "level": lv, "count": n}
                           for (k, s, lv), n in sorted(counts.items())])
     return rows
