@@ -342,12 +342,12 @@ class StreamHub:
             return
         group.pending.append(Batch(matched, now))
         if group.timer is None:
-            # A little past the window: streams that took the last release a few ms late
-            # are then ready for the next one without a timer of their own.
-            delay = group.last_release + self.interval * 1.07 - now
-            if delay <= 0:
-                self._release(group)
+            if now - group.last_release >= self.interval:
+                self._release(group)  # quiet for a window: the leading edge goes at once
             else:
+                # The window's end, a little late: streams that took the last release a
+                # few ms late are then ready for this one without a timer of their own.
+                delay = group.last_release + self.interval * 1.07 - now
                 group.timer = gevent.spawn_later(delay, self._release, group)
 
     def _release(self, group):
