@@ -9,10 +9,8 @@ TOKEN = "t0ken-for-tests"
 
 
 @pytest.fixture
-def open_app(sqlite_url, tmp_path):
-    app = make_app(sqlite_url, tmp_path)
-    yield app
-    app.extensions["quaero"].close()
+def open_app(app):
+    return app  # conftest's app: no token
 
 
 @pytest.fixture
