@@ -3,7 +3,7 @@ import logging
 import os
 
 import sqlalchemy as sa
-from flask import Flask, Response, jsonify
+from flask import Flask
 
 from .bus import LocalBus, RedisBus
 from .config import Config

@@ -152,6 +152,17 @@ class Ingestor:
         self._kick()
         return True
 
+    def wait_for_room(self, timeout=10.0):
+        """Hold a fast fire-and-forget producer (a job step's logging) back while the
+        queue is nearly full, until it has drained to half, instead of dropping its lines.
+        Never waits in the hub (callbacks must not block)."""
+        if self._pending_records <= self.max_pending_records * 0.8:
+            return
+        deadline = time.monotonic() + timeout
+        while (self._pending_records > self.max_pending_records // 2
+               and time.monotonic() < deadline and gevent.getcurrent() is not gevent.get_hub()):
+            gevent.sleep(0.005)
+
     def _kick(self):
         if self._greenlet is None or self._greenlet.dead or self._pid != os.getpid():
             self._pid = os.getpid()

@@ -382,14 +382,7 @@ class StepLogHandler(IngestHandler):
     greenlet, briefly) while the ingest queue is nearly full, instead of losing lines."""
 
     def emit(self, record):
-        ingestor = self.ingestor
-        limit = getattr(ingestor, "max_pending_records", None)
-        pending = getattr(ingestor, "_pending_records", None)
-        if limit and pending is not None and pending > limit * 0.8:
-            deadline = time.monotonic() + 10.0
-            while (ingestor._pending_records > limit // 2 and time.monotonic() < deadline
-                   and gevent.getcurrent() is not gevent.get_hub()):
-                gevent.sleep(0.005)
+        self.ingestor.wait_for_room()
         super().emit(record)
 
 

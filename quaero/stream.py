@@ -19,7 +19,7 @@ from collections import defaultdict, deque
 import gevent
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from flask import Blueprint, current_app, request, stream_with_context
+from flask import Blueprint, current_app, request
 
 from . import api
 from .errors import APIError
