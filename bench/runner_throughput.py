@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,14 +21,10 @@ import httpx
 from httpx_sse import connect_sse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from _common import free_port  # noqa: E402
 PRINTER = ("import sys\nw = sys.stdout.write\n"
            "for i in range({n}):\n    w('line %d of the burst, some text to make it look real\\n' % i)\n")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def producer_alone(n, script):

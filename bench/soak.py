@@ -18,7 +18,6 @@ import random  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -29,7 +28,13 @@ import httpx  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from _common import children, free_port, rss_bytes  # noqa: E402
 from tests.sse_client import SSEClient  # noqa: E402
+
+
+def rss_kb(pid):
+    return rss_bytes(pid) // 1024
 
 SOAK_JOB = """
 description = "soak: a command step printing for a few seconds"
@@ -37,25 +42,6 @@ description = "soak: a command step printing for a few seconds"
 name = "print"
 run = "for i in $(seq 1 300); do echo soak line $i; sleep 0.01; done"
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def worker_pid(master):
-    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
-    return int(out[0])
 
 
 class Soak:
@@ -196,7 +182,7 @@ def main():
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        pid = worker_pid(proc.pid)
+        pid = children(proc.pid)[0]
         soak = Soak(url, 0.1, 20)  # warm-up, then the baseline
         gevent.joinall([gevent.spawn(soak.producer, 0), gevent.spawn(soak.streamer, 0)])
         gevent.sleep(2)
