@@ -294,7 +294,7 @@ def _run_local(definition, level, printer, detach):
     from gevent.queue import Queue
 
     from . import create_app
-    from .errors import APIError
+    from .errors import QuaeroError
     from .models import FINISHED, LEVELS as LEVEL_VALUES
 
     app = create_app()
@@ -323,7 +323,7 @@ def _run_local(definition, level, printer, detach):
         with app.app_context():
             try:
                 job = runner.start(definition)
-            except APIError as exc:
+            except QuaeroError as exc:
                 raise click.ClickException(exc.message) from None
             job_id = job.id
             wanted.add(job_id)

@@ -4,7 +4,56 @@ from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 
+class QuaeroError(Exception):
+    """A domain error: core modules raise these and know nothing of HTTP; the web layer
+    maps each kind to its status here, in one place."""
+    status = 400
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+class Invalid(QuaeroError):
+    """The request's content is wrong (shape, value, unknown level...)."""
+    status = 400
+
+
+class NotFound(QuaeroError):
+    status = 404
+
+
+class JobNotFound(NotFound):
+    def __init__(self, message="job not found"):
+        super().__init__(message)
+
+
+class StepNotFound(NotFound):
+    def __init__(self, message="step not found"):
+        super().__init__(message)
+
+
+class DefinitionInvalid(NotFound):
+    """A job definition that does not exist or does not load: it cannot be started."""
+
+
+class Conflict(QuaeroError):
+    """The thing exists but is in a state that forbids the change (e.g. a running job)."""
+    status = 409
+
+
+class TooLarge(QuaeroError):
+    status = 413
+
+
+class Unavailable(QuaeroError):
+    """A dependency (database, Redis) is away or the server is stopping: retry later."""
+    status = 503
+
+
 class APIError(Exception):
+    """An HTTP error raised by the web layer itself (auth, CSRF, parsing)."""
+
     def __init__(self, status, message):
         super().__init__(message)
         self.status = status
@@ -23,8 +72,12 @@ def _wants_json():
 
 def init_app(app):
     @app.errorhandler(APIError)
+    @app.errorhandler(QuaeroError)
     def api_error(exc):
-        return error_response(exc.status, exc.message)
+        response = error_response(exc.status, exc.message)
+        if exc.status == 503:
+            response.headers["Retry-After"] = "2"
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc):

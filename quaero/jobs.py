@@ -3,7 +3,7 @@ import logging
 
 import sqlalchemy as sa
 
-from .errors import APIError
+from .errors import Conflict, JobNotFound, StepNotFound
 from .models import (FINISHED, Job, LineCounter, LogCount, Step, db, new_id, status_payload,
                      utcnow)
 
@@ -45,7 +45,7 @@ def get_job(job_id, lock=False):
         q = q.with_for_update()
     job = db.session.execute(q).scalar_one_or_none()
     if job is None:
-        raise APIError(404, "job not found")
+        raise JobNotFound()
     return job
 
 
@@ -65,7 +65,7 @@ def set_job_status(job_id, status, reason=None):
         return job
     if status not in JOB_NEXT.get(job.status, ()):
         db.session.rollback()
-        raise APIError(409, f"job is {job.status}, it cannot become {status}")
+        raise Conflict(f"job is {job.status}, it cannot become {status}")
     now = utcnow()
     job.status = status
     if status == "running":
@@ -89,13 +89,13 @@ def set_step_status(job_id, step_name, status):
     step = next((s for s in job.steps if s.name == step_name), None)
     if step is None:
         db.session.rollback()
-        raise APIError(404, "step not found")
+        raise StepNotFound()
     if status == step.status:
         db.session.rollback()
         return job
     if job.status in FINISHED or status not in STEP_NEXT.get(step.status, ()):
         db.session.rollback()
-        raise APIError(409, f"step is {step.status} in a {job.status} job, "
+        raise Conflict(f"step is {step.status} in a {job.status} job, "
                             f"it cannot become {status}")
     now = utcnow()
     step.status = status
@@ -129,7 +129,7 @@ def delete_job(job_id):
     job = get_job(job_id, lock=True)
     if job.status == "running":
         db.session.rollback()
-        raise APIError(409, "job is running; cancel it first")
+        raise Conflict("job is running; cancel it first")
     db.session.execute(sa.delete(LogCount).where(LogCount.key == job.id))
     db.session.execute(sa.delete(LineCounter).where(LineCounter.key == job.id))
     db.session.delete(job)

@@ -49,7 +49,7 @@ from gevent.event import Event
 from flask import current_app, has_app_context
 
 from . import jobs as jobops
-from .errors import APIError
+from .errors import DefinitionInvalid, QuaeroError
 from .ingest import IngestError
 from .models import FINISHED, LEVELS, Job, counters_t, db, utcnow
 from .servicelog import IngestHandler
@@ -552,8 +552,8 @@ class Runner:
             return d
         for path, problem in self.errors.items():
             if os.path.splitext(os.path.basename(path))[0] == name:
-                raise APIError(404, f"job definition {name!r} ({path}) is invalid: {problem}")
-        raise APIError(404, f"no job definition named {name!r} in {self.jobs_dir}")
+                raise DefinitionInvalid(f"job definition {name!r} ({path}) is invalid: {problem}")
+        raise DefinitionInvalid(f"no job definition named {name!r} in {self.jobs_dir}")
 
     def definitions_json(self):
         self.ensure_started()
@@ -732,7 +732,7 @@ class Runner:
             with self.app.app_context():
                 try:
                     jobops.set_job_status(job_id, "failed", reason=reason)
-                except APIError:
+                except QuaeroError:
                     pass
             with self.engine.begin() as conn:
                 conn.execute(counters_t.delete().where(counters_t.c.key == LEASE_PREFIX + job_id))
@@ -851,7 +851,7 @@ class Runner:
         try:
             fn(*args, **kwargs)
             return True
-        except APIError:  # finished or deleted elsewhere
+        except QuaeroError:  # finished or deleted elsewhere
             db.session.rollback()
             return False
 
@@ -930,7 +930,7 @@ class Runner:
         else:  # finished by another process: tell this process's streams too (no Redis)
             try:
                 jobops.publish(jobops.get_job(job_id))
-            except APIError:
+            except QuaeroError:
                 self.bus.publish_status({"job": {"id": job_id, "status": "deleted"}, "steps": []})
             db.session.rollback()
 
