@@ -6,12 +6,14 @@
     python -m quaero jobs [--status running]
     python -m quaero definitions | cancel <job-id> | rerun <job-id>
 
-``--url`` (env ``QUAERO_URL``, default http://127.0.0.1:5000) and ``--token`` (env
-``QUAERO_API_TOKEN``) pick the server. Streams are read with httpx-sse; a dropped
+``--url`` (env ``QUAERO_URL``; unset: ``QUAERO_HOST``/``QUAERO_PORT``, where ``python app.py``
+listens, default http://127.0.0.1:5000) and ``--token`` (env ``QUAERO_API_TOKEN``) pick the
+server. Streams are read with httpx-sse; a dropped
 connection is resumed with ``Last-Event-ID``, so each line is printed once.
 Exit status of ``run`` and ``tail <job>``: 0 completed, 1 failed, 2 cancelled, 3 deleted.
 """
 import json
+import os
 import sys
 import time
 
@@ -20,6 +22,7 @@ import httpx
 from httpx_sse import SSEError, connect_sse
 
 DEFAULT_URL = "http://127.0.0.1:5000"
+TOKEN_HINT = "pass the API token with --token or the QUAERO_API_TOKEN environment variable"
 LEVELS = ("debug", "info", "warn", "error")
 LEVEL_RANK = {name: i for i, name in enumerate(LEVELS)}
 EXIT = {"completed": 0, "failed": 1, "cancelled": 2, "deleted": 3}
@@ -39,6 +42,25 @@ class Settings:
                             timeout=httpx.Timeout(10.0, read=read_timeout))
 
 
+def default_url():
+    """Where ``python app.py`` listens: ``QUAERO_HOST``/``QUAERO_PORT``; a wildcard host
+    is reached on loopback."""
+    host = os.environ.get("QUAERO_HOST") or "127.0.0.1"
+    port = os.environ.get("QUAERO_PORT") or "5000"
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _failure(prefix, response):
+    text = f"{prefix}: {response.status_code} {_error_text(response)}"
+    if response.status_code == 401:
+        text += f" ({TOKEN_HINT})"
+    return click.ClickException(text)
+
+
 def _error_text(response):
     try:
         return response.json().get("error") or response.text
@@ -55,7 +77,7 @@ def api_call(settings, method, path, **kwargs):
     except httpx.HTTPError as exc:
         raise click.ClickException(f"{settings.url}: {exc.__class__.__name__}: {exc}") from None
     if r.status_code >= 400:
-        raise click.ClickException(f"{method} {path}: {r.status_code} {_error_text(r)}")
+        raise _failure(f"{method} {path}", r)
     return r.json() if r.content else None
 
 
@@ -132,8 +154,7 @@ def follow(settings, params, printer, after=None, max_wait=None, verbose=False):
                     if response.status_code != 200:
                         response.read()
                         if response.status_code < 500:
-                            raise click.ClickException(
-                                f"stream: {response.status_code} {_error_text(response)}")
+                            raise _failure("stream", response)
                         raise _Retry(f"{response.status_code} {_error_text(response)}")
                     failures = 0
                     for sse in source.iter_sse():
@@ -182,7 +203,8 @@ def _flatten(query):
 # --- commands ----------------------------------------------------------------------------
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", envvar="QUAERO_URL", default=DEFAULT_URL, show_default=True,
+@click.option("--url", envvar="QUAERO_URL", default=default_url,
+              show_default="env QUAERO_HOST/QUAERO_PORT, else " + DEFAULT_URL,
               help="Quaero server (env QUAERO_URL).")
 @click.option("--token", envvar="QUAERO_API_TOKEN", default=None,
               help="API token (env QUAERO_API_TOKEN).")
@@ -207,7 +229,7 @@ def server_options(fn):
     fn = click.option("--token", "token_", default=None, expose_value=False, callback=_override,
                       help="API token (env QUAERO_API_TOKEN).")(fn)
     fn = click.option("--url", "url_", default=None, expose_value=False, callback=_override,
-                      help=f"Quaero server (env QUAERO_URL, default {DEFAULT_URL}).")(fn)
+                      help="Quaero server (env QUAERO_URL, else QUAERO_HOST/QUAERO_PORT).")(fn)
     return fn
 
 
@@ -240,11 +262,18 @@ def tail(settings, job_ids, service, level, step, limit, from_start, after, as_j
     if from_start and after is None:
         after = 0
     printer = Printer(as_json, show_job=len(job_ids) > 1)
-    try:
-        end = follow(settings, params, printer, after=after, verbose=verbose)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    end = _follow_until_ctrl_c(settings, params, printer, "stopped following", after=after,
+                               verbose=verbose)
     sys.exit(_finish(end, printer))
+
+
+def _follow_until_ctrl_c(settings, params, printer, goodbye, **kwargs):
+    """:func:`follow`; Ctrl-C ends the command with ``goodbye`` (exit 130), no traceback."""
+    try:
+        return follow(settings, params, printer, **kwargs)
+    except KeyboardInterrupt:
+        printer.note(goodbye)
+        sys.exit(130)
 
 
 def _finish(end, printer):
@@ -278,14 +307,15 @@ def run(settings, definition, level, local, detach, as_json):
         click.echo(job["id"])
         return
     printer.note(f"job {job['id']} ({job['name']}) queued on {settings.url}")
-    try:
-        end = follow(settings, {"scope": "job", "job_id": [job["id"]], "level": level},
-                     printer, after=0)
-    except KeyboardInterrupt:
-        printer.note(f"stopped following; the job goes on. Cancel it with: "
-                     f"python -m quaero cancel {job['id']}")
-        sys.exit(130)
+    end = _follow_job(settings, job, level, printer)
     sys.exit(_finish(end, printer))
+
+
+def _follow_job(settings, job, level, printer):
+    return _follow_until_ctrl_c(
+        settings, {"scope": "job", "job_id": [job["id"]], "level": level}, printer,
+        f"stopped following; the job goes on. Cancel it with: python -m quaero cancel {job['id']}",
+        after=0)
 
 
 def _run_local(definition, level, printer, detach):
@@ -411,9 +441,18 @@ def definitions(settings, as_json):
         click.echo(json.dumps(data, indent=2))
         return
     for d in data["definitions"]:
+        if d.get("error"):
+            click.echo(click.style(f"{d.get('name') or d.get('file')}: BROKEN, cannot be started: "
+                                   f"{d['error']}", fg="red"))
+            continue
         click.echo(f"{d['name']}: {d.get('description') or ''}")
-        for s in d["steps"]:
-            click.echo(f"  - {s['name']} ({s['kind']}): {s.get('command', '')}")
+        for s in d.get("steps") or ():
+            command = (s.get("command") or "").strip("\n")
+            if "\n" in command:
+                click.echo(f"  - {s['name']} ({s['kind']}):")
+                click.echo("\n".join(f"      {ln}".rstrip() for ln in command.splitlines()))
+            else:
+                click.echo(f"  - {s['name']} ({s['kind']}): {command}")
 
 
 @cli.command()
@@ -440,12 +479,15 @@ def rerun(settings, job_id, follow_, level):
     if not follow_:
         click.echo(job["id"])
         return
-    end = follow(settings, {"scope": "job", "job_id": [job["id"]], "level": level}, printer,
-                 after=0)
+    end = _follow_job(settings, job, level, printer)
     sys.exit(_finish(end, printer))
 
 
 def main(argv=None):
+    import gevent
+    hub = gevent.get_hub()
+    # Ctrl-C still raises KeyboardInterrupt in the command; the hub need not print it.
+    hub.NOT_ERROR = tuple(hub.NOT_ERROR) + (KeyboardInterrupt,)
     try:
         cli.main(args=argv, prog_name="python -m quaero")
     except KeyboardInterrupt:

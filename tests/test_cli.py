@@ -241,3 +241,91 @@ def test_ctrl_c_cancels_an_in_process_run(tmp_path):
     import sqlite3
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT status FROM jobs").fetchall() == [("cancelled",)]
+
+
+def test_finds_the_server_by_QUAERO_HOST_and_QUAERO_PORT(server):
+    """Without QUAERO_URL the CLI goes where `python app.py` listens."""
+    cli = CLI("jobs", env={"QUAERO_HOST": "127.0.0.1", "QUAERO_PORT": str(server.port)})
+    assert cli.wait() == 0, cli.err
+    assert any("0 of 0 jobs" in x for x in cli.err)
+    cli = CLI("jobs", env={"QUAERO_HOST": "0.0.0.0", "QUAERO_PORT": str(server.port)})
+    assert cli.wait() == 0, cli.err
+
+
+def test_401_says_how_to_pass_the_token(server_factory):
+    server = server_factory(env={"QUAERO_API_TOKEN": "s3cret"})
+    for args in (["jobs"], ["tail", "--service"]):
+        cli = CLI(*args, "--url", server.url)
+        assert cli.wait() == 1
+        assert any("401" in x and "--token" in x and "QUAERO_API_TOKEN" in x for x in cli.err), cli.err
+    cli = CLI("jobs", "--url", server.url, "--token", "s3cret")
+    assert cli.wait() == 0, cli.err
+
+
+@pytest.mark.parametrize("command", ["tail", "run"])
+def test_ctrl_c_ends_tail_and_run_without_a_traceback(command, tmp_path, server_factory):
+    define(tmp_path, "slow", """
+        [[steps]]
+        name = "wait"
+        run = "echo waiting; sleep 300"
+    """)
+    server = server_factory()
+    api = httpx.Client(base_url=server.url, timeout=30)
+    try:
+        if command == "tail":
+            job_id = new_job(api)
+            post_lines(api, job_id, ["waiting"])
+            cli = CLI("tail", job_id, "--url", server.url)
+        else:
+            cli = CLI("run", "slow", "--url", server.url)
+        cli.wait_for_output(lambda out: any("waiting" in x for x in out))
+        cli.proc.send_signal(signal.SIGINT)
+        assert cli.wait(20) == 130
+        if command == "run":
+            job_id = api.get("/api/jobs").json()["jobs"][0]["id"]
+            assert api.get(f"/api/jobs/{job_id}").json()["status"] == "running"
+            api.post(f"/api/jobs/{job_id}/cancel")
+    finally:
+        api.close()
+    err = "\n".join(cli.err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "stopped following" in err
+    if command == "run":
+        assert f"python -m quaero cancel {job_id}" in err
+
+
+def test_definitions_print_multi_line_commands_indented(tmp_path, server_factory):
+    define(tmp_path, "multi", '''
+        description = "two lines"
+        [[steps]]
+        name = "both"
+        run = """
+        echo one
+        echo two
+        """
+    ''')
+    server = server_factory()
+    cli = CLI("definitions", "--url", server.url)
+    assert cli.wait() == 0, cli.err
+    out = "\n".join(cli.out)
+    assert "\\n" not in out
+    assert "  - both (run):\n      echo one\n      echo two" in out
+
+
+def test_definitions_list_a_broken_file_with_its_error(tmp_path, server_factory):
+    define(tmp_path, "fine", """
+        [[steps]]
+        name = "x"
+        run = "true"
+    """)
+    define(tmp_path, "wrong", """
+        [[steps]]
+        name = "x"
+        bogus = 1
+    """)
+    server = server_factory()
+    cli = CLI("definitions", "--url", server.url)
+    assert cli.wait() == 0, cli.err
+    out = "\n".join(cli.out)
+    broken = [x for x in cli.out if x.startswith("wrong:")]
+    assert broken and "cannot be started" in broken[0] and "bogus" in broken[0], out
