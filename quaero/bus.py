@@ -56,6 +56,17 @@ class LocalBus:
                 log.exception("bus receiver failed")
 
 
+def redact(url):
+    """``url`` without its password, fit for a log line."""
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
 class RedisBus(LocalBus):
     """The local bus, bridged to other processes and hosts through Redis pub/sub.
 
@@ -80,6 +91,7 @@ class RedisBus(LocalBus):
         self._wake = None
         self._pid = None
         self._connected = False
+        self._ever_connected = False
         self._last_error = "not connected yet"
 
     # -- publishing ---------------------------------------------------------------------
@@ -149,7 +161,8 @@ class RedisBus(LocalBus):
                 pubsub = self._client().pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.CHANNEL)
                 self._connected, self._last_error, delay = True, None, 0.2
-                log.info("redis bus connected")
+                self._ever_connected = True
+                log.info("redis bus connected to %s", redact(self.url))
                 while True:
                     raw = pubsub.get_message(timeout=1.0)
                     if raw is not None:
@@ -160,9 +173,15 @@ class RedisBus(LocalBus):
             delay = min(delay * 2, 5.0)
 
     def _down(self, exc):
-        if self._connected or self._last_error is None:
-            log.warning("redis bus unavailable (%s); streams fall back to the database",
-                        exc.__class__.__name__)
+        # Said once per outage, not per retry: loudly when Redis never answered (a wrong
+        # URL or a Redis that is not running), as a warning when a working one went away.
+        if not self._ever_connected and self._last_error == "not connected yet":
+            log.error("QUAERO_REDIS_URL %s does not answer (%s: %s): live delivery between "
+                      "processes falls back to reading the database until it does",
+                      redact(self.url), exc.__class__.__name__, exc)
+        elif self._connected:
+            log.warning("redis bus at %s unavailable (%s); streams fall back to the database",
+                        redact(self.url), exc.__class__.__name__)
         self._connected = False
         self._last_error = f"error: {exc.__class__.__name__}"
 
