@@ -241,6 +241,15 @@ function (root, Q) {
     this._ignore(this.root);
   }
 
+  function levelOf(line) {
+    return LEVELS.indexOf(line.level) >= 0 ? line.level : "info";
+  }
+
+  /** The message as shown: its level is the badge, not repeated as its first word. */
+  function shownMessage(line) {
+    return Q.dropLevelWord(line.message, levelOf(line));
+  }
+
   LogView.prototype._ignore = function (el) {
     // Alpine need not look at lines: they carry no directives.
     if (el && !el._x_ignoreMutationObserver) {
@@ -266,7 +275,7 @@ function (root, Q) {
   LogView.prototype.render = function (line) {
     var o = this.o;
     var div = doc.createElement("div");
-    var level = LEVELS.indexOf(line.level) >= 0 ? line.level : "info";
+    var level = levelOf(line);
     div.className = "ql-line ql-lv-" + level;
     div.setAttribute("data-id", String(line.id));
     var n = line.line_number;
@@ -300,13 +309,13 @@ function (root, Q) {
     }
     var msg = doc.createElement("span");
     msg.className = "ql-msg";
-    renderMessage(msg, line.message, null);
+    renderMessage(msg, shownMessage(line), null);
     div.appendChild(msg);
     return div;
   };
 
   LogView.prototype._plain = function (rec) {
-    if (rec.plain === undefined) rec.plain = Q.stripAnsi(rec.line.message);
+    if (rec.plain === undefined) rec.plain = Q.stripAnsi(shownMessage(rec.line));
     return rec.plain;
   };
 
@@ -316,7 +325,7 @@ function (root, Q) {
     if (!ranges.length) return false;
     rec.ranges = ranges;
     rec.el.classList.add("ql-match");
-    renderMessage(rec.el.lastChild, rec.line.message, ranges);
+    renderMessage(rec.el.lastChild, shownMessage(rec.line), ranges);
     return true;
   };
 
@@ -324,7 +333,7 @@ function (root, Q) {
     if (!rec.ranges) return;
     rec.ranges = null;
     rec.el.classList.remove("ql-match", "ql-match-current");
-    renderMessage(rec.el.lastChild, rec.line.message, null);
+    renderMessage(rec.el.lastChild, shownMessage(rec.line), null);
   };
 
   /** Append newer lines (older or repeated ones are ignored). Returns {added, trimmed}. */

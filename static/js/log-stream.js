@@ -282,6 +282,30 @@ function (root) {
     return parseAnsi(text).map(function (s) { return s.text; }).join("");
   }
 
+  // The words a producer starts a line with to name its level (as the runner reads them).
+  var LEVEL_WORDS = { trace: "debug", debug: "debug", dbg: "debug", info: "info", notice: "info",
+    warn: "warn", warning: "warn", error: "error", err: "error", fatal: "error",
+    critical: "error", crit: "error" };
+  var SGR = "(?:\x1b\\[[0-9;]*m)*";
+  var LEVEL_WORD_RE = new RegExp("^(" + SGR + ")[ \t]{0,8}(?:\\[[ \t]*([A-Za-z]{3,8})[ \t]*\\]" +
+    "|<([A-Za-z]{3,8})>|([A-Za-z]{3,8})(" + SGR + ")[ \t]*:|([A-Z]{3,8})(?=" + SGR + "(?:[ \t]|$)))" +
+    "(" + SGR + ")[ \t]*");
+
+  /**
+   * `message` without the level word it starts with (`ERROR: x`, `[debug] x`, `WARNING x`,
+   * colour codes around it kept) when that word names `level`: the page shows the level
+   * once, as its badge. Any other message is returned as it is.
+   */
+  function dropLevelWord(message, level) {
+    message = message === undefined || message === null ? "" : String(message);
+    var m = LEVEL_WORD_RE.exec(message);
+    if (!m) return message;
+    var word = (m[2] || m[3] || m[4] || m[6]).toLowerCase();
+    var rest = message.slice(m[0].length);
+    if (LEVEL_WORDS[word] !== level || !stripAnsi(rest).trim()) return message;
+    return m[1] + (m[5] || "") + m[7] + rest;
+  }
+
   // --- search and formatting helpers ---------------------------------------------------
 
   /** `[start, end)` ranges of `query` in `text`, case-insensitive, not overlapping. */
@@ -737,6 +761,7 @@ function (root) {
     createServiceStream: createServiceStream,
     parseAnsi: parseAnsi,
     stripAnsi: stripAnsi,
+    dropLevelWord: dropLevelWord,
     color256: color256,
     findMatches: findMatches,
     formatDuration: formatDuration,

@@ -182,9 +182,9 @@ XSS = ['<script>window.__pwned = 1</script>', '<img src=x onerror="window.__pwne
 
 
 def test_untrusted_messages_render_as_text(live, page):
-    job = new_job(live, '<img src=x onerror="window.__pwned = 3">', steps=["<b>step</b>"])
+    job = new_job(live, '<img src=x onerror="window.__pwned = 3">', steps=["<b>step<b>"])
     set_status(live, job, "running")
-    post(live, [{"level": "error", "message": m, "job_id": job, "step": "<b>step</b>"} for m in XSS])
+    post(live, [{"level": "error", "message": m, "job_id": job, "step": "<b>step<b>"} for m in XSS])
     post(live, [{"level": "error", "message": m} for m in XSS])
     for path in ["/", f"/jobs/{job}", "/queue"]:
         page.goto(live.server.url + path)
@@ -251,3 +251,38 @@ def _wait(predicate, what, timeout=30):
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out: {what}")
+
+
+def test_a_level_word_is_not_shown_twice(live, page):
+    """The badge says the level; a message that starts with the same word drops it."""
+    job = new_job(live, "levels", steps=["s"])
+    set_status(live, job, "running")
+    lines = [("error", "ERROR: it broke"), ("warn", "WARNING: careful"), ("debug", "[debug] quiet"),
+             ("error", "\x1b[31mERROR: in red\x1b[0m"), ("info", "ERROR: only said by an info line")]
+    post(live, [{"level": lv, "message": m, "job_id": job, "step": "s"} for lv, m in lines])
+    post(live, [{"level": lv, "message": m} for lv, m in lines])
+    want = [("ERROR", "it broke"), ("WARN", "careful"), ("DEBUG", "quiet"), ("ERROR", "in red"),
+            ("INFO", "ERROR: only said by an info line")]
+    page.goto(live.server.url + "/")
+    panel = service_panel(page)
+    panel.get_by_role("combobox", name=re.compile("level", re.I)).select_option("debug")
+    page.goto(live.server.url + "/queue")
+    page.locator("li.qrow button[aria-expanded]").first.click()
+    scopes = [service_panel(page), page.locator(".qlog").first]
+    for scope in scopes:
+        for badge, message in want:
+            line = scope.locator(".ql-line", has_text=message)
+            expect(line).to_have_count(1)
+            expect(line.locator(".ql-lvl")).to_have_text(badge)
+            expect(line.locator(".ql-msg")).to_have_text(message)
+    page.goto(f"{live.server.url}/jobs/{job}")
+    for badge, message in want:
+        line = page.locator(".joblog .ql-line", has_text=message)
+        expect(line.locator(".ql-msg")).to_have_text(message)
+        expect(line.locator(".ql-lvl")).to_have_text(badge)
+    expect(page.locator(".joblog .ql-msg .ansi-fg-1")).to_have_text("in red")
+    # search looks at what is shown
+    page.get_by_role("searchbox").first.fill("broke")
+    page.get_by_role("searchbox").first.press("Enter")
+    expect(page.locator(".joblog .ql-msg mark")).to_have_text("broke")
+    assert page.errors == []

@@ -144,3 +144,24 @@ test("formatDuration", () => {
   assert.equal(Q.formatDuration(7380000), "2h 03m");
   assert.equal(Q.formatDuration(null), "");
 });
+
+test("dropLevelWord: the level a line starts with is not repeated after its badge", () => {
+  const cases = [
+    ["ERROR: it broke", "error", "it broke"],
+    ["[debug] hidden", "debug", "hidden"],
+    ["WARNING: careful", "warn", "careful"],
+    ["  <warn> angle", "warn", "angle"],
+    ["INFO 4 steps", "info", "4 steps"],
+    ["\x1b[31mERROR: red\x1b[0m", "error", "\x1b[31mred\x1b[0m"],
+    ["\x1b[1;31mERROR\x1b[0m: x", "error", "\x1b[1;31m\x1b[0mx"],
+    // another level's word, a word that only starts like one, nothing after it: kept
+    ["ERROR: said by an info line", "info", "ERROR: said by an info line"],
+    ["Errors happen", "error", "Errors happen"],
+    ["ERROR", "error", "ERROR"],
+    ["ERROR:   ", "error", "ERROR:   "],
+    ["", "info", ""]
+  ];
+  for (const [message, level, shown] of cases) {
+    assert.equal(Q.dropLevelWord(message, level), shown, JSON.stringify(message));
+  }
+});
