@@ -184,6 +184,7 @@ def test_run_a_definition_from_home_then_rerun(server_factory, tmp_path, page):
     jobs_dir.mkdir(exist_ok=True)
     (jobs_dir / "hello.toml").write_text(
         'description = "Says hello"\n\n[[steps]]\nname = "greet"\nrun = "echo hello from greet"\n')
+    (jobs_dir / "broken.toml").write_text('[[steps]]\nname = "x"\nbogus = 1\n')
     srv = server_factory(env=FAST)
     api = httpx.Client(base_url=srv.url, timeout=30)
     defs = api.get("/api/job-definitions").json()["definitions"]
@@ -191,6 +192,11 @@ def test_run_a_definition_from_home_then_rerun(server_factory, tmp_path, page):
         import pytest
         pytest.skip("the job runner does not load definitions yet")
     page.goto(srv.url + "/")
+    # a file that does not load is listed with its error, and cannot be started
+    broken = page.locator("li.def", has_text="broken")
+    expect(broken).to_contain_text("Cannot be started")
+    expect(broken).to_contain_text("bogus")
+    expect(broken.get_by_role("button")).to_have_count(0)
     page.get_by_role("button", name="Run hello").click()
     expect(page).to_have_url(re.compile(r"/jobs/[0-9a-f]+$"))
     first = page.url
