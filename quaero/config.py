@@ -17,6 +17,8 @@ class Config:
         self.SQLALCHEMY_DATABASE_URI = db_url
         self.QUAERO_REDIS_URL = os.environ.get("QUAERO_REDIS_URL") or None
         self.QUAERO_API_TOKEN = os.environ.get("QUAERO_API_TOKEN") or None
+        # /metrics needs this (or the API token) as a Bearer token when either is set
+        self.QUAERO_METRICS_TOKEN = os.environ.get("QUAERO_METRICS_TOKEN") or None
         self.QUAERO_JOBS_DIR = os.environ.get("QUAERO_JOBS_DIR", "jobs")
         self.QUAERO_MAX_RUNNING = _int("QUAERO_MAX_RUNNING", 4)
         # Runner: SIGTERM-to-SIGKILL grace on cancel, how often it looks for pending jobs,

@@ -83,7 +83,9 @@ def init_app(app):
     def http_error(exc):
         if _wants_json():
             message = {404: "not found", 405: "method not allowed",
-                       413: "request body too large"}.get(exc.code, exc.description)
+                       413: f"request body too large: at most "
+                            f"{app.config['MAX_CONTENT_LENGTH']} bytes per request"
+                       }.get(exc.code, exc.description)
             response = error_response(exc.code, message)
             if exc.code == 405 and exc.valid_methods:
                 response.headers["Allow"] = ", ".join(exc.valid_methods)

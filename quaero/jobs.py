@@ -3,9 +3,9 @@ import logging
 
 import sqlalchemy as sa
 
-from .errors import Conflict, JobNotFound, StepNotFound
+from .errors import Conflict, Invalid, JobNotFound, StepNotFound
 from .models import (FINISHED, Job, LineCounter, LogCount, Step, db, new_id, status_payload,
-                     utcnow)
+                     step_name_problem, utcnow)
 
 log = logging.getLogger("quaero.jobs")
 
@@ -25,6 +25,10 @@ def _bus():
 
 
 def create_job(name, step_names, definition=None):
+    for step_name in step_names:
+        problem = step_name_problem(step_name)
+        if problem:
+            raise Invalid(problem)
     job = Job(id=new_id(), name=name, definition=definition, status="pending",
               created_at=utcnow())
     job.steps = [Step(id=new_id(), name=s, position=i, status="pending")

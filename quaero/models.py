@@ -20,6 +20,20 @@ LEVEL_ALIASES = {"warning": "warn"}
 JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 FINISHED = frozenset(("completed", "failed", "cancelled"))
 STEP_STATUSES = JOB_STATUSES + ("skipped",)
+MAX_STEP_NAME = 200
+
+
+def step_name_problem(name):
+    """Why ``name`` cannot be a step's name, or None. A step is addressed in a URL path
+    (``PATCH /api/jobs/<id>/steps/<name>``): a ``/`` would split it, and clients resolve
+    ``.`` and ``..`` away before sending, so such a step could never be changed."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_STEP_NAME:
+        return f"a step name must be 1 to {MAX_STEP_NAME} characters"
+    if "/" in name:
+        return f"step name {name!r} contains '/'"
+    if name in (".", ".."):
+        return f"step name {name!r} is not allowed"
+    return None
 
 # Counter keys in ``line_counters``: one per job (its id), the service log, and the
 # global id allocator. The id row is updated first-to-last inside every ingest

@@ -129,10 +129,6 @@ PATHS = {
                                               **_json(_ref("LogsPage"))},
                                       **_errors(400, 401, 404, 503), **TOO_LONG},
                    LINE_QUERY + [_q("before", INT0, "only lines with a smaller id")]),
-        "post": _op("Ingest log lines", {"201": {"description": "committed",
-                                                 **_json(_ref("IngestResult"))},
-                                         **_errors(400, 401, 404, 413, 503)},
-                    body=_ref("IngestRequest")),
     },
     "/api/logs/stream": {
         "get": _op("Stream log lines", {
@@ -147,20 +143,20 @@ PATHS = {
                    [_q("status", {"type": "string", "enum": list(JOB_STATUSES)}),
                     _q("limit", INT0), _q("offset", INT0)]),
         "post": _op("Create job", {"201": {"description": "created", **_json(_ref("Job"))},
-                                   **_errors(400, 401, 404, 503)}, body=_ref("NewJob")),
+                                   **_errors(400, 401, 404, 413, 503)}, body=_ref("NewJob")),
     },
     "/api/jobs/{job_id}": {
         "get": _op("Get job", {"200": {"description": "the job", **_json(_ref("Job"))},
                                **_errors(401, 404, 503)}, JOB_PATH),
         "patch": _op("Change job status", {"200": {"description": "the job", **_json(_ref("Job"))},
-                                           **_errors(400, 401, 404, 409, 503)},
+                                           **_errors(400, 401, 404, 409, 413, 503)},
                      JOB_PATH, body=_ref("StatusChange")),
         "delete": _op("Delete job", {"204": {"description": "deleted"},
                                      **_errors(401, 404, 409, 503)}, JOB_PATH),
     },
     "/api/jobs/{job_id}/steps/{step_name}": {
         "patch": _op("Change step status", {"200": {"description": "the job", **_json(_ref("Job"))},
-                                            **_errors(400, 401, 404, 409, 503)},
+                                            **_errors(400, 401, 404, 409, 413, 503)},
                      JOB_PATH + [_path("step_name")], body=_ref("StatusChange")),
     },
     "/api/jobs/{job_id}/cancel": {
@@ -188,12 +184,29 @@ PATHS = {
 }
 
 
-def document():
+def _ingest(max_body):
+    """``POST /api/logs``, whose limits depend on the server's body limit."""
+    op = _op("Ingest log lines", {
+        "201": {"description": "committed", **_json(_ref("IngestResult"))},
+        **_errors(400, 401, 404, 503),
+        "413": _error(f"a message over 65,536 bytes of UTF-8, more than 10,000 lines, or a body "
+                      f"over {max_body} bytes; nothing of the request is stored")},
+        body=_ref("IngestRequest"))
+    op["description"] = (
+        f"All or nothing. A request body (on every endpoint) is at most {max_body} bytes "
+        "(QUAERO_MAX_BODY_BYTES; 32 MiB by default) and is refused with 413 before it is "
+        "parsed: 10,000 lines of 64 KiB do not fit in one request, so send large batches "
+        "in several requests.")
+    return op
+
+
+def document(max_body):
+    paths = {**PATHS, "/api/logs": {**PATHS["/api/logs"], "post": _ingest(max_body)}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Quaero", "version": "1.0",
                  "description": "Live log service: ingest, read, stream; jobs."},
-        "paths": PATHS,
+        "paths": paths,
         "components": {"schemas": SCHEMAS, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{}, {"bearer": []}],

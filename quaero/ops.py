@@ -1,8 +1,14 @@
-"""Operations endpoints: health and metrics."""
+"""Operations endpoints: health and metrics.
+
+``/healthz`` is open on purpose (load balancers and orchestrators probe it without
+credentials; it tells only ok/unavailable per dependency). ``/metrics`` is open unless
+``QUAERO_METRICS_TOKEN`` or ``QUAERO_API_TOKEN`` is set (then a Bearer token). Without an
+API token both, like everything else, answer loopback clients only (auth.py)."""
 import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .auth import require_metrics_token
 from .models import db
 
 bp = Blueprint("ops", __name__)
@@ -22,11 +28,13 @@ def healthz():
     if bridge is not None:
         checks["redis"] = bridge()
     ok = all(v == "ok" for v in checks.values())
-    return jsonify(status="ok" if ok else "unavailable", checks=checks), 200 if ok else 503
+    extra = {} if state.hub is None else {"streams": state.hub.health()}
+    return jsonify(status="ok" if ok else "unavailable", checks=checks, **extra), 200 if ok else 503
 
 
 @bp.get("/metrics")
 def metrics():
+    require_metrics_token()
     state = current_app.extensions["quaero"]
     if state.hub is not None:
         state.hub.flush_metrics()  # streams count in plain integers between scrapes

@@ -1,100 +1,35 @@
-"""The browser pages: home, queue, a job's log; login/logout; CSRF protection.
+"""The browser pages: home, queue, a job's log; login and logout.
 
 Pages need the session cookie when ``QUAERO_API_TOKEN`` is set: ``/login`` takes the
-token (compared in constant time) and marks the session authenticated; ``/api`` accepts
-that cookie (``api.token_ok``). State-changing requests made with the cookie need the
-session's CSRF token (a hidden field in forms, the ``X-CSRF-Token`` header in the pages'
-``fetch`` calls); Bearer-token clients are not affected.
-
-The session is signed with ``QUAERO_SECRET_KEY``. When it is not set and a token is,
-the key is derived from the token, so that the cookie works across workers and
-restarts (changing the token logs everyone out). Set ``QUAERO_SECRET_KEY`` in production.
+token (compared in constant time) and marks the session authenticated. Tokens, the
+session, CSRF and the loopback rule are in ``auth.py``.
 """
-import hashlib
-import hmac
 import os
-import secrets
+import re
 import time
 from urllib.parse import urlsplit
 
 from flask import (Blueprint, abort, current_app, redirect, render_template, request, session,
                    url_for)
 
-from .errors import APIError
+from .auth import auth_required, authenticated, csrf_token, csrf_valid, same_secret
 from .models import Job, db, job_dict, level_counts
 
 bp = Blueprint("views", __name__)
 
 ALPINE_VERSION = "3.17.5"
-SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
-CSRF_KEY = "csrf_token"
+# what a redirect target may hold: printable ASCII, no space or backslash (browsers drop
+# tabs and newlines from URLs, so "/\t/evil.example" would become "//evil.example")
+_NEXT_CHARS = re.compile(r"[!-\[\]-~]*\Z")
 CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self'; "
        "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
        "form-action 'self'; frame-ancestors 'none'")
 
 
-# --- auth and CSRF ---------------------------------------------------------------------
-
-def auth_required():
-    return bool(current_app.config.get("QUAERO_API_TOKEN"))
-
-
-def authenticated():
-    return not auth_required() or session.get("authenticated") is True
-
-
-def csrf_token():
-    """This session's CSRF token (created on first use)."""
-    token = session.get(CSRF_KEY)
-    if not token:
-        token = session[CSRF_KEY] = secrets.token_urlsafe(32)
-    return token
-
-
-def csrf_valid(value):
-    expected = session.get(CSRF_KEY)
-    return bool(expected and value) and hmac.compare_digest(str(value).encode(), expected.encode())
-
-
-def _bearer_ok():
-    token = current_app.config.get("QUAERO_API_TOKEN")
-    header = request.headers.get("Authorization", "")
-    return bool(token) and header.startswith("Bearer ") and hmac.compare_digest(
-        header[7:].strip().encode(), token.encode())
-
-
-def _same_origin():
-    """False when the browser says the request comes from another origin."""
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None:
-        return site in ("same-origin", "none")
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True          # not a browser (curl, a producer), or an old one
-    parts = urlsplit(origin)
-    return origin != "null" and parts.netloc == request.host
-
-
-def check_api_csrf():
-    """``before_request`` for ``/api``: a state-changing call that relies on the session
-    cookie must carry the session's CSRF token; one from another site is refused even
-    without a token configured (Quaero is then open on loopback, and any web page could
-    otherwise post to it). Bearer-token clients and clients without cookies (curl, log
-    producers) are not affected."""
-    if request.method in SAFE_METHODS or not request.path.startswith("/api/"):
-        return None
-    if _bearer_ok():
-        return None
-    if not _same_origin():
-        raise APIError(403, "cross-site request refused")
-    if session.get("authenticated") is True and not csrf_valid(request.headers.get("X-CSRF-Token")):
-        raise APIError(403, "missing or invalid CSRF token")
-    return None
-
-
 def _safe_next(target):
-    """Only a local path: never an open redirect."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only a local path, else ``/``: never an open redirect, never a header injection."""
+    if (not target or not target.startswith("/") or target.startswith("//")
+            or not _NEXT_CHARS.match(target)):
         return url_for("views.index")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:
@@ -154,7 +89,7 @@ def login():
         else:
             given = request.form.get("token", "")
             token = current_app.config["QUAERO_API_TOKEN"]
-            if hmac.compare_digest(given.strip().encode(), token.encode()):
+            if same_secret(given, token):
                 session.clear()              # a fresh session: no fixation
                 session["authenticated"] = True
                 session.permanent = True
@@ -197,13 +132,4 @@ def job(job_id):
 
 
 def init_app(app):
-    """Register the pages and the CSRF check on ``/api``."""
-    if not os.environ.get("QUAERO_SECRET_KEY") and app.config.get("QUAERO_API_TOKEN"):
-        # Stable across workers and restarts; rotating the token logs everyone out.
-        app.secret_key = hmac.new(app.config["QUAERO_API_TOKEN"].encode(),
-                                  b"quaero session signing key", hashlib.sha256).hexdigest()
-    if app.config.get("SESSION_COOKIE_SAMESITE") is None:
-        app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
-    app.config["SESSION_COOKIE_HTTPONLY"] = True
-    app.before_request(check_api_csrf)
     app.register_blueprint(bp)
