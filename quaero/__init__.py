@@ -93,14 +93,10 @@ def create_app(config=None):
     from .runner import Runner
     app.extensions["quaero"].runner = Runner(app, app.extensions["quaero"])
 
-    from . import api, auth, errors, ops, stream
+    from . import errors, stream, web
     errors.init_app(app)
-    auth.init_app(app)  # first: the loopback rule comes before anything else
-    app.register_blueprint(api.bp)
+    web.init_app(app)
     app.register_blueprint(stream.bp)
-    app.register_blueprint(ops.bp)
-    from . import views  # the pages and login
-    views.init_app(app)
     stream.init_app(app)
 
     @app.before_request

@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..models import db
 from .auth import require_metrics_token
-from .models import db
 
 bp = Blueprint("ops", __name__)
 

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 from flask import (Blueprint, abort, current_app, redirect, render_template, request, session,
                    url_for)
 
+from ..models import Job, db, job_dict, level_counts
 from .auth import auth_required, authenticated, csrf_token, csrf_valid, same_secret
-from .models import Job, db, job_dict, level_counts
 
 bp = Blueprint("views", __name__)
 
@@ -129,7 +129,3 @@ def job(job_id):
     data = job_dict(found, level_counts(db.session.connection(), [found.id])[found.id])
     db.session.rollback()   # never hold a read transaction open
     return render_template("job.html", page="job", job=data)
-
-
-def init_app(app):
-    app.register_blueprint(bp)

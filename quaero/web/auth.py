@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app, request, session
 
-from .errors import APIError
+from ..errors import APIError
 
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 CSRF_KEY = "csrf_token"

@@ -1,5 +1,8 @@
 """The OpenAPI 3.1 description of Quaero's HTTP API, served at ``/api/openapi.json``."""
-from .models import JOB_STATUSES, STEP_STATUSES
+from flask import current_app, jsonify
+
+from ..models import JOB_STATUSES, STEP_STATUSES
+from .api import bp
 
 LEVEL = {"type": "string", "enum": ["debug", "info", "warn", "error"]}
 NULL_STR = {"type": ["string", "null"]}
@@ -211,3 +214,8 @@ def document(max_body):
             "bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{}, {"bearer": []}],
     }
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(document(current_app.config["MAX_CONTENT_LENGTH"]))

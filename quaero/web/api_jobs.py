@@ -1,0 +1,118 @@
+"""The jobs API: list, create, read, change status, cancel, rerun, delete; definitions."""
+import sqlalchemy as sa
+from flask import jsonify, request
+
+from .. import jobs as jobops
+from ..errors import APIError
+from ..models import JOB_STATUSES, STEP_STATUSES, Job, db, job_dict, level_counts
+from .api import bp, quaero
+from .params import MAX_NAME, clean_text, json_body, parse_int
+
+
+def job_json(job):
+    return job_dict(job, level_counts(db.session.connection(), [job.id])[job.id])
+
+
+@bp.get("/jobs")
+def list_jobs():
+    status = request.args.get("status")
+    if status not in (None, "") and status not in JOB_STATUSES:
+        raise APIError(400, f"status must be one of {', '.join(JOB_STATUSES)}")
+    limit = parse_int(request.args.get("limit"), "limit")
+    limit = 50 if limit is None else min(limit, 500)
+    offset = parse_int(request.args.get("offset"), "offset") or 0
+    q = sa.select(Job)
+    count_q = sa.select(sa.func.count()).select_from(Job)
+    if status:
+        q = q.where(Job.status == status)
+        count_q = count_q.where(Job.status == status)
+    jobs = db.session.execute(
+        q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)).scalars().all()
+    total = db.session.execute(count_q).scalar()
+    counts = level_counts(db.session.connection(), [j.id for j in jobs])
+    return jsonify(jobs=[job_dict(j, counts[j.id]) for j in jobs], total=total)
+
+
+@bp.post("/jobs")
+def create_job():
+    data = json_body()
+    if "definition" in data:
+        runner = quaero().runner
+        name = data["definition"]
+        if not isinstance(name, str):
+            raise APIError(400, "definition must be a string")
+        if runner is None:
+            raise APIError(404, f"no job definition named {name!r}")
+        job = runner.start(name)
+        return jsonify(job_json(job)), 201
+    name = clean_text(data.get("name"), "name", MAX_NAME)
+    steps = data.get("steps", [])
+    if not isinstance(steps, list):
+        raise APIError(400, "steps must be a list of names")
+    steps = [clean_text(s, "steps[]", MAX_NAME) for s in steps]
+    if len(set(steps)) != len(steps):
+        raise APIError(400, "step names must be unique")
+    if len(steps) > 500:
+        raise APIError(400, "at most 500 steps")
+    job = jobops.create_job(name, steps)
+    return jsonify(job_json(job)), 201
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id):
+    return jsonify(job_json(jobops.get_job(job_id)))
+
+
+def _status_from_body(allowed):
+    status = json_body().get("status")
+    if status not in allowed:
+        raise APIError(400, f"status must be one of {', '.join(allowed)}")
+    return status
+
+
+@bp.patch("/jobs/<job_id>")
+def patch_job(job_id):
+    status = _status_from_body(JOB_STATUSES)
+    jobops.get_job(job_id)
+    runner = quaero().runner
+    if status == "cancelled" and runner is not None and runner.cancel(job_id):
+        return jsonify(job_json(jobops.get_job(job_id)))
+    return jsonify(job_json(jobops.set_job_status(job_id, status)))
+
+
+@bp.patch("/jobs/<job_id>/steps/<step_name>")
+def patch_step(job_id, step_name):
+    status = _status_from_body(STEP_STATUSES)
+    return jsonify(job_json(jobops.set_step_status(job_id, step_name, status)))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id):
+    job = jobops.get_job(job_id)
+    if job.status not in ("pending", "running"):
+        raise APIError(409, f"job is {job.status}")
+    runner = quaero().runner
+    if runner is None or not runner.cancel(job_id):
+        jobops.set_job_status(job_id, "cancelled", reason="cancelled by request")
+    return jsonify(job_json(jobops.get_job(job_id))), 202
+
+
+@bp.post("/jobs/<job_id>/rerun")
+def rerun_job(job_id):
+    job = jobops.get_job(job_id)
+    runner = quaero().runner
+    if not job.definition or runner is None:
+        raise APIError(409, "only jobs started from a definition can be rerun")
+    return jsonify(job_json(runner.start(job.definition))), 201
+
+
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id):
+    jobops.delete_job(job_id)
+    return "", 204
+
+
+@bp.get("/job-definitions")
+def job_definitions():
+    runner = quaero().runner
+    return jsonify(definitions=runner.definitions_json() if runner else [])

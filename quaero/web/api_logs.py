@@ -1,0 +1,124 @@
+"""The logs API: ingest (``POST /api/logs``), the polling reads and the text download.
+The stream is in ``quaero/stream.py``."""
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from flask import Response, jsonify, request
+
+from ..errors import APIError
+from ..ingest import IngestError
+from ..models import LEVEL_ALIASES, LEVELS, Job, LineFilter, Step, count_lines, db, select_lines
+from .api import bp, quaero
+from .params import (MAX_NAME, check_jobs_exist, clean_text, json_body, parse_int, parse_query,
+                     parse_timestamp)
+
+MAX_MESSAGE_BYTES = 65536
+MAX_LINES_PER_REQUEST = 10000
+
+
+@bp.post("/logs")
+def post_logs():
+    data = json_body()
+    items = data.get("logs")
+    if not isinstance(items, list) or not items:
+        raise APIError(400, "logs must be a non-empty list")
+    if len(items) > MAX_LINES_PER_REQUEST:
+        raise APIError(413, f"at most {MAX_LINES_PER_REQUEST} lines per request")
+    lines, wanted = [], set()
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise APIError(400, f"logs[{i}] must be an object")
+        level = item.get("level")
+        if not isinstance(level, str):
+            raise APIError(400, f"logs[{i}].level is required")
+        level = LEVEL_ALIASES.get(level.lower(), level.lower())
+        if level not in LEVELS:
+            raise APIError(400, f"logs[{i}].level must be one of debug, info, warn, error")
+        if "message" not in item:
+            raise APIError(400, f"logs[{i}].message is required")
+        message = clean_text(item["message"], f"logs[{i}].message")
+        if len(message) * 4 > MAX_MESSAGE_BYTES and len(message.encode("utf-8")) > MAX_MESSAGE_BYTES:
+            raise APIError(413, f"logs[{i}].message is over {MAX_MESSAGE_BYTES} bytes")
+        job_id, step = item.get("job_id"), item.get("step")
+        if job_id is not None and not isinstance(job_id, str):
+            raise APIError(400, f"logs[{i}].job_id must be a string")
+        if step is not None:
+            step = clean_text(step, f"logs[{i}].step", MAX_NAME)
+            if not job_id:
+                raise APIError(400, f"logs[{i}].step needs a job_id")
+        job_id = job_id or None
+        wanted.add((job_id, step))
+        lines.append({"job_id": job_id, "step_name": step, "level": LEVELS[level],
+                      "message": message, "timestamp": parse_timestamp(item.get("timestamp"), now)})
+    _check_targets(wanted)
+    try:
+        first_id, last_id = quaero().ingestor.submit(lines)
+    except IngestError as exc:
+        raise APIError(exc.status, exc.message) from None
+    return jsonify(accepted=len(lines), first_id=first_id, last_id=last_id), 201
+
+
+def _check_targets(wanted):
+    job_ids = {j for j, _ in wanted if j}
+    if not job_ids:
+        return
+    if any(len(j) > 32 for j in job_ids):
+        raise APIError(404, "job not found")
+    rows = db.session.execute(sa.select(Job.id, Step.name).outerjoin(Step, Step.job_id == Job.id)
+                              .where(Job.id.in_(job_ids))).all()
+    db.session.rollback()  # never hold a transaction while the writer commits
+    jobs_found = {j for j, _ in rows}
+    steps_found = {(j, s) for j, s in rows}
+    for job_id, step in wanted:
+        if job_id is None:
+            continue
+        if job_id not in jobs_found:
+            raise APIError(404, f"job {job_id} not found")
+        if step is not None and (job_id, step) not in steps_found:
+            raise APIError(404, f"step {step!r} not found in job {job_id}")
+
+
+@bp.get("/logs")
+def get_logs():
+    f, limit = parse_query(request.args)
+    after = parse_int(request.args.get("after"), "after")
+    before = parse_int(request.args.get("before"), "before")
+    with db.engine.connect() as conn:
+        check_jobs_exist(conn, f.job_ids)
+        lines, more = select_lines(conn, f, after=after, before=before, limit=limit)
+        total = count_lines(conn, f)
+    if lines:
+        last_id = lines[-1]["id"]
+    else:
+        last_id = after if after is not None else None
+    return jsonify(logs=lines, last_id=last_id,
+                   meta={"total_count": total, "displayed_count": len(lines), "has_more": more})
+
+
+@bp.get("/jobs/<job_id>/logs.txt")
+def job_logs_txt(job_id):
+    f = LineFilter(job_ids=(job_id,), min_level=LEVELS["debug"])
+    engine = db.engine
+    with engine.connect() as conn:
+        check_jobs_exist(conn, f.job_ids)
+
+    def pages():
+        after = 0
+        while True:
+            with engine.connect() as conn:  # a fresh connection per page: none held across
+                lines, more = select_lines(conn, f, after=after, limit=5000)
+            if lines:
+                yield "".join(format_text_line(line) for line in lines)
+                after = lines[-1]["id"]
+            if not more:
+                return
+
+    return Response(pages(), mimetype="text/plain", headers={
+        "Content-Disposition": f'attachment; filename="job-{job_id}.log"'})
+
+
+def format_text_line(line):
+    step = f" [{line['step_name']}]" if line["step_name"] else ""
+    message = line["message"].replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\n    ")
+    return f"{line['timestamp']} {line['level'].upper():5}{step} {message}\n"

@@ -1,0 +1,119 @@
+"""Parsing of query strings and JSON bodies for the API: a clean value or a 400."""
+import json
+import re
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ..errors import APIError
+from ..models import LEVEL_ALIASES, LEVELS, Job, LineFilter
+
+MAX_JOB_IDS = 50
+MAX_NAME = 200
+LIMIT_MAX = {"job": 5000, "service": 500}
+DEFAULT_LIMIT = 100
+_INT = re.compile(r"[0-9]+\Z")
+_BIG = 2 ** 62  # ids beyond this cannot exist; keeps parameters inside BIGINT
+
+
+def parse_int(value, name):
+    """A non-negative integer from a query string or header, or a 400."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not _INT.match(value) or len(value) > 40:
+        raise APIError(400, f"{name} must be a non-negative integer")
+    return min(int(value), _BIG)
+
+
+def parse_level(value, default="info"):
+    value = default if value in (None, "") else value.strip().lower()
+    value = LEVEL_ALIASES.get(value, value)
+    if value not in LEVELS:
+        raise APIError(400, "level must be one of debug, info, warn, error")
+    return LEVELS[value]
+
+
+def parse_query(args):
+    """``(LineFilter, limit)`` from the query of the stream and the polling API."""
+    scope = args.get("scope")
+    if scope not in ("service", "job"):
+        raise APIError(400, "scope must be 'service' or 'job'")
+    step = args.get("step")
+    job_ids = tuple(dict.fromkeys(j for j in args.getlist("job_id") if j))
+    if scope == "service":
+        if step is not None:
+            raise APIError(400, "step is only allowed with scope=job")
+        if job_ids:
+            raise APIError(400, "job_id is only allowed with scope=job")
+    else:
+        if not job_ids:
+            raise APIError(400, "job_id is required with scope=job")
+        if len(job_ids) > MAX_JOB_IDS:
+            raise APIError(400, f"at most {MAX_JOB_IDS} job_id values")
+        if step == "":
+            step = None
+    f = LineFilter(job_ids=job_ids, step=step, min_level=parse_level(args.get("level")))
+    limit = parse_int(args.get("limit"), "limit")
+    limit = DEFAULT_LIMIT if limit is None else min(limit, LIMIT_MAX[scope])
+    return f, limit
+
+
+def check_jobs_exist(conn, job_ids):
+    if not job_ids:
+        return
+    found = set(conn.execute(sa.select(Job.id).where(Job.id.in_(job_ids))).scalars())
+    if len(found) != len(job_ids):
+        raise APIError(404, "job not found")
+
+
+def _read_body():
+    """The body, at most MAX_CONTENT_LENGTH bytes: werkzeug refuses a larger Content-Length,
+    but cuts a chunked body at the limit without a word, so look for one byte more."""
+    data = request.get_data(cache=False)
+    if (request.content_length is None and len(data) >= request.max_content_length
+            and request.environ.get("wsgi.input_terminated")
+            and request.environ["wsgi.input"].read(1)):
+        raise RequestEntityTooLarge()
+    return data
+
+
+def json_body():
+    """The request's JSON object, or a 400 (a body over MAX_CONTENT_LENGTH is a 413 first)."""
+    try:
+        data = json.loads(_read_body())
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
+        raise APIError(400, "body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "body must be a JSON object")
+    return data
+
+
+def clean_text(value, name, max_len=None):
+    if not isinstance(value, str):
+        raise APIError(400, f"{name} must be a string")
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from JSON escapes
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    if max_len is not None and not 0 < len(value) <= max_len:
+        raise APIError(400, f"{name} must be 1 to {max_len} characters")
+    return value
+
+
+def parse_timestamp(value, now):
+    if value is None:
+        return now
+    if not isinstance(value, str) or len(value) > 64:
+        raise APIError(400, "timestamp must be an ISO 8601 string")
+    try:
+        ts = datetime.fromisoformat(value.strip())
+        if ts.tzinfo is not None:
+            ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        raise APIError(400, "timestamp must be an ISO 8601 string") from None
+    return ts
