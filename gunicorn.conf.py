@@ -32,14 +32,21 @@ def _loopback(addr):
 
 
 def post_worker_init(worker):
-    """When the worker is told to stop, close its streams at once so that clients
-    reconnect (to another worker) and resume, instead of waiting out graceful_timeout."""
+    """Size the stream cap to this worker's connections (a reserve stays free for
+    /healthz, ingest and pages), and when the worker is told to stop, close its streams
+    at once so that clients reconnect (to another worker) and resume, instead of waiting
+    out graceful_timeout."""
     import gevent
+
+    state = getattr(worker.wsgi, "extensions", {}).get("quaero")
+    if state is not None and state.hub is not None:
+        from quaero.stream import stream_cap
+        state.hub.max_streams = stream_cap(worker.cfg.worker_connections,
+                                           worker.wsgi.config["QUAERO_MAX_STREAMS"])
 
     def watch():
         while worker.alive:
-            gevent.sleep(0.2)
-        state = getattr(worker.wsgi, "extensions", {}).get("quaero")
+            gevent.sleep(0.05)
         if state is not None:
             state.shutdown()
 

@@ -17,8 +17,10 @@ class Metrics:
         self.bytes_sent = Counter("quaero_sse_bytes_sent", "SSE bytes sent", registry=r)
         self.slow_dropped = Counter("quaero_sse_slow_clients_dropped",
                                     "Streams closed because the client fell behind", registry=r)
-        self.streams_refused = Counter("quaero_sse_streams_refused",
-                                       "Streams refused at the stream cap", registry=r)
+        self.streams_refused = Counter(
+            "quaero_sse_streams_refused",
+            "Streams answered with only a retry: (stream_cap, shutting_down, database, no_gevent)",
+            ["reason"], registry=r)
         self.service_lines_dropped = Counter(
             "quaero_service_log_lines_dropped",
             "Service/step log lines dropped because too many were waiting to be written", registry=r)

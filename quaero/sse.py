@@ -52,13 +52,28 @@ def join_arrays(arrays):
     return b"[" + b",".join(a[1:-1] for a in arrays if len(a) > 2) + b"]"
 
 
-def logs_event(lines_json, last_id, total_count, displayed_count, has_more):
-    """The ``logs`` event around an already encoded array of lines. Only the small
-    ``meta`` part is formatted per connection."""
-    meta = (b'{"total_count":%d,"displayed_count":%d,"has_more":%s}'
+def logs_event_parts(arrays, last_id, total_count, displayed_count, has_more):
+    """The ``logs`` event as a list of byte strings around already encoded arrays of lines.
+
+    The arrays are not copied (views of the same bytes go to every stream and out with one
+    ``sendmsg``); only the small head and ``meta`` are formatted per connection. Every
+    ``logs`` event carries an ``id:``, an empty one too."""
+    head = b"event: logs\nid: %d\ndata: {\"logs\":" % last_id
+    tail = (b',"meta":{"total_count":%d,"displayed_count":%d,"has_more":%s}}\n\n'
             % (total_count, displayed_count, b"true" if has_more else b"false"))
-    if last_id is None:
-        head = b"event: logs\ndata: {\"logs\":"
-    else:
-        head = b"event: logs\nid: %d\ndata: {\"logs\":" % last_id
-    return head + lines_json + b',"meta":' + meta + b"}\n\n"
+    if len(arrays) == 1:
+        return [head, arrays[0], tail]
+    parts = [head + b"["]
+    for a in arrays:
+        if len(a) > 2:
+            if len(parts) > 1:
+                parts.append(b",")
+            parts.append(memoryview(a)[1:-1])
+    parts.append(b"]" + tail)
+    return parts
+
+
+def logs_event(lines_json, last_id, total_count, displayed_count, has_more):
+    """The ``logs`` event around an already encoded array of lines, as one byte string."""
+    return b"".join(logs_event_parts([lines_json], last_id, total_count, displayed_count,
+                                     has_more))

@@ -2,11 +2,17 @@
 
 The :class:`StreamHub` is the bus's only receiver in a process. For every committed
 batch it selects the lines of each distinct filter once, encodes them once, and hands
-the same bytes to every connection with that filter. A :class:`Connection` keeps a
-bounded queue of those encoded batches; its greenlet paces them into ``logs`` events
-(leading edge, one per 150 ms at most), adds the small per-connection ``meta`` and
-writes. A connection that lets its queue grow past its byte budget is dropped; it
-resumes with ``Last-Event-ID``.
+the same bytes to every connection with that filter. A :class:`Connection` queues
+references to those batches; an event is written as a list of parts (a small per-stream
+head and ``meta`` around the shared arrays) with one ``sendmsg`` through a
+:class:`SocketSink`, so nothing is copied per stream in Python, and what waits for a slow
+client is views of shared bytes, counted against that client's budget. A connection
+that lets its queue grow past its byte budget is dropped; it resumes with
+``Last-Event-ID``.
+
+A stream the server cannot take now (stream cap, shutting down, database away, not
+under gevent) is answered ``200 text/event-stream`` with only a jittered ``retry:`` and a
+comment, then closed: an ``EventSource`` reconnects by itself and loses nothing.
 """
 import logging
 import os
@@ -18,21 +24,42 @@ from collections import defaultdict, deque
 
 import gevent
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 from flask import Blueprint, current_app, request
 
 from . import api
-from .errors import APIError
-from .models import (FINISHED, ID_KEY, Job, all_lines_between, count_lines, counters_t, db,
-                     iso, select_lines, status_payload, tail_lines, utcnow)
-from .sse import encode_json, format_event, join_arrays, json_event, logs_event
+from .models import (FINISHED, ID_KEY, SERVICE_KEY, Job, all_lines_between, count_lines,
+                     counters_t, counts_t, db, iso, select_lines, status_payload, tail_lines,
+                     utcnow)
+from .sse import encode_json, format_event, join_arrays, json_event, logs_event_parts
 
 log = logging.getLogger("quaero.stream")
 
 bp = Blueprint("stream", __name__, url_prefix="/api")
 RESUME_PAGE = 1000
 RETRY_MS = 2000
+REFUSED_RETRY_MS = (2000, 5000)   # a jittered retry for a stream refused now...
+OVERLOAD_RETRY_MS = (5000, 15000)  # ...spread wider when the cause is load
 TICK = 0.25  # seconds: resolution of pings and stream lifetimes
+MAX_PARTS = 512  # parts per sendmsg (IOV_MAX is 1024)
+DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def stream_cap(worker_connections, configured=0):
+    """Streams one worker takes: its connections less a reserve for ``/healthz``, ingest
+    and pages (a tenth, at least 8), or ``configured`` when that is smaller."""
+    room = max(1, worker_connections - max(8, worker_connections // 10))
+    return min(configured, room) if configured else room
+
+
+def under_gevent(environ):
+    """Streams need a gevent worker: a sync worker would hang on its only request."""
+    from gevent import monkey
+    if not monkey.is_module_patched("socket"):
+        return False
+    return not ("gunicorn.socket" in environ and not environ.get("wsgi.multithread"))
 
 
 class Batch:
@@ -67,35 +94,87 @@ class Group:
         self.timer = None
 
 
-class Connection:
-    """One client's state; touched by the hub (push) and its own greenlet (drain)."""
+def _advance(parts, sent):
+    """The parts left after ``sent`` bytes of them went out (views, not copies)."""
+    i = 0
+    while i < len(parts) and sent >= len(parts[i]):
+        sent -= len(parts[i])
+        i += 1
+    rest = parts[i:]
+    if sent:
+        rest[0] = memoryview(rest[0])[sent:]
+    return rest
 
-    def __init__(self, f, hub, buffer_bytes, sock=None, chunked=False):
+
+class SocketSink:
+    """Writes straight to gunicorn's client socket, once gunicorn has sent the headers,
+    framing HTTP/1.1 chunks as gunicorn does. A list of parts goes out with one
+    ``sendmsg``: no copy in Python; what the socket does not take stays views of the
+    same bytes. Without a gunicorn socket (or on TLS) there is no sink and the stream's
+    generator yields bytes to the server instead."""
+
+    def __init__(self, sock, chunked):
+        self.sock = sock
+        self.raw = sock._sock
+        self.chunked = chunked
+
+    @classmethod
+    def for_environ(cls, environ):
+        sock = environ.get("gunicorn.socket")
+        if sock is None or not hasattr(sock, "_sock") or isinstance(sock, ssl.SSLSocket):
+            return None
+        return cls(sock, environ.get("SERVER_PROTOCOL") == "HTTP/1.1")
+
+    def frame(self, parts):
+        if not self.chunked:
+            return list(parts)
+        return [b"%X\r\n" % sum(len(p) for p in parts), *parts, b"\r\n"]
+
+    def try_send(self, parts):
+        """Never blocks: returns the parts the socket did not take (empty: all went)."""
+        try:
+            sent = self.raw.sendmsg(parts[:MAX_PARTS], (), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return parts
+        return _advance(parts, sent)
+
+    def send(self, parts):
+        """Blocks this greenlet until all went; OSError when the client is gone."""
+        from gevent.socket import wait_write
+        while parts:
+            parts = self.try_send(parts)
+            if parts:
+                wait_write(self.raw.fileno())
+
+
+class Connection:
+    """One client's state. The hub only appends (batches, statuses) and may write to a
+    parked stream; the stream's greenlet takes and writes everything else."""
+
+    def __init__(self, f, hub, buffer_bytes, sock=None, sink=None):
         from gevent.event import Event
         self.filter = f
         self.hub = hub
         self.buffer_bytes = buffer_bytes
         self.sock = sock
+        self.sink = sink         # set once the headers are out (see _generate)
         self.wake = Event()
         self.batches = deque()
         self.pending_bytes = 0
         self.statuses = {}       # job id -> latest encoded status event (bounded by jobs)
+        self.sent_status = {}    # job id -> the last status event queued or sent
         self.running_jobs = set(f.job_ids)
         self.ended = {}          # job id -> final status, once finished
         self.dropped = False
         self.closing = False
-        self.writing = False     # between handing bytes to the server and it asking for more
+        self.writing = False     # between handing bytes to the socket and it taking them
         self.backlog = 0         # bytes queued since that write began
         self.last_id = 0         # highest line id sent (or resumed from)
         self.total = 0           # matching lines that exist (snapshot + live)
         self.displayed = 0
         self.has_more = False
-        self.chunked = chunked   # gunicorn frames an HTTP/1.1 body in chunks
-        # the hub may write live events itself to a gunicorn socket (see write_now)
-        self.direct = (sock is not None and hasattr(sock, "_sock")
-                       and not isinstance(sock, ssl.SSLSocket))
         self.parked = False      # the greenlet waits with nothing to send
-        self.partial = b""       # the unsent rest of a write made by the hub
+        self.out = []            # the unsent rest of a write made by the hub (views)
         self.broken = False      # a write failed: the client is gone
         self.next_logs = 0.0     # no logs event before this (monotonic time)
         self.next_ping = float("inf")
@@ -108,7 +187,7 @@ class Connection:
         size = len(batch.encoded)
         self.batches.append(batch)
         self.pending_bytes += size
-        if self.writing:
+        if self.writing or self.out:
             self.backlog += size
         # Slow means: more than the budget arrived while the client had not yet taken our
         # last write. What gathers during the 150 ms pacing wait is capped more loosely
@@ -121,86 +200,94 @@ class Connection:
         if status in FINISHED or status == "deleted":
             self.running_jobs.discard(job_id)
             self.ended[job_id] = status
-        if encoded:
+        if encoded and self.sent_status.get(job_id) != encoded:
+            self.sent_status[job_id] = encoded
             self.statuses.pop(job_id, None)
             self.statuses[job_id] = encoded
         self.wake.set()
+
+    def shutdown_socket(self):
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def drop(self):
         """The client fell behind: stop queueing and close its socket, so that a write
         blocked on it fails and the generator's ``finally`` runs."""
         self.dropped = True
         self.batches.clear()
+        self.out = []
         self.pending_bytes = 0
         self.hub.counts["slow_dropped"] += 1
         self.hub.unsubscribe(self)
-        if self.sock is not None:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self.shutdown_socket()
         self.wake.set()
 
     def close(self):
-        """Server shutdown: end the stream cleanly; the client resumes elsewhere."""
+        """Server shutdown: end the stream at once; the client resumes elsewhere. A write
+        blocked on a client that does not read is cut."""
         self.closing = True
+        if self.writing or self.out:
+            self.shutdown_socket()
         self.wake.set()
 
-    def next_logs_event(self):
-        """The ``logs`` event for everything queued, or None; counts it as displayed."""
-        data, count, _ = self.take()
-        if data is None:
+    def next_logs_parts(self):
+        """The ``logs`` event (as parts) for everything queued, or None; counts it as
+        displayed."""
+        arrays, count = self.take()
+        if arrays is None:
             return None, 0
         self.displayed += count
-        return logs_event(data, self.last_id, max(self.total, self.displayed),
-                          self.displayed, self.has_more), count
+        return logs_event_parts(arrays, self.last_id, self.total, self.displayed,
+                                self.has_more), count
 
     def write_now(self, now, interval, counts):
-        """Called by the hub for a parked stream whose pace allows an event: format it
-        and hand it to the socket without a switch to the stream's greenlet. Whatever
-        the socket does not take at once is finished by the greenlet (blocking)."""
-        event, count = self.next_logs_event()
-        if event is None:
+        """Called by the hub for a parked stream whose pace allows an event: hand it to
+        the socket without a switch to the stream's greenlet (no copy: one ``sendmsg``
+        of shared parts). Whatever the socket does not take is finished by the greenlet."""
+        parts, count = self.next_logs_parts()
+        if parts is None:
             return
-        data = b"%X\r\n%s\r\n" % (len(event), event) if self.chunked else event
         self.next_logs = now + interval
         counts["logs"] += 1
-        counts["bytes"] += len(event)
+        counts["bytes"] += sum(len(p) for p in parts)
         counts["lines"] += count
         try:
-            sent = self.sock._sock.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
+            self.out = self.sink.try_send(self.sink.frame(parts))
         except OSError:
             self.broken = True
             self.wake.set()
             return
-        if sent < len(data):
-            self.partial = data[sent:]
+        if self.out:
+            self.backlog = 0
             self.wake.set()
 
+    def queued_lines(self, upto):
+        return sum(len(b.lines) if b.last_id <= upto else
+                   sum(1 for ln in b.lines if ln["id"] <= upto) for b in self.batches)
+
     def take(self):
-        """The queued lines this connection has not sent yet, as one encoded array."""
-        parts, count, first_published = [], 0, None
+        """The queued lines this connection has not sent yet, as encoded arrays."""
+        arrays, count = [], 0
         while self.batches:
             b = self.batches.popleft()
             if b.last_id <= self.last_id:
                 continue
             if b.first_id <= self.last_id:  # overlaps the backfill: rare, re-encode
                 lines = [ln for ln in b.lines if ln["id"] > self.last_id]
-                parts.append(encode_json(lines))
+                arrays.append(encode_json(lines))
                 count += len(lines)
             else:
-                parts.append(b.encoded)
+                arrays.append(b.encoded)
                 count += len(b.lines)
             self.last_id = b.last_id
-            if first_published is None:
-                first_published = b.published
         self.pending_bytes = 0
-        if not parts:
-            return None, 0, None
+        if not arrays:
+            return None, 0
         self.total += count
-        return join_arrays(parts), count, first_published
+        return arrays, count
 
 
 class StreamHub:
@@ -231,6 +318,7 @@ class StreamHub:
         self._lock = Semaphore()
         self._watcher_pid = None
         self.counts = defaultdict(int)    # metrics, added to Prometheus in bulk
+        self.refused = defaultdict(int)   # streams answered "retry later", by reason
         self.ping_event = b""
         self.bus = bus
         bus.connect(self.on_lines, self.on_status, self.on_range)
@@ -245,6 +333,27 @@ class StreamHub:
         for group in list(self.groups.values()):
             for conn in list(group.conns):
                 conn.close()
+
+    def health(self):
+        """What ``/healthz`` shows of the streams, and why new ones would be refused."""
+        return {"open": self.count, "max": self.max_streams,
+                "accepting": not self.shutting_down and self.count < self.max_streams,
+                "refused": dict(self.refused)}
+
+    def refuse_reason(self, environ):
+        """Why a new stream cannot be taken now, or None."""
+        if not under_gevent(environ):
+            return "no_gevent"
+        if self.shutting_down:
+            return "shutting_down"
+        if self.count >= self.max_streams:
+            return "stream_cap"
+        return None
+
+    def pending(self, f):
+        """Lines of this filter held for the pacing window (not yet given to streams)."""
+        group = self.groups.get(f)
+        return group is not None and bool(group.pending)
 
     def subscribe(self, conn):
         self._ensure_watcher()
@@ -303,9 +412,12 @@ class StreamHub:
     def on_range(self, id_range):
         self.catch_up(until=id_range[1])
 
-    def catch_up(self, until=None):
-        """Deliver what committed beyond the last delivered id (the watcher's tick)."""
+    def catch_up(self, until=None, refresh_totals=False):
+        """Deliver what committed beyond the last delivered id (the watcher's tick); then,
+        if asked, make every stream's ``total_count`` true again (lines pruned, jobs
+        deleted): counts read before the newest id, so every counted line was delivered."""
         with self._lock:
+            totals = _totals(self.engine, list(self.groups)) if refresh_totals else None
             newest = _max_id(self.engine)
             if self.delivered is None or not self.count:
                 self.delivered = newest
@@ -317,6 +429,14 @@ class StreamHub:
                     break
                 self.delivered = lines[-1]["id"]
                 self._dispatch(lines)
+            if totals and self.delivered == newest:
+                for f, total in totals.items():
+                    group = self.groups.get(f)
+                    if group is None:
+                        continue
+                    held = sum(len(b.lines) for b in group.pending)
+                    for conn in group.conns:
+                        conn.total = total - held - conn.queued_lines(newest)
 
     def _dispatch(self, lines):
         now = time.monotonic()
@@ -361,7 +481,8 @@ class StreamHub:
         interval, counts = self.interval, self.counts
         for conn in list(group.conns):
             conn.push(batch)
-            if conn.parked and now >= conn.next_logs and not (conn.dropped or conn.partial):
+            if conn.parked and now >= conn.next_logs and not (
+                    conn.dropped or conn.out or conn.statuses):
                 conn.write_now(now, interval, counts)
             else:
                 conn.wake.set()
@@ -420,7 +541,7 @@ class StreamHub:
         while not self.shutting_down:
             gevent.sleep(self.watch_interval)
             try:
-                self.catch_up()
+                self.catch_up(refresh_totals=True)
                 if self.by_job:
                     job_ids = list(self.by_job)
                     states = _job_states(self.engine, job_ids)
@@ -436,8 +557,32 @@ class StreamHub:
 
 def _max_id(engine):
     with engine.connect() as conn:
-        return int(conn.execute(sa.select(counters_t.c.value).where(
-            counters_t.c.key == ID_KEY)).scalar() or 0)
+        return _max_id_on(conn)
+
+
+def _max_id_on(conn):
+    """The newest committed line id (ids become visible in commit order)."""
+    return int(conn.execute(sa.select(counters_t.c.value).where(
+        counters_t.c.key == ID_KEY)).scalar() or 0)
+
+
+def _totals(engine, filters):
+    """``{filter: lines matching it now}`` from the kept counts, one query for all."""
+    keys = sorted({k for f in filters for k in (f.job_ids or (SERVICE_KEY,))})
+    if not keys:
+        return {}
+    rows = []
+    with engine.connect() as conn:
+        for i in range(0, len(keys), 500):
+            rows += conn.execute(
+                sa.select(counts_t.c.key, counts_t.c.step_name, counts_t.c.level,
+                          counts_t.c.count).where(counts_t.c.key.in_(keys[i:i + 500]))).all()
+    out = {}
+    for f in filters:
+        keys_f = set(f.job_ids or (SERVICE_KEY,))
+        out[f] = sum(n for key, step, level, n in rows if key in keys_f and level >= f.min_level
+                     and (f.step is None or step == f.step))
+    return out
 
 
 def _lines_between(engine, after, before, limit=None):
@@ -448,13 +593,52 @@ def _lines_between(engine, after, before, limit=None):
 
 def init_app(app):
     state = app.extensions["quaero"]
+    cfg = app.config
+    connections = int(cfg.get("QUAERO_WORKER_CONNECTIONS")
+                      or os.environ.get("QUAERO_WORKER_CONNECTIONS") or 1000)  # gunicorn's default
     state.hub = StreamHub(app, state.engine, state.bus, state.metrics,
-                          app.config["QUAERO_MAX_STREAMS"], app.config["QUAERO_WATCH_INTERVAL"])
+                          stream_cap(connections, cfg["QUAERO_MAX_STREAMS"]),
+                          cfg["QUAERO_WATCH_INTERVAL"])
 
 
 @bp.before_request
 def require_token():
     api.require_token()
+
+
+REFUSALS = {
+    "stream_cap": ("too many open streams on this server; retry later", OVERLOAD_RETRY_MS),
+    "shutting_down": ("server is shutting down; reconnect", REFUSED_RETRY_MS),
+    "database": ("database unavailable; retry later", REFUSED_RETRY_MS),
+    "no_gevent": ("streaming needs gunicorn's gevent worker (gunicorn -k gevent, as "
+                  "gunicorn.conf.py sets); this worker cannot hold a stream", (30000, 60000)),
+}
+
+
+def refusal(hub, metrics, reason):
+    """The body for a stream taken later: a jittered ``retry:`` and why (counted)."""
+    comment, (low, high) = REFUSALS[reason]
+    hub.refused[reason] += 1
+    metrics.streams_refused.labels(reason).inc()
+    return format_event(retry=random.randint(low, high), comment=f"quaero: {comment}")
+
+
+def _refuse(hub, metrics, reason):
+    if reason == "no_gevent" and not hub.refused[reason]:
+        log.error("a stream was refused: %s", REFUSALS[reason][0])
+    response = current_app.response_class(refusal(hub, metrics, reason),
+                                          mimetype="text/event-stream", headers=STREAM_HEADERS)
+    response.headers["Connection"] = "close"
+    return response
+
+
+def _ended_with_nothing_after(db_conn, f, resume):
+    """A resumed stream of jobs that all ended, with no matching line after ``resume``."""
+    statuses = db_conn.execute(sa.select(Job.status).where(Job.id.in_(f.job_ids))).scalars()
+    if not all(s in FINISHED for s in statuses):
+        return False
+    lines, _ = select_lines(db_conn, f, after=resume, limit=1)
+    return not lines
 
 
 @bp.get("/logs/stream")
@@ -465,28 +649,30 @@ def stream_logs():
         resume = api.parse_int(request.args.get("after"), "after")
     state = current_app.extensions["quaero"]
     hub = state.hub
-    with db.engine.connect() as conn:
-        api.check_jobs_exist(conn, f.job_ids)
+    environ = request.environ
+    reason = hub.refuse_reason(environ)
+    if reason is not None:
+        return _refuse(hub, state.metrics, reason)
+    try:
+        with db.engine.connect() as conn:
+            api.check_jobs_exist(conn, f.job_ids)
+            if resume is not None and f.job_ids and _ended_with_nothing_after(conn, f, resume):
+                return current_app.response_class(status=204)  # tells an EventSource to stop
+    except DB_ERRORS:
+        return _refuse(hub, state.metrics, "database")
     if request.method == "HEAD":  # headers only: no subscription, no body
         return current_app.response_class(b"", mimetype="text/event-stream",
-                                          headers={"Cache-Control": "no-cache"})
-    if hub.shutting_down:
-        raise APIError(503, "server is shutting down; retry")
-    if hub.count >= hub.max_streams:
-        state.metrics.streams_refused.inc()
-        raise APIError(503, "too many open streams; retry later")
+                                          headers=STREAM_HEADERS)
     cfg = current_app.config
-    environ = request.environ
     connection = Connection(f, hub, cfg["QUAERO_STREAM_BUFFER_BYTES"],
-                            environ.get("gunicorn.socket"),
-                            chunked=environ.get("SERVER_PROTOCOL") == "HTTP/1.1")
+                            environ.get("gunicorn.socket"))
     hub.subscribe(connection)  # before the backfill: nothing falls in between
-    body = _track_writes(connection, _generate(connection, state, db.engine, limit, resume, cfg))
-    response = current_app.response_class(body, mimetype="text/event-stream")
+    body = _track_writes(connection, _generate(connection, SocketSink.for_environ(environ),
+                                               state, db.engine, limit, resume, cfg))
+    response = current_app.response_class(body, mimetype="text/event-stream",
+                                          headers=STREAM_HEADERS)
     # the server closes every response, even one whose body it never started
     response.call_on_close(lambda: hub.unsubscribe(connection))
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
     return response
 
 
@@ -497,32 +683,51 @@ def _job_states(engine, job_ids):
         return {j.id: (j.status, status_payload(j)) for j in jobs}
 
 
-def _generate(conn, state, engine, limit, resume, cfg):
-    """The body of one stream. Runs in the request's greenlet."""
+def _generate(conn, sink, state, engine, limit, resume, cfg):
+    """The body of one stream. Runs in the request's greenlet. After the first chunk
+    (gunicorn sends the headers with it) everything goes through ``sink`` when there is
+    one, else it is yielded to the server."""
     hub, f = state.hub, conn.filter
     interval = cfg["QUAERO_BATCH_INTERVAL"]
     ping_every = cfg["QUAERO_PING_INTERVAL"]
     lifetime = cfg["QUAERO_STREAM_LIFETIME"] * random.uniform(0.85, 1.0)
     started = time.monotonic()
 
-    def sent(data, event, lines=0):
-        counts = hub.counts  # swapped for a fresh one at every metrics flush
-        counts[event] += 1
-        counts["bytes"] += len(data)
-        if lines:
-            counts["lines"] += lines
-        return data
+    def emit(events):
+        """Write ``(parts, event name, lines)`` events as one write; counts them."""
+        if not events:
+            return
+        counts, parts = hub.counts, []  # swapped for a fresh one at every metrics flush
+        for ev_parts, name, lines in events:
+            counts[name] += 1
+            counts["bytes"] += sum(len(p) for p in ev_parts)
+            if lines:
+                counts["lines"] += lines
+            parts += ev_parts
+        if conn.sink is None:
+            yield b"".join(parts)
+            return
+        conn.writing, conn.backlog = True, 0
+        try:
+            conn.sink.send(conn.sink.frame(parts))
+        finally:
+            conn.writing = False
+
+    def logs(lines):
+        return (logs_event_parts([encode_json(lines)], conn.last_id, conn.total,
+                                 conn.displayed, conn.has_more), "logs", len(lines))
 
     def backfill():
-        """Events for everything before live: the tail, or every line after ``resume``."""
+        """Events for everything before live: the tail, or every line after ``resume``.
+        Every one has an id: an empty tail the newest id visible before it was read."""
         with engine.connect() as db_conn:
             conn.total = count_lines(db_conn, f)
             if resume is None:
+                newest = _max_id_on(db_conn)
                 lines, more = tail_lines(db_conn, f, max(limit, 1))
-                if lines:
-                    conn.last_id = lines[-1]["id"]  # live starts after the newest line
                 if limit == 0:
                     lines, more = [], bool(lines)
+                conn.last_id = lines[-1]["id"] if lines else newest
                 pages = [lines]
                 conn.has_more = more
         if resume is not None:
@@ -535,19 +740,26 @@ def _generate(conn, state, engine, limit, resume, cfg):
             if lines:
                 conn.last_id = max(conn.last_id, lines[-1]["id"])
             conn.displayed += len(lines)
+            conn.total = max(conn.total, conn.displayed)
             if resume is not None:
                 conn.has_more = conn.total > conn.displayed and resume > 0
-            yield sent(logs_event(encode_json(lines), lines[-1]["id"] if lines else None,
-                                  max(conn.total, conn.displayed), conn.displayed,
-                                  conn.has_more), "logs", len(lines))
+            yield from emit([logs(lines)])
             first = False
 
-    def flush():
-        event, count = conn.next_logs_event()
-        return None if event is None else sent(event, "logs", count)
+    def initial_statuses():
+        conn.statuses.clear()  # superseded by the states read now; later ones follow
+        jobs, events = _job_states(engine, f.job_ids), []
+        for job_id in f.job_ids:
+            status, payload = jobs.get(job_id, ("deleted", None))
+            if payload is not None:
+                event = conn.sent_status[job_id] = json_event("status", payload)
+                events.append(([event], "status", 0))
+            if status in FINISHED or status == "deleted":
+                conn.push_status(b"", job_id, status)
+        return events
 
     def ending():
-        """All jobs finished: send what committed since, then ``end``."""
+        """All jobs finished: send what committed since, their statuses, then ``end``."""
         hub.unsubscribe(conn)  # the database has every line from here on
         conn.batches.clear()
         conn.pending_bytes = 0
@@ -559,59 +771,44 @@ def _generate(conn, state, engine, limit, resume, cfg):
             conn.last_id = lines[-1]["id"]
             conn.displayed += len(lines)
             conn.total = max(conn.total, conn.displayed)
-            yield sent(logs_event(encode_json(lines), conn.last_id, conn.total, conn.displayed,
-                                  conn.has_more), "logs", len(lines))
+            yield from emit([logs(lines)])
+        events = [([ev], "status", 0) for ev in conn.statuses.values()]
+        conn.statuses.clear()
         jobs = [{"id": j, "status": s} for j, s in conn.ended.items()]
         payload = {"job": jobs[-1]} if len(jobs) == 1 else {"job": jobs[-1], "jobs": jobs}
-        yield sent(json_event("end", payload), "end")
+        yield from emit(events + [([json_event("end", payload)], "end", 0)])
 
-    try:
-        yield sent(format_event(retry=RETRY_MS, comment="quaero"), "retry")
-        yield from backfill()
-        if f.job_ids:
-            conn.statuses.clear()  # superseded by the states read now; later ones follow
-            jobs = _job_states(engine, f.job_ids)
-            for job_id in f.job_ids:
-                status, payload = jobs.get(job_id, ("deleted", None))
-                if payload is not None:
-                    yield sent(json_event("status", payload), "status")
-                if status in FINISHED or status == "deleted":
-                    conn.push_status(b"", job_id, status)
-        now = time.monotonic()
-        conn.next_logs = now + interval  # the backfill counts as a logs event
-        conn.next_ping = now + ping_every
-        conn.deadline = started + lifetime
-        while not (conn.dropped or conn.broken) and (conn.partial or not conn.closing):
-            if conn.partial:  # the rest of a write the hub began on this socket
-                data, conn.partial = conn.partial, b""
+    def live():
+        while not (conn.dropped or conn.broken) and (conn.out or not conn.closing):
+            if conn.out:  # the rest of a write the hub began (and counted) on this socket
                 conn.writing, conn.backlog = True, 0
                 try:
-                    conn.sock.sendall(data)
-                except OSError:
-                    return
+                    conn.sink.send(conn.out)
                 finally:
                     conn.writing = False
+                conn.out = []
                 continue
             now = time.monotonic()
-            out = []
-            if conn.statuses:
-                out.extend(conn.statuses.values())
-                conn.statuses.clear()
+            events = []
             if conn.batches and now >= conn.next_logs:
-                data = flush()
-                if data is not None:
-                    out.append(data)
+                parts, count = conn.next_logs_parts()
+                if parts is not None:
+                    events.append((parts, "logs", count))
                     conn.next_logs = now + interval
             if f.job_ids and not conn.running_jobs:
-                if out:
-                    yield b"".join(out)
+                yield from emit(events)
                 yield from ending()
                 return
+            # a status never overtakes lines committed before it: those still held
+            # for the pace (here or in the hub's window) go first
+            if conn.statuses and not conn.batches and not hub.pending(f):
+                events += [([ev], "status", 0) for ev in conn.statuses.values()]
+                conn.statuses.clear()
             if now >= conn.next_ping:
-                out.append(sent(hub.ping_event, "ping"))
+                events.append(([hub.ping_event], "ping", 0))
                 conn.next_ping = now + ping_every
-            if out:
-                yield b"".join(out)
+            if events:
+                yield from emit(events)
                 continue
             if now >= conn.deadline:
                 return  # the client reconnects with Last-Event-ID and loses nothing
@@ -619,9 +816,25 @@ def _generate(conn, state, engine, limit, resume, cfg):
             if conn.batches:  # released early for this stream's own pace: wait it out
                 conn.wake.wait(conn.next_logs - now)
             else:  # woken by a release, a status, the ticker (ping, lifetime) or a close
-                conn.parked = conn.direct
+                conn.parked = conn.sink is not None
                 conn.wake.wait()
                 conn.parked = False
+
+    try:
+        yield from emit([([format_event(retry=RETRY_MS, comment="quaero")], "retry", 0)])
+        conn.sink = sink  # the headers are out: from here the sink may write
+        yield from backfill()
+        if f.job_ids:
+            yield from emit(initial_statuses())
+        now = time.monotonic()
+        conn.next_logs = now + interval  # the backfill counts as a logs event
+        conn.next_ping = now + ping_every
+        conn.deadline = started + lifetime
+        yield from live()
+    except OSError:
+        return  # the client is gone (a write to its socket failed)
+    except DB_ERRORS:
+        yield from emit([([refusal(hub, state.metrics, "database")], "retry", 0)])
     finally:
         hub.unsubscribe(conn)
 

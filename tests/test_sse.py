@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from quaero.sse import encode_json, format_event, join_arrays, json_event, logs_event
+from quaero.sse import (encode_json, format_event, join_arrays, json_event, logs_event,
+                        logs_event_parts)
 
 
 @pytest.mark.parametrize("data, expected", [
@@ -55,10 +56,20 @@ def test_logs_event_exact_bytes():
                    b'"has_more":true}}\n\n')
 
 
-def test_empty_logs_event_has_no_id():
-    assert logs_event(b"[]", None, 0, 0, False) == (
-        b'event: logs\ndata: {"logs":[],"meta":{"total_count":0,"displayed_count":0,'
+def test_empty_logs_event_has_an_id():
+    assert logs_event(b"[]", 41, 0, 0, False) == (
+        b'event: logs\nid: 41\ndata: {"logs":[],"meta":{"total_count":0,"displayed_count":0,'
         b'"has_more":false}}\n\n')
+
+
+def test_logs_event_parts_join_arrays_without_copying():
+    a, b = encode_json([{"id": 1}]), encode_json([{"id": 2}, {"id": 3}])
+    parts = logs_event_parts([a, b"[]", b], 3, 5, 3, False)
+    assert any(isinstance(p, memoryview) and p.obj is a for p in parts)
+    raw = b"".join(parts)
+    assert raw == (b'event: logs\nid: 3\ndata: {"logs":[{"id":1},{"id":2},{"id":3}],'
+                   b'"meta":{"total_count":5,"displayed_count":3,"has_more":false}}\n\n')
+    assert b"".join(logs_event_parts([a], 1, 1, 1, True)) == logs_event(a, 1, 1, 1, True)
 
 
 def test_join_arrays():

@@ -62,13 +62,28 @@ def test_headers_retry_backfill_and_status(api):
         s.close()
 
 
-def test_empty_backfill_is_still_sent(api):
+def test_empty_backfill_is_still_sent_with_an_id(api):
+    newest = post(api, [{"level": "info", "message": "not an error"}])["last_id"]
     s = stream(api, "scope=service&level=error")
     try:
         events = s.events(until=lambda e: e.event == "logs")
         assert events[-1].json() == {"logs": [], "meta": {
             "total_count": 0, "displayed_count": 0, "has_more": False}}
-        assert events[-1].id is None
+        assert events[-1].id == str(newest), "the newest id the stream has considered"
+    finally:
+        s.close()
+    # limit=0 too; a client reconnecting with that id before its first line loses nothing
+    s = stream(api, "scope=service&limit=0")
+    try:
+        event = s.events(until=lambda e: e.event == "logs")[-1]
+        assert event.json()["logs"] == [] and event.id == str(newest)
+    finally:
+        s.close()
+    missed = post(api, [{"level": "error", "message": "while away"}])["last_id"]
+    s = stream(api, "scope=service&level=error", headers={"Last-Event-ID": event.id})
+    try:
+        event = s.events(until=lambda e: e.event == "logs")[-1]
+        assert [ln["id"] for ln in event.json()["logs"]] == [missed]
     finally:
         s.close()
 
@@ -315,6 +330,23 @@ def test_metrics_count_streams_and_events(api):
         s.close()
 
 
+def assert_refused(c, why, low, high):
+    """A stream taken later: 200 text/event-stream, only a jittered retry: and a comment
+    saying why, then the server closes it (an EventSource reconnects by itself)."""
+    try:
+        assert c.status == 200
+        assert c.headers["content-type"].startswith("text/event-stream")
+        assert c.headers["cache-control"] == "no-cache"
+        body = c.body()
+        assert c.closed
+        fields = [ln for ln in body.decode().split("\n") if ln]
+        assert [f.split(":")[0] for f in fields] == ["", "retry"], body
+        assert why in body
+        assert low <= int(fields[1].split(": ")[1]) <= high
+    finally:
+        c.close()
+
+
 def test_stream_cap_and_lifetime(server_factory):
     srv = server_factory(env={"QUAERO_MAX_STREAMS": "2", "QUAERO_STREAM_LIFETIME": "2"})
     url = f"{srv.url}/api/logs/stream?scope=service"
@@ -323,8 +355,12 @@ def test_stream_cap_and_lifetime(server_factory):
         a.events(until=lambda e: e.event == "logs")
         b.events(until=lambda e: e.event == "logs")
         c = SSEClient(url)
-        assert c.status == 503 and b"error" in c.body()
-        c.close()
+        assert_refused(c, b"too many open streams", 5000, 15000)
+        health = httpx.get(f"{srv.url}/healthz").json()["streams"]
+        assert health["open"] == 2 and health["max"] == 2 and not health["accepting"]
+        assert health["refused"] == {"stream_cap": 1}
+        assert 'quaero_sse_streams_refused_total{reason="stream_cap"} 1.0' in httpx.get(
+            f"{srv.url}/metrics").text
         start = time.monotonic()
         assert a.events(timeout=5) == [] or True
         assert a.closed and 1.5 <= time.monotonic() - start <= 3
