@@ -46,6 +46,19 @@ class TooLarge(QuaeroError):
     status = 413
 
 
+class AuthRequired(QuaeroError):
+    """No valid token (Bearer or login session) where one is configured."""
+    status = 401
+
+    def __init__(self, message="authentication required"):
+        super().__init__(message)
+
+
+class Refused(QuaeroError):
+    """Not allowed from here: off loopback without a token, cross-site, bad CSRF token."""
+    status = 403
+
+
 class Unavailable(QuaeroError):
     """A dependency (database, Redis) is away or the server is stopping: retry later."""
     status = 503

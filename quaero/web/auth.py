@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app, request, session
 
-from ..errors import APIError
+from ..errors import AuthRequired, Refused
 
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 CSRF_KEY = "csrf_token"
@@ -71,7 +71,7 @@ def token_ok():
 def require_token():
     """``before_request`` of the API blueprints."""
     if not token_ok():
-        raise APIError(401, "authentication required")
+        raise AuthRequired()
 
 
 def require_metrics_token():
@@ -80,7 +80,7 @@ def require_metrics_token():
     tokens = [t for t in (current_app.config.get("QUAERO_METRICS_TOKEN"), api_token()) if t]
     given = bearer()
     if tokens and not (given is not None and any(same_secret(given, t) for t in tokens)):
-        raise APIError(401, "authentication required")
+        raise AuthRequired()
 
 
 # --- loopback only without a token -----------------------------------------------------
@@ -133,9 +133,9 @@ def check_loopback():
         return
     why = loopback_refusal()
     if why is not None:
-        raise APIError(403, f"refused: a request {why}. Without QUAERO_API_TOKEN, Quaero "
-                            "answers loopback clients only (address and Host name "
-                            "localhost, 127.x or [::1]); set QUAERO_API_TOKEN to serve others")
+        raise Refused(f"refused: a request {why}. Without QUAERO_API_TOKEN, Quaero "
+                      "answers loopback clients only (address and Host name "
+                      "localhost, 127.x or [::1]); set QUAERO_API_TOKEN to serve others")
 
 
 # --- CSRF ------------------------------------------------------------------------------
@@ -175,9 +175,9 @@ def check_api_csrf():
     if bearer_ok():
         return
     if not _same_origin():
-        raise APIError(403, "cross-site request refused")
+        raise Refused("cross-site request refused")
     if session.get("authenticated") is True and not csrf_valid(request.headers.get("X-CSRF-Token")):
-        raise APIError(403, "missing or invalid CSRF token")
+        raise Refused("missing or invalid CSRF token")
 
 
 def init_app(app):

@@ -5,9 +5,8 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from flask import request
-from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..errors import APIError
+from ..errors import Invalid, JobNotFound, TooLarge
 from ..models import LEVEL_ALIASES, LEVELS, Job, LineFilter
 
 MAX_JOB_IDS = 50
@@ -24,7 +23,7 @@ def parse_int(value, name):
         return None
     value = value.strip()
     if not _INT.match(value) or len(value) > 40:
-        raise APIError(400, f"{name} must be a non-negative integer")
+        raise Invalid(f"{name} must be a non-negative integer")
     return min(int(value), _BIG)
 
 
@@ -32,7 +31,7 @@ def parse_level(value, default="info"):
     value = default if value in (None, "") else value.strip().lower()
     value = LEVEL_ALIASES.get(value, value)
     if value not in LEVELS:
-        raise APIError(400, "level must be one of debug, info, warn, error")
+        raise Invalid("level must be one of debug, info, warn, error")
     return LEVELS[value]
 
 
@@ -40,19 +39,19 @@ def parse_query(args):
     """``(LineFilter, limit)`` from the query of the stream and the polling API."""
     scope = args.get("scope")
     if scope not in ("service", "job"):
-        raise APIError(400, "scope must be 'service' or 'job'")
+        raise Invalid("scope must be 'service' or 'job'")
     step = args.get("step")
     job_ids = tuple(dict.fromkeys(j for j in args.getlist("job_id") if j))
     if scope == "service":
         if step is not None:
-            raise APIError(400, "step is only allowed with scope=job")
+            raise Invalid("step is only allowed with scope=job")
         if job_ids:
-            raise APIError(400, "job_id is only allowed with scope=job")
+            raise Invalid("job_id is only allowed with scope=job")
     else:
         if not job_ids:
-            raise APIError(400, "job_id is required with scope=job")
+            raise Invalid("job_id is required with scope=job")
         if len(job_ids) > MAX_JOB_IDS:
-            raise APIError(400, f"at most {MAX_JOB_IDS} job_id values")
+            raise Invalid(f"at most {MAX_JOB_IDS} job_id values")
         if step == "":
             step = None
     f = LineFilter(job_ids=job_ids, step=step, min_level=parse_level(args.get("level")))
@@ -66,7 +65,7 @@ def check_jobs_exist(conn, job_ids):
         return
     found = set(conn.execute(sa.select(Job.id).where(Job.id.in_(job_ids))).scalars())
     if len(found) != len(job_ids):
-        raise APIError(404, "job not found")
+        raise JobNotFound()
 
 
 def _read_body():
@@ -76,7 +75,8 @@ def _read_body():
     if (request.content_length is None and len(data) >= request.max_content_length
             and request.environ.get("wsgi.input_terminated")
             and request.environ["wsgi.input"].read(1)):
-        raise RequestEntityTooLarge()
+        raise TooLarge(f"request body too large: at most {request.max_content_length} "
+                       "bytes per request")
     return data
 
 
@@ -85,15 +85,15 @@ def json_body():
     try:
         data = json.loads(_read_body())
     except (ValueError, RecursionError):  # RecursionError: nested too deeply
-        raise APIError(400, "body must be a JSON object") from None
+        raise Invalid("body must be a JSON object") from None
     if not isinstance(data, dict):
-        raise APIError(400, "body must be a JSON object")
+        raise Invalid("body must be a JSON object")
     return data
 
 
 def clean_text(value, name, max_len=None):
     if not isinstance(value, str):
-        raise APIError(400, f"{name} must be a string")
+        raise Invalid(f"{name} must be a string")
     if "\x00" in value:
         value = value.replace("\x00", "\ufffd")
     try:
@@ -101,7 +101,7 @@ def clean_text(value, name, max_len=None):
     except UnicodeEncodeError:  # lone surrogates from JSON escapes
         value = value.encode("utf-8", "replace").decode("utf-8")
     if max_len is not None and not 0 < len(value) <= max_len:
-        raise APIError(400, f"{name} must be 1 to {max_len} characters")
+        raise Invalid(f"{name} must be 1 to {max_len} characters")
     return value
 
 
@@ -109,11 +109,11 @@ def parse_timestamp(value, now):
     if value is None:
         return now
     if not isinstance(value, str) or len(value) > 64:
-        raise APIError(400, "timestamp must be an ISO 8601 string")
+        raise Invalid("timestamp must be an ISO 8601 string")
     try:
         ts = datetime.fromisoformat(value.strip())
         if ts.tzinfo is not None:
             ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
     except (ValueError, OverflowError):
-        raise APIError(400, "timestamp must be an ISO 8601 string") from None
+        raise Invalid("timestamp must be an ISO 8601 string") from None
     return ts
