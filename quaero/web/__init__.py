@@ -1,11 +1,13 @@
-"""The HTTP layer: the ``/api`` blueprint (``api_logs``, ``api_jobs``, ``openapi``), the
-pages (``views``), ``/healthz`` and ``/metrics`` (``ops``); ``auth`` decides who may use
-them and ``params`` parses what they are sent. The core modules know nothing of HTTP."""
+"""The HTTP layer: the API blueprints under ``/api`` (``api_logs``, ``api_jobs``,
+``openapi``), the pages (``views``), ``/healthz`` and ``/metrics`` (``ops``); ``auth``
+decides who may use them (one check for every ``/api`` path) and ``params`` parses what
+they are sent. The core modules know nothing of HTTP."""
 
 
 def init_app(app):
-    from . import api, api_jobs, api_logs, auth, openapi, ops, views  # noqa: F401  (routes)
-    auth.init_app(app)  # first: the loopback rule comes before anything else
-    app.register_blueprint(api.bp)
+    from . import api_jobs, api_logs, auth, openapi, ops, views
+    auth.init_app(app)  # first: the loopback rule and the token come before anything else
+    for module in (api_logs, api_jobs, openapi):
+        app.register_blueprint(module.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(views.bp)

@@ -1,12 +1,17 @@
 """The jobs API: list, create, read, change status, cancel, rerun, delete; definitions."""
 import sqlalchemy as sa
-from flask import jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
 from .. import jobs as jobops
 from ..errors import APIError
 from ..models import JOB_STATUSES, STEP_STATUSES, Job, db, job_dict, level_counts
-from .api import bp, quaero
 from .params import MAX_NAME, clean_text, json_body, parse_int
+
+bp = Blueprint("jobs", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
+
+
+def _runner():
+    return current_app.extensions["quaero"].runner
 
 
 def job_json(job):
@@ -37,7 +42,7 @@ def list_jobs():
 def create_job():
     data = json_body()
     if "definition" in data:
-        runner = quaero().runner
+        runner = _runner()
         name = data["definition"]
         if not isinstance(name, str):
             raise APIError(400, "definition must be a string")
@@ -74,7 +79,7 @@ def _status_from_body(allowed):
 def patch_job(job_id):
     status = _status_from_body(JOB_STATUSES)
     jobops.get_job(job_id)
-    runner = quaero().runner
+    runner = _runner()
     if status == "cancelled" and runner is not None and runner.cancel(job_id):
         return jsonify(job_json(jobops.get_job(job_id)))
     return jsonify(job_json(jobops.set_job_status(job_id, status)))
@@ -91,7 +96,7 @@ def cancel_job(job_id):
     job = jobops.get_job(job_id)
     if job.status not in ("pending", "running"):
         raise APIError(409, f"job is {job.status}")
-    runner = quaero().runner
+    runner = _runner()
     if runner is None or not runner.cancel(job_id):
         jobops.set_job_status(job_id, "cancelled", reason="cancelled by request")
     return jsonify(job_json(jobops.get_job(job_id))), 202
@@ -100,7 +105,7 @@ def cancel_job(job_id):
 @bp.post("/jobs/<job_id>/rerun")
 def rerun_job(job_id):
     job = jobops.get_job(job_id)
-    runner = quaero().runner
+    runner = _runner()
     if not job.definition or runner is None:
         raise APIError(409, "only jobs started from a definition can be rerun")
     return jsonify(job_json(runner.start(job.definition))), 201
@@ -114,5 +119,5 @@ def delete_job(job_id):
 
 @bp.get("/job-definitions")
 def job_definitions():
-    runner = quaero().runner
+    runner = _runner()
     return jsonify(definitions=runner.definitions_json() if runner else [])

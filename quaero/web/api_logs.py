@@ -3,14 +3,15 @@ The stream is in ``quaero/stream.py``."""
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
-from flask import Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..errors import APIError
 from ..ingest import IngestError
 from ..models import LEVEL_ALIASES, LEVELS, Job, LineFilter, Step, count_lines, db, select_lines
-from .api import bp, quaero
 from .params import (MAX_NAME, check_jobs_exist, clean_text, json_body, parse_int, parse_query,
                      parse_timestamp)
+
+bp = Blueprint("logs", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
 
 MAX_MESSAGE_BYTES = 65536
 MAX_LINES_PER_REQUEST = 10000
@@ -53,7 +54,7 @@ def post_logs():
                       "message": message, "timestamp": parse_timestamp(item.get("timestamp"), now)})
     _check_targets(wanted)
     try:
-        first_id, last_id = quaero().ingestor.submit(lines)
+        first_id, last_id = current_app.extensions["quaero"].ingestor.submit(lines)
     except IngestError as exc:
         raise APIError(exc.status, exc.message) from None
     return jsonify(accepted=len(lines), first_id=first_id, last_id=last_id), 201

@@ -69,9 +69,15 @@ def token_ok():
 
 
 def require_token():
-    """``before_request`` of the API blueprints."""
+    """The token (or the login session) where one is configured."""
     if not token_ok():
         raise AuthRequired()
+
+
+def check_api_token():
+    """``before_request`` of the whole app: every ``/api`` path needs the token."""
+    if request.path.startswith("/api/"):
+        require_token()
 
 
 def require_metrics_token():
@@ -190,4 +196,5 @@ def init_app(app):
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.before_request(check_loopback)
+    app.before_request(check_api_token)
     app.before_request(check_api_csrf)

@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 description of Quaero's HTTP API, served at ``/api/openapi.json``."""
-from flask import current_app, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from ..models import JOB_STATUSES, STEP_STATUSES
-from .api import bp
+
+bp = Blueprint("openapi", __name__, url_prefix="/api")
 
 LEVEL = {"type": "string", "enum": ["debug", "info", "warn", "error"]}
 NULL_STR = {"type": ["string", "null"]}
