@@ -1,0 +1,96 @@
+/*
+ * The service-logs panel on every page (Alpine component `sseServiceLogs`).
+ * `QuaeroServiceLogs`; needs log-stream.js, log-http.js and log-view.js.
+ */
+(function (root, factory) {
+  "use strict";
+  var api = factory(root, root.QuaeroLogs || require("./log-stream.js"), root.QuaeroHttp || require("./log-http.js"), root.QuaeroView || require("./log-view.js"));
+  if (typeof module === "object" && module.exports) module.exports = api;
+  else root.QuaeroServiceLogs = api;
+})(typeof window !== "undefined" ? window : globalThis, function (root, Q, H, V) {
+  "use strict";
+
+  var LEVELS = Q.LEVELS;
+  var LogView = V.LogView;
+  var mixin = V.withConnectionState;
+  var rememberPrefs = V.rememberPrefs;
+  var atBottom = V.atBottom;
+  var scrollToBottom = V.scrollToBottom;
+  var toLogin = H.toLogin;
+
+  // --- Alpine: the service-logs panel --------------------------------------------------
+
+  function sseServiceLogs(options) {
+    options = options || {};
+    var view = null;
+    var stream = null;
+    return mixin({
+      level: options.level || "info",
+      autoScroll: true,
+      paused: false,
+      open: true,
+      lineCount: 0,
+      newLines: 0,
+      showTimestamps: true,
+      levels: LEVELS,
+
+      init: function () {
+        var self = this;
+        var box = this.$refs.lines;
+        rememberPrefs(this, "serviceLogs", ["open", "level", "showTimestamps"]);
+        if (LEVELS.indexOf(this.level) < 0) this.level = "info";
+        view = new LogView({ root: box, maxLines: options.maxLines || 1000, showStep: false });
+        box.addEventListener("scroll", function () { self.onScroll(); }, { passive: true });
+        this.connect();
+      },
+      destroy: function () {
+        if (stream) stream.close();
+      },
+      connect: function () {
+        var self = this;
+        if (stream) stream.close();
+        view.clear();
+        this.lineCount = 0;
+        this.newLines = 0;
+        stream = Q.createServiceStream({
+          level: this.level, limit: 200, maxLines: view.o.maxLines,
+          onLines: function (lines) { self.add(lines); },
+          onState: function (state) { self.state = state; },
+          onAuthError: toLogin
+        });
+        stream.start();
+      },
+      add: function (lines) {
+        if (!lines.length) return;
+        view.append(lines);
+        this.lineCount = view.length;
+        if (this.autoScroll && !this.paused) scrollToBottom(this.$refs.lines);
+        else this.newLines += lines.length;
+      },
+      onScroll: function () {
+        var bottom = atBottom(this.$refs.lines);
+        this.paused = !bottom;
+        if (bottom) this.newLines = 0;
+      },
+      setLevel: function () { this.connect(); },
+      clear: function () {
+        view.clear();
+        if (stream) stream.buffer.clear();
+        this.lineCount = 0;
+        this.newLines = 0;
+        this.paused = false;
+      },
+      toggleAutoScroll: function () {
+        if (this.autoScroll) this.jumpToBottom();
+      },
+      jumpToBottom: function () {
+        this.paused = false;
+        this.newLines = 0;
+        scrollToBottom(this.$refs.lines);
+      },
+      reconnect: function () { if (stream) stream.reconnectNow(); }
+    });
+  }
+
+  return { sseServiceLogs: sseServiceLogs };
+});
