@@ -43,6 +43,10 @@ REFUSED_RETRY_MS = (2000, 5000)   # a jittered retry for a stream refused now...
 OVERLOAD_RETRY_MS = (5000, 15000)  # ...spread wider when the cause is load
 TICK = 0.25  # seconds: resolution of pings and stream lifetimes
 MAX_PARTS = 512  # parts per sendmsg (IOV_MAX is 1024)
+DIRECT_MAX = 64 << 10  # bigger events are written by the stream's own greenlet
+# A stream socket's kernel send buffer (the kernel doubles it): what a client that does not
+# read can hold in the kernel, instead of megabytes each by autotuning on loopback
+SEND_BUFFER = 128 << 10
 DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -117,6 +121,10 @@ class SocketSink:
         self.sock = sock
         self.raw = sock._sock
         self.chunked = chunked
+        try:
+            self.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:
+            pass
 
     @classmethod
     def for_environ(cls, environ):
@@ -479,9 +487,10 @@ class StreamHub:
         now = group.last_release = time.monotonic()
         self.metrics.delivery_seconds.observe(now - batch.published)
         interval, counts = self.interval, self.counts
+        small = len(batch.encoded) <= DIRECT_MAX  # big ones: each stream's greenlet
         for conn in list(group.conns):
             conn.push(batch)
-            if conn.parked and now >= conn.next_logs and not (
+            if conn.parked and now >= conn.next_logs and small and not (
                     conn.dropped or conn.out or conn.statuses):
                 conn.write_now(now, interval, counts)
             else:
