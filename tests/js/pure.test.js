@@ -165,3 +165,15 @@ test("dropLevelWord: the level a line starts with is not repeated after its badg
     assert.equal(Q.dropLevelWord(message, level), shown, JSON.stringify(message));
   }
 });
+
+test("times: formatTime, timeAgo, durationOf", () => {
+  const at = new Date(2026, 10, 26, 9, 5, 7, 42).toISOString();
+  assert.equal(Q.formatTime(at), "09:05:07.042");
+  assert.equal(Q.formatDateTime(at), "2026-11-26 09:05:07");
+  assert.equal(Q.formatTime("not a date"), "not a date");
+  const now = Date.parse(at);
+  assert.equal(Q.timeAgo(at, now + 59 * 1000), "59 s ago");
+  assert.equal(Q.timeAgo(at, now + 3 * 3600 * 1000), "3 h ago");
+  assert.equal(Q.durationOf({ started_at: at, finished_at: new Date(now + 4300).toISOString() }), "4.3 s");
+  assert.equal(Q.durationOf({ started_at: null }), "");
+});
