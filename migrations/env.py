@@ -2,7 +2,7 @@
 and by Flask-Migrate's ``flask --app wsgi db ...`` commands (the app's engine)."""
 from alembic import context
 
-from quaero.models import Base
+from quaero.models import Base, not_search_index
 
 config = context.config
 target_metadata = Base.metadata
@@ -11,7 +11,7 @@ target_metadata = Base.metadata
 def run(connection):
     context.configure(connection=connection, target_metadata=target_metadata,
                       render_as_batch=connection.dialect.name == "sqlite",
-                      compare_type=True)
+                      compare_type=True, include_object=not_search_index)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -9,7 +9,7 @@ from .bus import LocalBus, RedisBus
 from .config import Config
 from .ingest import Ingestor
 from .metrics import Metrics
-from .models import db, init_db
+from .models import db, init_db, register_sqlite_functions
 from .retention import Pruner
 from .servicelog import IngestHandler
 
@@ -63,6 +63,7 @@ def _sqlite_pragmas(dbapi_conn, _record):
                    "busy_timeout=10000"):
         cur.execute("PRAGMA " + pragma)
     cur.close()
+    register_sqlite_functions(dbapi_conn)
 
 
 def create_app(config=None):

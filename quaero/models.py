@@ -5,6 +5,7 @@ The write path (``ingest.py``) and every reader (polling API, stream backfill,
 Counts come from ``log_counts``, kept up to date by the write path, so that
 ``total_count`` and ``log_counts`` never scan a job's lines.
 """
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -181,24 +182,70 @@ def status_payload(job):
 @dataclass(frozen=True)
 class LineFilter:
     """Which lines a reader wants. Hashable: streams with equal filters share work."""
-    job_ids: tuple = ()          # empty: the service log
+    job_ids: tuple = ()          # empty: the service log (or every line, with everywhere)
     step: str | None = None
     min_level: int = LEVELS["info"]
+    q: str | None = None         # literal text the message contains, any case
+    everywhere: bool = False     # search: every job and the service log
 
     @property
     def scope(self):
-        return "job" if self.job_ids else "service"
+        return "job" if self.job_ids else "all" if self.everywhere else "service"
 
     def matches(self, line):
         if LEVELS[line["level"]] < self.min_level:
             return False
+        if self.q is not None and self.q.lower() not in line["message"].lower():
+            return False
         if self.job_ids:
             return line["job_id"] in self.job_ids and (
                 self.step is None or line["step_name"] == self.step)
-        return line["job_id"] is None
+        return self.everywhere or line["job_id"] is None
 
 
-def _where(f):
+# Text search. The database's trigram index narrows the candidates (SQLite: the FTS5
+# table ``log_fts``; PostgreSQL: a pg_trgm GIN index), then the exact test decides: the
+# message contains ``q`` ignoring case, as ``LineFilter.matches`` says. On SQLite that
+# test is ``quaero_contains`` (Python's ``str.lower``, registered on every connection),
+# so both databases and the live grep fold case alike. A ``q`` shorter than a trigram
+# cannot use the index: it is a scan, newest first, that stops at the page's end.
+TRIGRAM = 3
+MAX_Q = 200
+_fts_t = sa.table("log_fts", sa.column("rowid"), sa.column("log_fts"))
+
+
+def sqlite_contains(message, q_folded):
+    return message is not None and q_folded in message.lower()
+
+
+def register_sqlite_functions(dbapi_conn):
+    dbapi_conn.create_function("quaero_contains", 2, sqlite_contains, deterministic=True)
+
+
+def not_search_index(obj, name, type_, reflected, compare_to):
+    """Alembic's ``include_object``: the text indexes live only in their migration (an
+    FTS5 table and its shadow tables, a GIN index): autogenerate must leave them be."""
+    return not (reflected and name and (name.startswith("log_fts") or name == "ix_log_message_trgm"))
+
+
+def _like_pattern(q):
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _text_condition(q, dialect):
+    if dialect == "postgresql":
+        # a short q cannot use the trigram index: keep the planner off it
+        col = log_t.c.message if len(q) >= TRIGRAM else log_t.c.message.op("||")("")
+        return col.ilike(_like_pattern(q), escape="\\")
+    exact = sa.func.quaero_contains(log_t.c.message, q.lower()) == 1
+    if len(q) < TRIGRAM:
+        return exact
+    phrase = '"' + q.replace('"', '""') + '"'
+    candidates = sa.select(_fts_t.c.rowid).where(_fts_t.c.log_fts.op("MATCH")(phrase))
+    return sa.and_(log_t.c.id.in_(candidates), exact)
+
+
+def _where(f, dialect):
     """The filter as conditions. "info and above" (the default) matches nearly every line,
     so its level test is kept out of the index choice (``level + 0``): the job's or step's
     index is then read backwards from the newest line, instead of every line at a level
@@ -208,14 +255,17 @@ def _where(f):
         conds.append(log_t.c.level >= f.min_level)
     elif f.min_level > LEVELS["debug"]:
         conds.append((log_t.c.level + 0) >= f.min_level)
-    if not f.job_ids:
+    if f.job_ids:
+        if len(f.job_ids) == 1:
+            conds.append(log_t.c.job_id == f.job_ids[0])
+        else:
+            conds.append(log_t.c.job_id.in_(f.job_ids))
+    elif not f.everywhere:
         conds.append(log_t.c.job_id.is_(None))
-    elif len(f.job_ids) == 1:
-        conds.append(log_t.c.job_id == f.job_ids[0])
-    else:
-        conds.append(log_t.c.job_id.in_(f.job_ids))
     if f.step is not None:
         conds.append(log_t.c.step_name == f.step)
+    if f.q is not None:
+        conds.append(_text_condition(f.q, dialect))
     return conds
 
 
@@ -227,7 +277,7 @@ def select_lines(conn, f, *, after=None, before=None, limit=100):
     """Matching lines, oldest first: the first ``limit`` after ``after``, or else the
     last ``limit`` (before ``before``). Fetches one extra row to tell whether more exist.
     Returns ``(lines, more)``."""
-    conds = _where(f)
+    conds = _where(f, conn.dialect.name)
     if after is not None:
         conds.append(log_t.c.id > after)
     if before is not None:
@@ -257,8 +307,8 @@ def tail_lines(conn, f, limit):
         return select_lines(conn, f, limit=limit)
     parts = []
     for job_id in f.job_ids:
-        one = LineFilter(job_ids=(job_id,), step=f.step, min_level=f.min_level)
-        parts.append(sa.select(*_COLS).where(*_where(one))
+        one = dataclasses.replace(f, job_ids=(job_id,))
+        parts.append(sa.select(*_COLS).where(*_where(one, conn.dialect.name))
                      .order_by(log_t.c.id.desc()).limit(limit + 1).subquery().select())
     rows = conn.execute(sa.union_all(*parts)).all()
     per_job = {}
@@ -270,14 +320,28 @@ def tail_lines(conn, f, limit):
     return [line_dict(*r) for r in keep], more
 
 
-def count_lines(conn, f):
-    """Lines matching ``f`` now, from the kept counts (a few rows, never a scan)."""
+COUNT_CAP = 10000
+
+
+def count_matches(conn, f):
+    """``(n, capped)``: lines matching ``f`` now. Without ``q`` from the kept counts (a
+    few rows, never a scan); with ``q`` by counting matches, stopping at COUNT_CAP."""
+    if f.q is not None:
+        found = sa.select(log_t.c.id).where(*_where(f, conn.dialect.name)).limit(COUNT_CAP + 1)
+        n = conn.execute(sa.select(sa.func.count()).select_from(found.subquery())).scalar()
+        return min(n, COUNT_CAP), n > COUNT_CAP
     keys = list(f.job_ids) if f.job_ids else [SERVICE_KEY]
     q = sa.select(sa.func.coalesce(sa.func.sum(counts_t.c.count), 0)).where(
-        counts_t.c.key.in_(keys), counts_t.c.level >= f.min_level)
+        counts_t.c.level >= f.min_level)
+    if not f.everywhere or f.job_ids:
+        q = q.where(counts_t.c.key.in_(keys))
     if f.step is not None:
         q = q.where(counts_t.c.step_name == f.step)
-    return int(conn.execute(q).scalar())
+    return int(conn.execute(q).scalar()), False
+
+
+def count_lines(conn, f):
+    return count_matches(conn, f)[0]
 
 
 def level_counts(conn, job_ids):

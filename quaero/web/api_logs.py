@@ -7,7 +7,8 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..errors import APIError
 from ..ingest import IngestError
-from ..models import LEVEL_ALIASES, LEVELS, Job, LineFilter, Step, count_lines, db, select_lines
+from ..models import (LEVEL_ALIASES, LEVELS, Job, LineFilter, Step, count_matches, db,
+                      select_lines)
 from .params import (MAX_NAME, check_jobs_exist, clean_text, json_body, parse_int, parse_query,
                      parse_timestamp)
 
@@ -88,13 +89,15 @@ def get_logs():
     with db.engine.connect() as conn:
         check_jobs_exist(conn, f.job_ids)
         lines, more = select_lines(conn, f, after=after, before=before, limit=limit)
-        total = count_lines(conn, f)
+        total, capped = count_matches(conn, f)
     if lines:
         last_id = lines[-1]["id"]
     else:
         last_id = after if after is not None else None
-    return jsonify(logs=lines, last_id=last_id,
-                   meta={"total_count": total, "displayed_count": len(lines), "has_more": more})
+    meta = {"total_count": total, "displayed_count": len(lines), "has_more": more}
+    if capped:
+        meta["total_count_capped"] = True
+    return jsonify(logs=lines, last_id=last_id, meta=meta)
 
 
 @bp.get("/jobs/<job_id>/logs.txt")

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from flask import request
 
 from ..errors import Invalid, JobNotFound, TooLarge
-from ..models import LEVEL_ALIASES, LEVELS, Job, LineFilter
+from ..models import LEVEL_ALIASES, LEVELS, MAX_Q, Job, LineFilter
 
 MAX_JOB_IDS = 50
 MAX_NAME = 200
@@ -54,10 +54,20 @@ def parse_query(args):
             raise Invalid(f"at most {MAX_JOB_IDS} job_id values")
         if step == "":
             step = None
-    f = LineFilter(job_ids=job_ids, step=step, min_level=parse_level(args.get("level")))
+    f = LineFilter(job_ids=job_ids, step=step, min_level=parse_level(args.get("level")),
+                   q=parse_q(args.get("q"), required=False))
     limit = parse_int(args.get("limit"), "limit")
     limit = DEFAULT_LIMIT if limit is None else min(limit, LIMIT_MAX[scope])
     return f, limit
+
+
+def parse_q(value, required=True):
+    """Search text: 1 to MAX_Q characters, taken literally (no trimming, no wildcards)."""
+    if value is None and not required:
+        return None
+    if not value or len(value) > MAX_Q or "\x00" in value:
+        raise Invalid(f"q must be 1 to {MAX_Q} characters of text")
+    return value
 
 
 def check_jobs_exist(conn, job_ids):

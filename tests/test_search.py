@@ -1,0 +1,216 @@
+"""Search: ``q`` on GET /api/logs and the stream, and GET /api/search, on SQLite and
+PostgreSQL (the same expected results on both)."""
+import httpx
+import pytest
+
+from quaero.models import LineFilter
+from tests.sse_client import SSEClient
+
+
+@pytest.fixture
+def c(any_app):
+    return any_app.test_client()
+
+
+def new_job(c, name="demo", steps=("build", "test")):
+    r = c.post("/api/jobs", json={"name": name, "steps": list(steps)})
+    assert r.status_code == 201
+    return r.json["id"]
+
+
+def post(c, *lines):
+    r = c.post("/api/logs", json={"logs": list(lines)})
+    assert r.status_code == 201, r.json
+    return r.json
+
+
+def messages(r):
+    assert r.status_code == 200, r.json
+    return [ln["message"] for ln in (r.json["logs"] if "logs" in r.json else r.json["results"])]
+
+
+TRICKY = ["100% done", "100 percent done", "a_b literal", "aXb not literal",
+          'say "hi" there', "path C:\\temp\\x", "path C:/temp/x", "Ünïcode ÉCOLE line",
+          "plain line"]
+
+
+@pytest.mark.parametrize("q, expected", [
+    ("DONE", ["100% done", "100 percent done"]),
+    ("0% d", ["100% done"]),              # % is a letter, not a wildcard
+    ("%", ["100% done"]),
+    ("a_b", ["a_b literal"]),             # _ too
+    ("_", ["a_b literal"]),
+    ('"hi"', ['say "hi" there']),
+    ("C:\\temp", ["path C:\\temp\\x"]),   # a backslash is itself
+    ("\\", ["path C:\\temp\\x"]),
+    ("école", ["Ünïcode ÉCOLE line"]),    # case folds beyond ASCII
+    ("NE", ["100% done", "100 percent done", "Ünïcode ÉCOLE line", "plain line"]),  # a scan
+    ("i", ["say \"hi\" there", "a_b literal", "aXb not literal", "Ünïcode ÉCOLE line",
+           "plain line"]),
+    ("nowhere at all", []),
+])
+def test_q_is_literal_text_in_any_case(c, q, expected):
+    job = new_job(c)
+    post(c, *[{"level": "info", "message": m, "job_id": job} for m in TRICKY])
+    r = c.get("/api/logs", query_string={"scope": "job", "job_id": job, "q": q})
+    assert sorted(messages(r)) == sorted(expected)
+    assert r.json["meta"]["total_count"] == len(expected)
+    assert "total_count_capped" not in r.json["meta"]
+    # the live grep decides the same way
+    f = LineFilter(job_ids=(job,), q=q)
+    assert sorted(m for m in TRICKY if f.matches(
+        {"level": "info", "message": m, "job_id": job, "step_name": None})) == sorted(expected)
+    r = c.get("/api/search", query_string={"q": q})
+    assert sorted(messages(r)) == sorted(expected)
+
+
+def test_q_combines_with_level_step_job_and_pages(c):
+    a, b = new_job(c, "alpha"), new_job(c, "beta")
+    post(c, {"level": "debug", "message": "needle debug", "job_id": a, "step": "build"},
+         {"level": "info", "message": "needle info", "job_id": a, "step": "build"},
+         {"level": "error", "message": "needle error", "job_id": a, "step": "test"},
+         {"level": "error", "message": "hay error", "job_id": a, "step": "test"},
+         {"level": "warn", "message": "needle in b", "job_id": b},
+         {"level": "info", "message": "needle in service"})
+
+    def get(**kw):
+        return messages(c.get("/api/logs", query_string={"q": "needle", **kw}))
+    assert get(scope="job", job_id=a) == ["needle info", "needle error"]
+    assert get(scope="job", job_id=a, level="debug") == ["needle debug", "needle info",
+                                                         "needle error"]
+    assert get(scope="job", job_id=a, level="error") == ["needle error"]
+    assert get(scope="job", job_id=a, step="build", level="debug") == ["needle debug",
+                                                                       "needle info"]
+    assert get(scope="job", job_id=[a, b]) == ["needle info", "needle error", "needle in b"]
+    assert get(scope="service") == ["needle in service"]
+    first = c.get("/api/logs", query_string={"scope": "job", "job_id": a, "q": "needle",
+                                             "level": "debug", "limit": 2}).json
+    assert [ln["message"] for ln in first["logs"]] == ["needle info", "needle error"]
+    assert first["meta"] == {"total_count": 3, "displayed_count": 2, "has_more": True}
+    assert get(scope="job", job_id=a, level="debug", before=first["logs"][0]["id"]) == [
+        "needle debug"]
+    assert get(scope="job", job_id=a, level="debug", after=first["logs"][0]["id"]) == [
+        "needle error"]
+
+    r = c.get("/api/search?q=NEEDLE")
+    assert messages(r) == ["needle in service", "needle in b", "needle error", "needle info",
+                           "needle debug"]
+    assert r.json["jobs"] == {a: {"name": "alpha", "status": "pending"},
+                              b: {"name": "beta", "status": "pending"}}
+    assert r.json["next_before"] is None
+    assert r.json["results"][0]["job_id"] is None
+    assert messages(c.get("/api/search?q=needle&level=warn")) == ["needle in b", "needle error"]
+    assert messages(c.get(f"/api/search?q=needle&job_id={b}&job_id={a}&level=info")) == [
+        "needle in b", "needle error", "needle info"]
+    assert c.get("/api/search?q=needle&job_id=nosuchjob").status_code == 404
+
+
+def test_search_pages_back_without_repeats_or_gaps(c):
+    jobs = [new_job(c, f"j{i}") for i in range(3)]
+    lines = [{"level": "info", "message": f"line {i} {'common' if i % 3 == 0 else 'rare'}",
+              "job_id": jobs[i % 3] if i % 4 else None} for i in range(120)]
+    post(c, *lines)
+    expected = [ln["message"] for ln in reversed(lines) if "common" in ln["message"]]
+    for q in ("common", "co"):  # the index, and a scan
+        got, before, pages = [], None, 0
+        while True:
+            qs = {"q": q, "limit": 7}
+            if before is not None:
+                qs["before"] = before
+            r = c.get("/api/search", query_string=qs)
+            got += messages(r)
+            pages += 1
+            before = r.json["next_before"]
+            if before is None:
+                break
+            assert before == r.json["results"][-1]["id"]
+        assert got == expected and pages == 6  # 40 results: 5 full pages, then 5
+    r = c.get("/api/search?q=line&limit=500")
+    assert len(r.json["results"]) == 120 and r.json["next_before"] is None
+
+
+@pytest.mark.parametrize("query, error", [
+    ("q=", "q must be"), ("", "q must be"), ("q=" + "x" * 201, "q must be"),
+    ("q=a%00b", "q must be"), ("q=x&limit=0", "limit"), ("q=x&limit=501", "limit"),
+    ("q=x&limit=ten", "limit"), ("q=x&before=-1", "before"), ("q=x&before=1.5", "before"),
+    ("q=x&level=loud", "level"),
+])
+def test_search_refuses_bad_input(c, query, error):
+    r = c.get("/api/search?" + query)
+    assert r.status_code == 400 and error in r.json["error"]
+
+
+@pytest.mark.parametrize("query", ["q=", "q=" + "y" * 201, "q=a%00b"])
+def test_logs_refuse_bad_q(c, query):
+    r = c.get("/api/logs?scope=service&" + query)
+    assert r.status_code == 400 and "q must be" in r.json["error"]
+
+
+def test_q_of_200_characters_and_count_cap(c):
+    job = new_job(c)
+    long_q = "z" * 200
+    post(c, {"level": "info", "message": "<" + long_q + ">", "job_id": job})
+    assert len(messages(c.get("/api/logs", query_string={"scope": "job", "job_id": job,
+                                                         "q": long_q}))) == 1
+    # 10,001 matching lines: the count stops at 10,000 and says so
+    post(c, *[{"level": "info", "message": f"many {i}", "job_id": job} for i in range(5000)])
+    post(c, *[{"level": "info", "message": f"many {i}", "job_id": job} for i in range(5000, 10001)])
+    r = c.get("/api/logs", query_string={"scope": "job", "job_id": job, "q": "many", "limit": 5})
+    assert r.json["meta"]["total_count"] == 10000 and r.json["meta"]["total_count_capped"]
+    assert messages(r) == [f"many {i}" for i in range(9996, 10001)]
+    r = c.get("/api/logs", query_string={"scope": "job", "job_id": job, "q": "many 99"})
+    assert r.json["meta"]["total_count"] == 111 and "total_count_capped" not in r.json["meta"]
+
+
+def test_deleted_lines_leave_the_index(c):
+    job = new_job(c)
+    post(c, {"level": "info", "message": "soon gone", "job_id": job})
+    assert messages(c.get("/api/search?q=soon")) == ["soon gone"]
+    assert c.delete(f"/api/jobs/{job}").status_code in (200, 204)
+    assert messages(c.get("/api/search?q=soon")) == []
+    post(c, {"level": "info", "message": "soon back"})
+    assert messages(c.get("/api/search?q=soon")) == ["soon back"]
+
+
+# -- the stream: a live grep, through a real server -------------------------------------
+
+@pytest.fixture
+def api(server):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.server = server
+        yield client
+
+
+def test_stream_with_q_sends_only_matches_in_backfill_and_live(api):
+    job = api.post("/api/jobs", json={"name": "g", "steps": ["s"]}).json()["id"]
+    api.post("/api/logs", json={"logs": [
+        {"level": "info", "message": f"{'Match' if i % 3 == 0 else 'other'} {i}", "job_id": job}
+        for i in range(30)]})
+    s = SSEClient(f"{api.server.url}/api/logs/stream?scope=job&job_id={job}&q=match&limit=4")
+    try:
+        first = s.events(until=lambda e: e.event == "logs")[-1].json()
+        assert [ln["message"] for ln in first["logs"]] == [f"Match {i}" for i in (18, 21, 24, 27)]
+        assert first["meta"]["total_count"] == 10 and first["meta"]["has_more"]
+        api.post("/api/logs", json={"logs": [
+            {"level": "info", "message": m, "job_id": job}
+            for m in ("no", "live MATCH one", "nope", "live match two")]})
+        got = []
+        while len(got) < 2:
+            ev = s.events(until=lambda e: e.event == "logs", timeout=5)[-1]
+            got += [ln["message"] for ln in ev.json()["logs"]]
+        assert got == ["live MATCH one", "live match two"]
+        last_id = ev.id
+    finally:
+        s.close()
+    # resume: only matches after the last id
+    api.post("/api/logs", json={"logs": [{"level": "info", "message": m, "job_id": job}
+                                         for m in ("skip", "match three")]})
+    s = SSEClient(f"{api.server.url}/api/logs/stream?scope=job&job_id={job}&q=match",
+                  headers={"Last-Event-ID": last_id})
+    try:
+        ev = s.events(until=lambda e: e.event == "logs")[-1]
+        assert [ln["message"] for ln in ev.json()["logs"]] == ["match three"]
+    finally:
+        s.close()
+    r = api.get(f"/api/logs/stream?scope=job&job_id={job}&q=")
+    assert r.status_code == 400 and "q must be" in r.json()["error"]
