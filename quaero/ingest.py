@@ -56,8 +56,8 @@ def _upsert_counts(conn, rows):
     conn.execute(stmt, rows)
 
 
-_COPY = ("COPY log_entries (id, job_id, step_name, level, message, timestamp, line_number) "
-         "FROM STDIN")
+_COPY = ("COPY log_entries (id, job_id, step_name, level, message, timestamp, line_number, "
+         "source) FROM STDIN")
 
 
 def _insert(conn, rows):
@@ -69,7 +69,7 @@ def _insert(conn, rows):
     with conn.connection.driver_connection.cursor() as cur, cur.copy(_COPY) as copy:
         for r in rows:
             copy.write_row((r["id"], r["job_id"], r["step_name"], r["level"], r["message"],
-                            r["timestamp"], r["line_number"]))
+                            r["timestamp"], r["line_number"], r["source"]))
 
 
 def write_lines(conn, lines):
@@ -100,7 +100,7 @@ def write_lines(conn, lines):
         rows.append({"id": first_id + i, "job_id": line["job_id"],
                      "step_name": line["step_name"], "level": line["level"],
                      "message": line["message"], "timestamp": line["timestamp"],
-                     "line_number": next_line[key]})
+                     "line_number": next_line[key], "source": line.get("source")})
         counts[(key, line["step_name"] or "", line["level"])] += 1
     _insert(conn, rows)
     _upsert_counts(conn, [{"key": k, "step_name": s, "level": lv, "count": n}
@@ -221,7 +221,8 @@ class Ingestor:
     def _published(self, units, rows):
         try:
             self.bus.publish_lines([line_dict(r["id"], r["job_id"], r["step_name"], r["level"],
-                                              r["message"], r["timestamp"], r["line_number"])
+                                              r["message"], r["timestamp"], r["line_number"],
+                                              r["source"])
                                     for r in rows])
         except Exception:  # committed all the same: streams catch up from the database
             log.exception("publishing committed lines failed")

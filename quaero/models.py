@@ -105,6 +105,7 @@ class LogEntry(db.Model):
     message = sa.Column(sa.Text, nullable=False)
     timestamp = sa.Column(sa.DateTime, nullable=False)
     line_number = sa.Column(sa.Integer, nullable=False)
+    source = sa.Column(sa.String(200), nullable=True)  # the sending program, if it said
 
 
 class LineCounter(db.Model):
@@ -152,10 +153,10 @@ def iso(dt):
     return dt.isoformat(timespec="milliseconds") + "Z"
 
 
-def line_dict(id, job_id, step_name, level, message, timestamp, line_number):
+def line_dict(id, job_id, step_name, level, message, timestamp, line_number, source=None):
     return {"id": id, "timestamp": iso(timestamp), "level": LEVEL_NAMES[level],
             "message": message, "job_id": job_id, "step_name": step_name,
-            "line_number": line_number}
+            "line_number": line_number, "source": source}
 
 
 def step_dict(step):
@@ -187,6 +188,7 @@ class LineFilter:
     min_level: int = LEVELS["info"]
     q: str | None = None         # literal text the message contains, any case
     everywhere: bool = False     # search: every job and the service log
+    source: str | None = None    # only lines this program sent
 
     @property
     def scope(self):
@@ -196,6 +198,8 @@ class LineFilter:
         if LEVELS[line["level"]] < self.min_level:
             return False
         if self.q is not None and self.q.lower() not in line["message"].lower():
+            return False
+        if self.source is not None and line.get("source") != self.source:
             return False
         if self.job_ids:
             return line["job_id"] in self.job_ids and (
@@ -266,11 +270,13 @@ def _where(f, dialect):
         conds.append(log_t.c.step_name == f.step)
     if f.q is not None:
         conds.append(_text_condition(f.q, dialect))
+    if f.source is not None:
+        conds.append(log_t.c.source == f.source)
     return conds
 
 
 _COLS = (log_t.c.id, log_t.c.job_id, log_t.c.step_name, log_t.c.level, log_t.c.message,
-         log_t.c.timestamp, log_t.c.line_number)
+         log_t.c.timestamp, log_t.c.line_number, log_t.c.source)
 
 
 def select_lines(conn, f, *, after=None, before=None, limit=100):
@@ -325,8 +331,9 @@ COUNT_CAP = 10000
 
 def count_matches(conn, f):
     """``(n, capped)``: lines matching ``f`` now. Without ``q`` from the kept counts (a
-    few rows, never a scan); with ``q`` by counting matches, stopping at COUNT_CAP."""
-    if f.q is not None:
+    few rows, never a scan); with ``q`` or ``source`` (not in the counts) by counting
+    matches, stopping at COUNT_CAP."""
+    if f.q is not None or f.source is not None:
         found = sa.select(log_t.c.id).where(*_where(f, conn.dialect.name)).limit(COUNT_CAP + 1)
         n = conn.execute(sa.select(sa.func.count()).select_from(found.subquery())).scalar()
         return min(n, COUNT_CAP), n > COUNT_CAP

@@ -50,9 +50,13 @@ def post_logs():
             if not job_id:
                 raise APIError(400, f"logs[{i}].step needs a job_id")
         job_id = job_id or None
+        source = item.get("source")
+        if source is not None and source != "":
+            source = clean_text(source, f"logs[{i}].source", MAX_NAME)
         wanted.add((job_id, step))
         lines.append({"job_id": job_id, "step_name": step, "level": LEVELS[level],
-                      "message": message, "timestamp": parse_timestamp(item.get("timestamp"), now)})
+                      "message": message, "timestamp": parse_timestamp(item.get("timestamp"), now),
+                      "source": source or None})
     _check_targets(wanted)
     try:
         first_id, last_id = current_app.extensions["quaero"].ingestor.submit(lines)

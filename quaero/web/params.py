@@ -55,7 +55,8 @@ def parse_query(args):
         if step == "":
             step = None
     f = LineFilter(job_ids=job_ids, step=step, min_level=parse_level(args.get("level")),
-                   q=parse_q(args.get("q"), required=False))
+                   q=parse_q(args.get("q"), required=False),
+                   source=parse_source(args.get("source")))
     limit = parse_int(args.get("limit"), "limit")
     limit = DEFAULT_LIMIT if limit is None else min(limit, LIMIT_MAX[scope])
     return f, limit
@@ -67,6 +68,15 @@ def parse_q(value, required=True):
         return None
     if not value or len(value) > MAX_Q or "\x00" in value:
         raise Invalid(f"q must be 1 to {MAX_Q} characters of text")
+    return value
+
+
+def parse_source(value):
+    """The ``source=`` filter: the exact name a producer sent (1 to MAX_NAME characters)."""
+    if value is None:
+        return None
+    if not value or len(value) > MAX_NAME or "\x00" in value:
+        raise Invalid(f"source must be 1 to {MAX_NAME} characters")
     return value
 
 
