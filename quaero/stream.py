@@ -327,6 +327,7 @@ class StreamHub:
         self._watcher_pid = None
         self.counts = defaultdict(int)    # metrics, added to Prometheus in bulk
         self.refused = defaultdict(int)   # streams answered "retry later", by reason
+        self.retry_scale = 1.0
         self.ping_event = b""
         self.bus = bus
         bus.connect(self.on_lines, self.on_status, self.on_range)
@@ -608,6 +609,9 @@ def init_app(app):
     state.hub = StreamHub(app, state.engine, state.bus, state.metrics,
                           stream_cap(connections, cfg["QUAERO_MAX_STREAMS"]),
                           cfg["QUAERO_WATCH_INTERVAL"])
+    # tests shorten the "retry later" delays (QUAERO_STREAM_RETRY_SCALE=0.1: 0.5-1.5 s at the cap)
+    state.hub.retry_scale = float(cfg.get("QUAERO_STREAM_RETRY_SCALE")
+                                  or os.environ.get("QUAERO_STREAM_RETRY_SCALE") or 1)
 
 
 @bp.before_request
@@ -627,6 +631,7 @@ REFUSALS = {
 def refusal(hub, metrics, reason):
     """The body for a stream taken later: a jittered ``retry:`` and why (counted)."""
     comment, (low, high) = REFUSALS[reason]
+    low, high = int(low * hub.retry_scale), int(high * hub.retry_scale)
     hub.refused[reason] += 1
     metrics.streams_refused.labels(reason).inc()
     return format_event(retry=random.randint(low, high), comment=f"quaero: {comment}")
