@@ -5,9 +5,9 @@ they are sent. The core modules know nothing of HTTP."""
 
 
 def init_app(app):
-    from . import api_jobs, api_logs, api_search, auth, openapi, ops, views
+    from . import api_jobs, api_logs, api_search, auth, openapi, ops, otlp, views
     auth.init_app(app)  # first: the loopback rule and the token come before anything else
-    for module in (api_logs, api_jobs, api_search, openapi):
+    for module in (api_logs, api_jobs, api_search, openapi, otlp):
         app.register_blueprint(module.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(views.bp)

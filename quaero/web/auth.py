@@ -28,6 +28,7 @@ from flask import current_app, request, session
 from ..errors import AuthRequired, Refused
 
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
+API_PREFIXES = ("/api/", "/v1/")  # the JSON API and OpenTelemetry's OTLP/HTTP paths
 CSRF_KEY = "csrf_token"
 
 
@@ -75,8 +76,9 @@ def require_token():
 
 
 def check_api_token():
-    """``before_request`` of the whole app: every ``/api`` path needs the token."""
-    if request.path.startswith("/api/"):
+    """``before_request`` of the whole app: every ``/api`` and ``/v1`` (OTLP) path needs
+    the token."""
+    if request.path.startswith(API_PREFIXES):
         require_token()
 
 
@@ -176,7 +178,7 @@ def check_api_csrf():
     cookie must carry the session's CSRF token; one from another site is refused even
     without a token configured (any web page could otherwise post to a loopback Quaero).
     Bearer-token clients and clients without cookies (curl, log producers) are not affected."""
-    if request.method in SAFE_METHODS or not request.path.startswith("/api/"):
+    if request.method in SAFE_METHODS or not request.path.startswith(API_PREFIXES):
         return
     if bearer_ok():
         return

@@ -88,7 +88,7 @@ def check_jobs_exist(conn, job_ids):
         raise JobNotFound()
 
 
-def _read_body():
+def read_body():
     """The body, at most MAX_CONTENT_LENGTH bytes: werkzeug refuses a larger Content-Length,
     but cuts a chunked body at the limit without a word, so look for one byte more."""
     data = request.get_data(cache=False)
@@ -103,7 +103,7 @@ def _read_body():
 def json_body():
     """The request's JSON object, or a 400 (a body over MAX_CONTENT_LENGTH is a 413 first)."""
     try:
-        data = json.loads(_read_body())
+        data = json.loads(read_body())
     except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise Invalid("body must be a JSON object") from None
     if not isinstance(data, dict):

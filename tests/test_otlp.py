@@ -1,0 +1,149 @@
+"""``POST /v1/logs``: OpenTelemetry's real SDK and OTLP/HTTP exporter against a live server,
+OTLP JSON and gzip by hand, partial success, garbage, the token rule."""
+import gzip
+import json
+import logging
+
+import httpx
+import pytest
+from google.protobuf import json_format
+from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest, ExportLogsServiceResponse)
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as ProtoRecord
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+
+from quaero.web.otlp import level
+
+TOKEN = "otlp-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def srv(server_factory):
+    return server_factory(env={"QUAERO_API_TOKEN": TOKEN})
+
+
+def _job(srv):
+    r = httpx.post(srv.url + "/api/jobs", json={"name": "otel", "steps": ["a"]}, headers=AUTH)
+    assert r.status_code == 201
+    return r.json()["id"]
+
+
+def _lines(srv, **query):
+    params = {"level": "debug", "limit": 500, **query}
+    r = httpx.get(srv.url + "/api/logs", params=params, headers=AUTH)
+    assert r.status_code == 200, r.text
+    return r.json()["logs"]
+
+
+def _provider(srv, attributes, compression=Compression.NoCompression, token=TOKEN):
+    exporter = OTLPLogExporter(endpoint=srv.url + "/v1/logs", compression=compression,
+                               headers={"Authorization": f"Bearer {token}"})
+    provider = LoggerProvider(resource=Resource.create(attributes))
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    return provider, exporter
+
+
+def test_the_sdk_exporter_delivers_to_a_job_and_the_service_log(srv):
+    job = _job(srv)
+    provider, _ = _provider(srv, {"service.name": "billing", "quaero.job.id": job},
+                            compression=Compression.Gzip)
+    handler = LoggingHandler(level=logging.DEBUG, logger_provider=provider)
+    app_log = logging.getLogger("otel-test-app")
+    app_log.addHandler(handler)
+    app_log.setLevel(logging.DEBUG)
+    try:
+        app_log.debug("checking the cart")
+        app_log.warning("card declined")
+        provider.get_logger("raw").emit(LogRecord(body={"order": 7, "items": ["a", "b"]},
+                                                  severity_number=SeverityNumber.FATAL))
+    finally:
+        app_log.removeHandler(handler)
+        provider.shutdown()
+    service, _ = _provider(srv, {"service.name": "frontend"})
+    service.get_logger("raw").emit(LogRecord(body="page served", severity_text="INFO"))
+    service.shutdown()
+
+    got = [(x["level"], x["message"], x["source"]) for x in _lines(srv, scope="job", job_id=job)]
+    assert got == [("debug", "checking the cart", "billing"), ("warn", "card declined", "billing"),
+                   ("error", '{"order":7,"items":["a","b"]}', "billing")]
+    service_lines = _lines(srv, scope="service", source="frontend")
+    assert [(x["level"], x["message"], x["source"]) for x in service_lines] == [
+        ("info", "page served", "frontend")]
+
+
+def test_the_sdk_exporter_without_the_token_is_refused(srv):
+    provider, _ = _provider(srv, {"service.name": "intruder"}, token="wrong")
+    provider.get_logger("raw").emit(LogRecord(body="let me in"))
+    provider.shutdown()
+    assert _lines(srv, scope="service", source="intruder") == []
+
+
+def _export_json(job_id, *records):
+    return {"resourceLogs": [{"resource": {"attributes": [
+        {"key": "service.name", "value": {"stringValue": "worker"}},
+        {"key": "quaero.job.id", "value": {"stringValue": job_id}}]},
+        "scopeLogs": [{"scope": {"name": "x"}, "logRecords": list(records)}]}]}
+
+
+def test_json_gzip_partial_success_and_garbage(srv):
+    job = _job(srv)
+    url = srv.url + "/v1/logs"
+    ok = _export_json(job, {"timeUnixNano": "1700000000000000000", "severityNumber": 17,
+                            "body": {"stringValue": "disk full"},
+                            "traceId": "5b8efff798038103d269b633813fc60c",
+                            "spanId": "eee19b7ec3c1b174"},
+                      {"severityNumber": 10, "body": {"kvlistValue": {"values": [
+                          {"key": "n", "value": {"intValue": "3"}}]}}})
+    r = httpx.post(url, content=gzip.compress(json.dumps(ok).encode()),
+                   headers={**AUTH, "Content-Type": "application/json",
+                            "Content-Encoding": "gzip"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert "rejectedLogRecords" not in r.json().get("partialSuccess", {})
+    got = _lines(srv, scope="job", job_id=job)
+    assert [(x["level"], x["message"], x["source"]) for x in got] == [
+        ("error", "disk full", "worker"), ("info", '{"n":3}', "worker")]
+    assert got[0]["timestamp"] == "2023-11-14T22:13:20.000Z"
+
+    # protobuf: one resource names a job that does not exist, one is fine
+    export = ExportLogsServiceRequest()
+    json_format_doc = _export_json("nosuchjob", {"body": {"stringValue": "lost"}})
+    json_format_doc["resourceLogs"] += _export_json(job, {"body": {"stringValue": "kept"}})[
+        "resourceLogs"]
+    json_format.ParseDict(json_format_doc, export)
+    r = httpx.post(url, content=export.SerializeToString(),
+                   headers={**AUTH, "Content-Type": "application/x-protobuf"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-protobuf"
+    answer = ExportLogsServiceResponse.FromString(r.content)
+    assert answer.partial_success.rejected_log_records == 1
+    assert "nosuchjob" in answer.partial_success.error_message
+    assert _lines(srv, scope="job", job_id=job)[-1]["message"] == "kept"
+
+    for body, kind, extra, status in [
+            (b"\xff\x00garbage", "application/x-protobuf", {}, 400),
+            (b"{not json", "application/json", {}, 400),
+            (b'{"resourceLogs": 5}', "application/json", {}, 400),
+            (b'[1]', "application/json", {}, 400),
+            (json.dumps(_export_json(job, {"traceId": "zz"})).encode(), "application/json", {}, 400),
+            (b"not gzip", "application/json", {"Content-Encoding": "gzip"}, 400),
+            (b"{}", "application/json", {"Content-Encoding": "br"}, 415),
+            (b"hello", "text/plain", {}, 415)]:
+        r = httpx.post(url, content=body, headers={**AUTH, "Content-Type": kind, **extra})
+        assert r.status_code == status, (body, r.text)
+        assert r.headers["content-type"] == "application/json" and r.json()["error"]
+    r = httpx.post(url, content=b"{}", headers={"Content-Type": "application/json"})
+    assert r.status_code == 401
+
+
+@pytest.mark.parametrize("number, text, expected", [
+    (1, "", "debug"), (5, "", "debug"), (8, "", "debug"), (9, "", "info"), (12, "", "info"),
+    (13, "", "warn"), (16, "", "warn"), (17, "", "error"), (21, "", "error"), (24, "", "error"),
+    (0, "", "info"), (0, "WARNING", "warn"), (0, "fatal", "error"), (0, "trace", "debug"),
+    (0, "shrug", "info"), (9, "ERROR", "info")])
+def test_severity_maps_to_the_four_levels(number, text, expected):
+    assert level(ProtoRecord(severity_number=number, severity_text=text)) == expected
