@@ -1,17 +1,10 @@
-"""Quaero: a self-hosted live log service for jobs and services."""
+"""Quaero: a self-hosted live log service for jobs and services.
+
+The server's modules are imported inside ``create_app`` and ``Quaero``, not here: an
+application that only sends its logs (``import quaero.client``) must not load Flask,
+SQLAlchemy or gevent."""
 import logging
 import os
-
-import sqlalchemy as sa
-from flask import Flask
-
-from .bus import LocalBus, RedisBus
-from .config import Config
-from .ingest import Ingestor
-from .metrics import Metrics
-from .models import db, init_db, register_sqlite_functions
-from .retention import Pruner
-from .servicelog import IngestHandler
 
 log = logging.getLogger("quaero")
 
@@ -20,6 +13,11 @@ class Quaero:
     """Per-app shared state, kept in ``app.extensions["quaero"]``."""
 
     def __init__(self, app, engine):
+        from .bus import LocalBus, RedisBus
+        from .ingest import Ingestor
+        from .metrics import Metrics
+        from .retention import Pruner
+        from .servicelog import IngestHandler
         self.app = app
         self.engine = engine
         self.metrics = Metrics()
@@ -63,10 +61,16 @@ def _sqlite_pragmas(dbapi_conn, _record):
                    "busy_timeout=10000"):
         cur.execute("PRAGMA " + pragma)
     cur.close()
+    from .models import register_sqlite_functions
     register_sqlite_functions(dbapi_conn)
 
 
 def create_app(config=None):
+    import sqlalchemy as sa
+    from flask import Flask
+
+    from .config import Config
+    from .models import db, init_db
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     app = Flask(__name__, instance_path=os.path.join(root, "instance"),
                 template_folder=os.path.join(root, "templates"),

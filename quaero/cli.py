@@ -419,6 +419,26 @@ def rerun(settings, job_id, follow_, level):
     sys.exit(_finish(end, printer))
 
 
+@cli.command("exec", context_settings={"ignore_unknown_options": True})
+@click.option("--name", help="The job's name and the lines' source (default: the command).")
+@click.option("--step", default="run", show_default=True)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_obj
+def exec_(settings, name, step, command):
+    """Run COMMAND, its output live as a new job's lines (quaero.producer)."""
+    from .producer import run_exec
+    sys.exit(run_exec(settings.url, settings.token, list(command), name, step))
+
+
+@cli.command(help="Standard input, line by line, into a job (quaero.producer).")
+@click.option("--job", "job_id", help="Add to this job instead of creating one.")
+@click.option("--name", help="The new job's name and the lines' source.")
+@click.pass_obj
+def pipe(settings, job_id, name):
+    from .producer import run_pipe
+    sys.exit(run_pipe(settings.url, settings.token, job_id, name))
+
+
 def main(argv=None):
     import gevent
     hub = gevent.get_hub()

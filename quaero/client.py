@@ -1,0 +1,207 @@
+"""Sending lines to a Quaero server from anywhere, over HTTP only (no Flask, no gevent).
+
+:class:`LineSender` is the one batching sender: callers ``add`` lines and never wait; a
+background thread posts them to ``POST /api/logs`` in batches, keeps at most ``max_lines``
+waiting (beyond that lines are dropped and counted), and resends a batch after a network
+error or a 429/502/503/504 with growing pauses, until ``close``. A count of dropped lines
+is sent as a last line. ``python -m quaero exec``/``pipe`` (``quaero.producer``) and
+:class:`QuaeroHandler` both use it::
+
+    import logging
+    from quaero.client import QuaeroHandler
+    logging.getLogger().addHandler(QuaeroHandler("http://127.0.0.1:5000", source="billing"))
+"""
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from datetime import datetime, timezone
+
+import httpx
+
+RETRY_STATUSES = frozenset((429, 502, 503, 504))
+MAX_BATCH_LINES = 2000
+MAX_BATCH_CHARS = 4 * 1024 * 1024    # well under the server's 32 MiB body limit
+MAX_MESSAGE_CHARS = 16384            # at most 64 KiB of UTF-8: the server's line limit
+
+
+class LineSender:
+    """Lines out to ``POST /api/logs`` from a background thread; see the module doc.
+
+    ``prepare(client)``, if given, runs on that thread before the first batch (retried
+    like a batch) and returns fields added to every line, e.g. the job it created."""
+
+    def __init__(self, url, token=None, fields=None, prepare=None, max_lines=10000,
+                 interval=0.1, max_backoff=5.0):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=url.rstrip("/"), headers=headers,
+                                   timeout=httpx.Timeout(10.0, connect=2.0))
+        self.fields = dict(fields or {})
+        self.prepare = prepare
+        self.max_lines = max_lines
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.dropped = 0
+        self.sent = 0
+        self.last_error = None
+        self._backoff = interval
+        self._lines = deque()
+        self._wake = threading.Condition()
+        self._deadline = None            # set by close(): give up resending after it
+        self._thread = threading.Thread(target=self._run, name="quaero-sender", daemon=True)
+        self._thread.start()
+
+    def add(self, line):
+        """Queue ``line`` (a dict for ``POST /api/logs``); never waits. False if dropped."""
+        with self._wake:
+            if len(self._lines) >= self.max_lines or self._deadline is not None:
+                self.dropped += 1
+                return False
+            self._lines.append(line)
+            if len(self._lines) >= MAX_BATCH_LINES:
+                self._wake.notify()
+        return True
+
+    def on_sender_thread(self):
+        return threading.get_ident() == self._thread.ident
+
+    def close(self, timeout=5.0):
+        """Send what is waiting (at most ``timeout`` seconds), then the drop count; True
+        if everything was delivered."""
+        with self._wake:
+            if self._deadline is None:
+                self._deadline = time.monotonic() + timeout
+            self._wake.notify()
+        self._thread.join(max(0.0, self._deadline - time.monotonic()) + 1.0)
+        self.client.close()
+        return self.dropped == 0 and not self._lines
+
+    # -- the sender thread ----------------------------------------------------------------
+
+    def _run(self):
+        while self.prepare is not None and not self._attempt(self._prepare):
+            if self._gave_up():
+                self._abandon([])
+                return
+        while True:
+            with self._wake:
+                if not self._lines and self._deadline is None:
+                    self._wake.wait(self.interval)
+                batch = self._take()
+                closing = self._deadline is not None
+            if batch:
+                if not self._deliver(batch):
+                    return
+            elif closing:
+                self._deliver_drop_note()
+                return
+
+    def _prepare(self):
+        self.fields.update(self.prepare(self.client))
+        self.prepare = None
+
+    def _take(self):
+        batch, chars = [], 0
+        while self._lines and len(batch) < MAX_BATCH_LINES and chars < MAX_BATCH_CHARS:
+            line = self._lines.popleft()
+            chars += len(line["message"])
+            batch.append({**self.fields, **line})
+        return batch
+
+    def _deliver(self, batch):
+        """Post ``batch`` until it is stored or refused; False once closing gave up."""
+        while not self._attempt(lambda: self._post(batch)):
+            if self._gave_up():
+                self._abandon(batch)
+                return False
+        return True
+
+    def _abandon(self, batch):
+        with self._wake:
+            self.dropped += len(batch) + len(self._lines)
+            self._lines.clear()
+
+    def _post(self, batch):
+        r = self.client.post("/api/logs", json={"logs": batch})
+        if r.status_code in RETRY_STATUSES:
+            raise httpx.TransportError(f"{r.status_code} from the server")
+        if r.status_code >= 400:   # refused for good (a deleted job...): counted, not retried
+            self.last_error = f"{r.status_code} {r.text[:300]}"
+            self.dropped += len(batch)
+            return
+        self.sent += len(batch)
+
+    def _deliver_drop_note(self):
+        if self.dropped:
+            note = {**self.fields, "level": "warn", "timestamp": now_iso(),
+                    "message": f"quaero: {self.dropped} lines were dropped (the server was "
+                               f"slow or away{': ' + self.last_error if self.last_error else ''})"}
+            self._attempt(lambda: self._post([note]))
+
+    def _attempt(self, action):
+        try:
+            action()
+            self._backoff = self.interval
+            return True
+        except httpx.HTTPError as exc:
+            self.last_error = f"{exc.__class__.__name__}: {exc}"
+        delay = self._backoff
+        self._backoff = min(delay * 2, self.max_backoff)
+        with self._wake:
+            if self._deadline is not None:
+                delay = min(delay, max(0.0, self._deadline - time.monotonic()))
+            self._wake.wait(delay)
+        return False
+
+    def _gave_up(self):
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+
+def now_iso():
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def level_name(levelno):
+    """A :mod:`logging` level as one of Quaero's four."""
+    return ("debug" if levelno < logging.INFO else "info" if levelno < logging.WARNING
+            else "warn" if levelno < logging.ERROR else "error")
+
+
+class QuaeroHandler(logging.Handler):
+    """A :mod:`logging` handler that sends records to Quaero without ever blocking the
+    caller: to ``job_id``'s log, else the service log, named ``source``."""
+
+    def __init__(self, url, token=None, job_id=None, source=None, *, max_lines=10000,
+                 close_timeout=5.0, level=logging.NOTSET):
+        super().__init__(level)
+        fields = {"job_id": job_id, "source": source}
+        self.sender = LineSender(url, token, {k: v for k, v in fields.items() if v},
+                                 max_lines=max_lines)
+        self.close_timeout = close_timeout
+
+    @property
+    def dropped(self):
+        return self.sender.dropped
+
+    def emit(self, record):
+        if self.sender.on_sender_thread():  # httpx's own records: never a feedback loop
+            return
+        try:
+            message = self.format(record)
+            stamp = datetime.fromtimestamp(record.created, timezone.utc)
+            for start in range(0, max(len(message), 1), MAX_MESSAGE_CHARS):
+                self.sender.add({"level": level_name(record.levelno),
+                                 "message": message[start:start + MAX_MESSAGE_CHARS],
+                                 "timestamp": stamp.isoformat(timespec="milliseconds")})
+        except Exception:
+            self.handleError(record)
+
+    def close(self):
+        """Flush within ``close_timeout`` seconds; what is still unsent then is dropped."""
+        try:
+            if not self.sender.close(self.close_timeout) and self.sender.last_error:
+                print(f"QuaeroHandler: {self.sender.dropped} lines not delivered "
+                      f"({self.sender.last_error})", file=sys.stderr)
+        finally:
+            super().close()
