@@ -4,7 +4,8 @@ from flask import Blueprint, current_app, jsonify, request
 
 from .. import jobs as jobops
 from ..errors import APIError
-from ..models import JOB_STATUSES, STEP_STATUSES, Job, db, job_dict, level_counts
+from ..models import (JOB_STATUSES, LEVELS, STEP_STATUSES, Job, db, iso, job_dict, level_counts,
+                      log_t)
 from .params import MAX_NAME, clean_text, json_body, parse_int
 
 bp = Blueprint("jobs", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
@@ -34,8 +35,33 @@ def list_jobs():
     jobs = db.session.execute(
         q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)).scalars().all()
     total = db.session.execute(count_q).scalar()
-    counts = level_counts(db.session.connection(), [j.id for j in jobs])
-    return jsonify(jobs=[job_dict(j, counts[j.id]) for j in jobs], total=total)
+    conn = db.session.connection()
+    counts = level_counts(conn, [j.id for j in jobs])
+    errors = last_errors(conn, [j.id for j in jobs if counts[j.id]["error"]])
+    out = []
+    for j in jobs:
+        item = job_dict(j, counts[j.id])
+        item["last_error"] = errors.get(j.id)
+        out.append(item)
+    return jsonify(jobs=out, total=total)
+
+
+LAST_ERROR_CHARS = 300
+
+
+def last_errors(conn, job_ids):
+    """``{job_id: {"id", "line_number", "step_name", "timestamp", "message"}}``: each job's
+    newest error line (the message cut to LAST_ERROR_CHARS), in one query: per job a
+    backwards read of its (job_id, level, id) index that stops at the first row."""
+    if not job_ids:
+        return {}
+    cols = (log_t.c.id, log_t.c.job_id, log_t.c.line_number, log_t.c.step_name,
+            log_t.c.timestamp, sa.func.substr(log_t.c.message, 1, LAST_ERROR_CHARS))
+    parts = [sa.select(*cols).where(log_t.c.job_id == jid, log_t.c.level == LEVELS["error"])
+             .order_by(log_t.c.id.desc()).limit(1).subquery().select() for jid in job_ids]
+    rows = conn.execute(sa.union_all(*parts)).all()
+    return {r[1]: {"id": r[0], "line_number": r[2], "step_name": r[3], "timestamp": iso(r[4]),
+                   "message": r[5]} for r in rows}
 
 
 @bp.post("/jobs")

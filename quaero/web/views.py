@@ -1,4 +1,4 @@
-"""The browser pages: home, queue, a job's log; login and logout.
+"""The browser pages: home, queue, a job's log, search; login and logout.
 
 Pages need the session cookie when ``QUAERO_API_TOKEN`` is set: ``/login`` takes the
 token (compared in constant time) and marks the session authenticated. Tokens, the
@@ -118,6 +118,11 @@ def index():
 @bp.get("/queue")
 def queue():
     return render_template("queue.html", page="queue")
+
+
+@bp.get("/search")
+def search():
+    return render_template("search.html", page="search")
 
 
 @bp.get("/jobs/<job_id>")

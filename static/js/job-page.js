@@ -1,13 +1,13 @@
 /*
  * The job page (/jobs/<id>): Alpine component `jobLogPage`. `QuaeroJobPage`; needs
- * log-stream.js, log-http.js and log-view.js.
+ * log-stream.js, log-http.js, log-view.js and job-search.js (its search).
  */
 (function (root, factory) {
   "use strict";
-  var api = factory(root, root.QuaeroLogs || require("./log-stream.js"), root.QuaeroHttp || require("./log-http.js"), root.QuaeroView || require("./log-view.js"));
+  var api = factory(root, root.QuaeroLogs || require("./log-stream.js"), root.QuaeroHttp || require("./log-http.js"), root.QuaeroView || require("./log-view.js"), root.QuaeroJobSearch || require("./job-search.js"));
   if (typeof module === "object" && module.exports) module.exports = api;
   else root.QuaeroJobPage = api;
-})(typeof window !== "undefined" ? window : globalThis, function (root, Q, H, V) {
+})(typeof window !== "undefined" ? window : globalThis, function (root, Q, H, V, S) {
   "use strict";
 
   var doc = root.document;
@@ -53,9 +53,6 @@
       newerCount: 0,
       loadingOlder: false,
       locating: false,
-      query: "",
-      matchCount: 0,
-      matchIndex: -1,
       collapsed: {},
       hasGeneral: false,
       message: "",
@@ -116,7 +113,7 @@
         this.detached = false;
         this.newerCount = 0;
         stream = Q.createJobStream(this.jobId, {
-          level: this.level, limit: TAIL, maxLines: 1000,
+          level: this.level, q: this.streamQ(), limit: TAIL, maxLines: 1000,
           onLines: function (lines, meta, info) { self.onLines(lines, meta, info); },
           onStatus: function (payload) { self.onStatus(payload); },
           onEnd: function (payload) { self.onEnd(payload); },
@@ -129,6 +126,7 @@
       onLines: function (lines, meta, info) {
         if (meta) this.totalCount = meta.total_count;
         if (info && info.backfill && meta) this.hasOlder = !!meta.has_more;
+        this.linesArrived();
         if (catchUp) {
           Array.prototype.push.apply(catchUp, lines);
           return;
@@ -147,8 +145,6 @@
         var res = view.append(lines);
         if (res.trimmed) this.hasOlder = true;
         this.lineCount = view.length;
-        this.matchCount = view.matches.length;
-        this.matchIndex = view.current;
         if (follow) scrollToBottom(this.$refs.scroller);
         if (info && info.backfill) this.gotoHash(true);
       },
@@ -212,8 +208,6 @@
         if (stream) stream.buffer.clear();
         this.lineCount = 0;
         this.hasOlder = true;
-        this.matchCount = 0;
-        this.matchIndex = -1;
       },
 
       toggleAutoScroll: function () {
@@ -221,7 +215,8 @@
       },
 
       pollQuery: function (extra) {
-        return Q.buildQueryParams(Object.assign({ scope: "job", jobId: this.jobId, level: this.level }, extra));
+        return Q.buildQueryParams(Object.assign({ scope: "job", jobId: this.jobId, level: this.level,
+          q: this.streamQ() }, extra));
       },
 
       /** The newest lines again, following. */
@@ -271,28 +266,9 @@
         }, function () { self.loadingOlder = false; });
       },
 
-      // search
-      search: function () {
-        this.matchCount = view.setQuery(this.query.trim());
-        this.matchIndex = -1;
-        if (this.matchCount) this.nextMatch();
-      },
+      // search: job-search.js; the highlights of the loaded lines follow new lines
       rematch: function () {
-        if (!view.query) return;
-        this.matchCount = view.setQuery(view.query, true);
-        this.matchIndex = view.current;
-      },
-      nextMatch: function () { this.gotoMatch(view.step(1)); },
-      prevMatch: function () { this.gotoMatch(view.step(-1)); },
-      gotoMatch: function (rec) {
-        this.matchIndex = view.current;
-        if (!rec) return;
-        this.reveal(rec);
-      },
-      get matchLabel() {
-        if (!this.query.trim()) return "";
-        if (!this.matchCount) return "No matches in the loaded lines";
-        return (this.matchIndex + 1) + " of " + this.matchCount + " lines";
+        if (view.query) view.setQuery(view.query);
       },
 
       reveal: function (rec) {
@@ -351,29 +327,44 @@
         return loop().then(function (line) {
           line = line || found;
           if (!line) { self.message = "Line " + n + " was not found."; return; }
-          return Promise.all([
-            apiFetch("/api/logs?" + self.pollQuery({ before: line.id + 1, limit: 200 })),
-            apiFetch("/api/logs?" + self.pollQuery({ after: line.id, limit: 800 }))
-          ]).then(function (both) {
-            if (!both[0].ok || !both[1].ok) return;
-            var lines = (both[0].body.logs || []).concat(both[1].body.logs || []);
-            var live = !(both[1].body.meta && both[1].body.meta.has_more);
-            self.detached = !live;
-            self.newerCount = 0;
-            view.reset(lines);
-            self.hasOlder = !!(both[0].body.meta && both[0].body.meta.has_more);
-            self.lineCount = view.length;
+          return self.loadAround(line, true).then(function (rec) {
+            if (!rec) return;
             self.message = line.line_number === n ? "" : "Line " + n + " is not shown at this level; nearest line shown.";
-            self.rematch();
-            var rec = view.findLine(line.line_number);
             view.highlight(rec);
-            if (rec) self.reveal(rec);
+            self.reveal(rec);
           });
         }).catch(function () {
           self.message = "Could not load line " + n + ".";
         }).then(function () {
           self.locating = false;
           if (self.message && self.message.indexOf("Finding") === 0) self.message = "";
+        });
+      },
+
+      /** Show the lines around `line` (200 before, 800 after) instead of the window;
+       * resolves to its record. Following stops unless they reach the newest line. */
+      loadAround: function (line, keepLocating) {
+        var self = this;
+        this.locating = true;
+        return Promise.all([
+          apiFetch("/api/logs?" + self.pollQuery({ before: line.id + 1, limit: 200 })),
+          apiFetch("/api/logs?" + self.pollQuery({ after: line.id, limit: 800 }))
+        ]).then(function (both) {
+          if (!both[0].ok || !both[1].ok) return null;
+          var lines = (both[0].body.logs || []).concat(both[1].body.logs || []);
+          self.detached = !!(both[1].body.meta && both[1].body.meta.has_more);
+          self.newerCount = 0;
+          view.reset(lines);
+          self.hasOlder = !!(both[0].body.meta && both[0].body.meta.has_more);
+          self.lineCount = view.length;
+          self.rematch();
+          return S.findRecord(view, line.id);
+        }).then(function (rec) {
+          if (!keepLocating) self.locating = false;
+          return rec;
+        }, function (err) {
+          if (!keepLocating) self.locating = false;
+          throw err;
         });
       },
 
@@ -403,7 +394,7 @@
       }
     });
     data.job = options.job || null;
-    return data;
+    return S.withSearch(data, function () { return view; });
   }
 
   return { jobLogPage: jobLogPage };

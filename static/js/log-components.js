@@ -9,8 +9,10 @@
  *   log-view.js      LogView: lines in the DOM, bounded, searchable; shared component bits
  *   queue-streams.js QueueSSEManager: many jobs over one EventSource
  *   service-logs.js  sseServiceLogs: the service-logs panel
+ *   job-search.js    the job page's search over the whole log, "only matching lines"
  *   job-page.js      jobLogPage: the job page
  *   pages.js         quaeroHome, quaeroQueue (and its rows, queueJobLog), quaeroShell
+ *   search-page.js   quaeroSearch: the search page (/search)
  *
  * Here: the globals the pages and other clients use (QueueSSEManager, sseJobLogViewer,
  * sseServiceLogs, ...) and their registration with Alpine. In node, the DOM-free parts
@@ -21,17 +23,18 @@
   var load = function (name, file) { return root[name] || require("./" + file); };
   var api = factory(load("QuaeroView", "log-view.js"), load("QuaeroQueueStreams", "queue-streams.js"),
     load("QuaeroServiceLogs", "service-logs.js"), load("QuaeroJobPage", "job-page.js"),
-    load("QuaeroPages", "pages.js"), load("QuaeroHttp", "log-http.js"), load("QuaeroLogs", "log-stream.js"));
+    load("QuaeroPages", "pages.js"), load("QuaeroHttp", "log-http.js"), load("QuaeroLogs", "log-stream.js"),
+    load("QuaeroSearchPage", "search-page.js"));
   if (typeof module === "object" && module.exports) module.exports = api;
   if (root.document) {
     Object.keys(api).forEach(function (name) { root[name] = api[name]; });
     root.document.addEventListener("alpine:init", function () {
-      ["sseServiceLogs", "sseJobLogViewer", "quaeroHome", "quaeroQueue", "quaeroShell"].forEach(function (name) {
+      ["sseServiceLogs", "sseJobLogViewer", "quaeroHome", "quaeroQueue", "quaeroShell", "quaeroSearch"].forEach(function (name) {
         root.Alpine.data(name, api[name]);
       });
     });
   }
-})(typeof window !== "undefined" ? window : globalThis, function (View, Streams, Service, JobPage, Pages, Http, Q) {
+})(typeof window !== "undefined" ? window : globalThis, function (View, Streams, Service, JobPage, Pages, Http, Q, Search) {
   "use strict";
 
   /**
@@ -52,6 +55,7 @@
     quaeroHome: Pages.quaeroHome,
     quaeroQueue: Pages.quaeroQueue,
     quaeroShell: Pages.quaeroShell,
+    quaeroSearch: Search.quaeroSearch,
     QuaeroUI: {
       renderMessage: View.renderMessage, formatTime: Q.formatTime, timeAgo: Q.timeAgo,
       durationOf: Q.durationOf, apiFetch: Http.apiFetch, STATE_LABELS: View.STATE_LABELS

@@ -35,6 +35,16 @@
     return n;
   }
 
+  var MAX_Q = 200;
+
+  /** The search text `q` as sent (literal, untrimmed), null when empty; too long throws. */
+  function searchText(q) {
+    if (q === undefined || q === null || q === "") return null;
+    q = String(q);
+    if (q.length > MAX_Q) throw new RangeError("q must be at most " + MAX_Q + " characters");
+    return q;
+  }
+
   function jobIdsOf(filters) {
     var ids = [];
     var add = function (id) {
@@ -50,7 +60,7 @@
 
   /**
    * The query string for `/api/logs/stream` and `/api/logs` from
-   * `{scope, jobId | jobIds, step, level, limit, after, before}`. Empty values are left
+   * `{scope, jobId | jobIds, step, level, q, limit, after, before}`. Empty values are left
    * out; `job_id` is repeated for several jobs; invalid values throw (a 400 from the
    * server would be invisible to an EventSource).
    */
@@ -73,6 +83,8 @@
     }
     var level = normalizeLevel(filters.level);
     if (level) params.append("level", level);
+    var q = searchText(filters.q);
+    if (q) params.append("q", q);
     ["limit", "after", "before"].forEach(function (name) {
       var value = nonNegativeInt(filters[name], name);
       if (value !== null) params.append(name, String(value));
@@ -177,6 +189,8 @@
     normalizeLevel: normalizeLevel,
     nonNegativeInt: nonNegativeInt,
     jobIdsOf: jobIdsOf,
+    searchText: searchText,
+    MAX_Q: MAX_Q,
     buildQueryParams: buildQueryParams,
     backoffDelay: backoffDelay,
     LineBuffer: LineBuffer

@@ -53,7 +53,7 @@
   var noop = function () {};
 
   /**
-   * Options: the filter (`scope`, `jobId`/`jobIds`, `step`, `level`, `limit`), `after` (a
+   * Options: the filter (`scope`, `jobId`/`jobIds`, `step`, `level`, `q`, `limit`), `after` (a
    * line id to resume after instead of the backfill), the tunables in DEFAULTS and the
    * callbacks `onLines(lines, meta, info)`, `onStatus(payload)`, `onEnd(payload)`,
    * `onState(state, previous)`, `onAuthError()`, `onError(message)`.
@@ -65,7 +65,8 @@
     this.options = o;
     this.filters = {
       scope: o.scope, jobIds: jobIdsOf(o), step: o.step || null,
-      level: normalizeLevel(o.level) || "info", limit: Math.max(1, o.limit | 0)
+      level: normalizeLevel(o.level) || "info", limit: Math.max(1, o.limit | 0),
+      q: B.searchText(o.q)
     };
     if (!this.filters.scope) this.filters.scope = this.filters.jobIds.length ? "job" : "service";
     buildQueryParams(this.filters);      // throws early on a bad filter

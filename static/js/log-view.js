@@ -158,7 +158,6 @@
     this.records = [];
     this.query = "";
     this.matches = [];
-    this.current = -1;
     this.target = null;
     this._containers = [];
     this._track(this.root);
@@ -251,7 +250,7 @@
   LogView.prototype._unmatch = function (rec) {
     if (!rec.ranges) return;
     rec.ranges = null;
-    rec.el.classList.remove("ql-match", "ql-match-current");
+    rec.el.classList.remove("ql-match");
     renderMessage(rec.el.lastChild, shownMessage(rec.line), null);
   };
 
@@ -297,7 +296,7 @@
     frags.forEach(function (frag, container) { container.insertBefore(frag, container.firstChild); });
     this.records = recs.concat(this.records);
     var trimmed = this.trimEnd(this.records.length - this.o.maxLines);
-    if (this.query) this.setQuery(this.query, true);
+    if (this.query) this.setQuery(this.query);
     return { added: recs.length, trimmed: trimmed };
   };
 
@@ -305,11 +304,7 @@
     if (!gone.length) return;
     gone.forEach(function (rec) { rec.el.remove(); rec.gone = true; });
     if (this.target && this.target.gone) this.target = null;
-    if (this.matches.length) {
-      var current = this.matches[this.current];
-      this.matches = this.matches.filter(function (rec) { return !rec.gone; });
-      this.current = current && !current.gone ? this.matches.indexOf(current) : -1;
-    }
+    if (this.matches.length) this.matches = this.matches.filter(function (rec) { return !rec.gone; });
   };
 
   LogView.prototype.trimStart = function (n) {
@@ -329,7 +324,6 @@
     this.records.forEach(function (rec) { rec.gone = true; });
     this.records = [];
     this.matches = [];
-    this.current = -1;
     this.target = null;
   };
 
@@ -338,32 +332,16 @@
     return this.append(lines);
   };
 
-  /** Search the lines in the window; returns the number of matching lines. */
-  LogView.prototype.setQuery = function (query, keepPosition) {
+  /** Mark the lines in the window that contain `query`; returns how many do. */
+  LogView.prototype.setQuery = function (query) {
     var self = this;
-    var current = this.matches[this.current];
     this.matches.forEach(function (rec) { self._unmatch(rec); });
     this.matches = [];
     this.query = query || "";
     if (this.query) {
       this.records.forEach(function (rec) { if (self._match(rec)) self.matches.push(rec); });
     }
-    this.current = keepPosition && current ? this.matches.indexOf(current) : -1;
-    if (this.current >= 0) current.el.classList.add("ql-match-current");
     return this.matches.length;
-  };
-
-  /** Move to the next (+1) or previous (-1) matching line; returns it. */
-  LogView.prototype.step = function (direction) {
-    if (!this.matches.length) return null;
-    var prev = this.matches[this.current];
-    if (prev) prev.el.classList.remove("ql-match-current");
-    var n = this.matches.length;
-    if (this.current < 0) this.current = direction > 0 ? 0 : n - 1;
-    else this.current = (this.current + direction + n) % n;
-    var rec = this.matches[this.current];
-    rec.el.classList.add("ql-match-current");
-    return rec;
   };
 
   LogView.prototype.findLine = function (number) {
@@ -385,8 +363,7 @@
    * `Alpine.mutateDom`, so that Alpine's mutation observer does not walk thousands of
    * lines (outside Alpine, in tests, they just run).
    */
-  ["append", "prepend", "trimStart", "trimEnd", "clear", "reset", "setQuery", "step",
-    "highlight"].forEach(function (name) {
+  ["append", "prepend", "trimStart", "trimEnd", "clear", "reset", "setQuery", "highlight"].forEach(function (name) {
     var method = LogView.prototype[name];
     LogView.prototype[name] = function () {
       var self = this;

@@ -25,6 +25,9 @@
     target.when = Q.formatDateTime;
     target.jobUrl = function (job) { return "/jobs/" + encodeURIComponent(job.id); };
     target.errorCount = function (job) { return (job.log_counts && job.log_counts.error) || 0; };
+    target.errorLink = function (job) {
+      return job.last_error ? this.jobUrl(job) + "#L" + job.last_error.line_number : this.jobUrl(job);
+    };
     target.lineTotal = function (job) {
       var c = job.log_counts || {};
       return (c.debug || 0) + (c.info || 0) + (c.warn || 0) + (c.error || 0);

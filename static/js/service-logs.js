@@ -33,6 +33,7 @@
       newLines: 0,
       showTimestamps: true,
       levels: LEVELS,
+      grep: "",            // show only the lines that contain this (the stream's `q`)
 
       init: function () {
         var self = this;
@@ -52,8 +53,10 @@
         view.clear();
         this.lineCount = 0;
         this.newLines = 0;
+        var q = this.grep && this.grep.trim() ? this.grep : "";
+        view.setQuery(q);
         stream = Q.createServiceStream({
-          level: this.level, limit: 200, maxLines: view.o.maxLines,
+          level: this.level, q: q, limit: 200, maxLines: view.o.maxLines,
           onLines: function (lines) { self.add(lines); },
           onState: function (state) { self.state = state; },
           onAuthError: toLogin
@@ -73,6 +76,7 @@
         if (bottom) this.newLines = 0;
       },
       setLevel: function () { this.connect(); },
+      setGrep: function () { this.connect(); },
       clear: function () {
         view.clear();
         if (stream) stream.buffer.clear();

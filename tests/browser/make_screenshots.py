@@ -110,7 +110,7 @@ def main():
             page.goto(f"{srv.url}/jobs/{tests}#L20")
             expect(page.locator("#L20")).to_be_in_viewport()
             page.get_by_role("searchbox", name="Search the log").fill("deprecat")
-            expect(page.get_by_text(re_text("of 6 lines"))).to_be_visible()
+            expect(page.get_by_text(re_text("of 6 matching lines"))).to_be_visible()
             post(api, [{"level": "info", "message": f"{ESC}[32mPASSED{ESC}[0m tests/test_live.py (streamed)",
                         "job_id": tests, "step": "unit"}])
             time.sleep(1.5)
