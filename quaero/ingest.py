@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from gevent.event import AsyncResult, Event
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .models import (ID_KEY, SERVICE_KEY, counters_t, counts_t, line_dict, log_t)
+from .models import (ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, counts_t, line_dict, log_t)
 
 log = logging.getLogger("quaero.ingest")
 
@@ -72,6 +72,31 @@ def _insert(conn, rows):
                             r["timestamp"], r["line_number"], r["source"]))
 
 
+_INDEX_SQLITE = sa.text("INSERT INTO log_fts(rowid, message) SELECT id, message FROM log_entries "
+                        "WHERE id > :after AND id <= :upto")
+INDEX_CHUNK = 20000
+MAX_UNINDEXED = 200000
+
+
+def index_behind(conn, chunk=INDEX_CHUNK):
+    """SQLite: put the next ``chunk`` committed lines into the search index (``log_fts``)
+    in the open transaction ``conn``; returns the last id indexed. Indexing in the write
+    transaction halves ingest (a trigram per character); behind it, in big chunks while
+    the writer is idle, it costs a third as much, and searches scan what it has not
+    reached. The first statement is a write, so the transaction holds SQLite's write lock
+    before it reads the mark: processes never index the same lines twice."""
+    mark = conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY)
+                        .values(value=counters_t.c.value).returning(counters_t.c.value)).scalar()
+    upto = conn.execute(sa.select(sa.func.max(sa.text("id"))).select_from(
+        sa.select(log_t.c.id).where(log_t.c.id > mark).order_by(log_t.c.id).limit(chunk)
+        .subquery())).scalar()
+    if upto is None:
+        return mark
+    conn.execute(_INDEX_SQLITE, {"after": mark, "upto": upto})
+    conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY).values(value=upto))
+    return upto
+
+
 def write_lines(conn, lines):
     """Insert ``lines`` in the open transaction ``conn``; returns the stored rows.
 
@@ -121,6 +146,8 @@ class Ingestor:
         self._wake = Event()
         self._greenlet = None
         self._pid = None
+        self._indexes = engine.dialect.name == "sqlite"  # PostgreSQL's index is its own
+        self._written = self._indexed = 0  # last line id written / indexed, as last seen
 
     # -- producers --------------------------------------------------------------------
 
@@ -176,6 +203,8 @@ class Ingestor:
             self._wake.wait()
             self._wake.clear()
             while self._units:
+                if self._written - self._indexed > MAX_UNINDEXED:
+                    self._index_chunk()  # sustained load: keep what searches scan bounded
                 batch, n = [], 0
                 while self._units and (not batch or n + len(self._units[0].lines) <= MAX_LINES_PER_TXN):
                     unit = self._units.popleft()
@@ -185,6 +214,18 @@ class Ingestor:
                     self._commit(batch)
                 except Exception:  # never let the writer die; the units were answered
                     log.exception("ingest writer failed")
+            while self._indexes and not self._units and self._index_chunk():
+                gevent.sleep(0)  # idle: index what was written, a chunk at a time
+
+    def _index_chunk(self):
+        """Index one chunk; True if there may be more."""
+        try:
+            with self.engine.begin() as conn:
+                before, self._indexed = self._indexed, index_behind(conn)
+        except Exception as exc:  # searches scan the unindexed lines meanwhile
+            log.warning("search indexing failed: %r", exc)
+            return False
+        return self._indexed != before and self._indexed < self._written
 
     def _commit(self, units):
         while units:
@@ -215,6 +256,7 @@ class Ingestor:
                 return
             self.metrics.ingest_seconds.observe(time.perf_counter() - started)
             self.metrics.lines_ingested.inc(len(rows))
+            self._written = max(self._written, rows[-1]["id"])
             self._published(units, rows)
             return
 

@@ -41,6 +41,7 @@ def step_name_problem(name):
 # transaction; its row lock serialises writers, so ids become visible in commit order.
 SERVICE_KEY = "service"
 ID_KEY = "__id__"
+SEARCH_KEY = "__search__"  # SQLite: the last line id in the search index (log_fts)
 
 
 class Base(DeclarativeBase):
@@ -236,6 +237,15 @@ def _like_pattern(q):
     return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _fts_query(q, most=16):
+    """Lines holding every trigram of ``q`` (the index keeps no positions: the exact test
+    follows). A long ``q`` asks for ``most`` of them, spread along it."""
+    grams = list(dict.fromkeys(q[i:i + TRIGRAM].lower() for i in range(len(q) - TRIGRAM + 1)))
+    if len(grams) > most:
+        grams = [grams[i * (len(grams) - 1) // (most - 1)] for i in range(most)]
+    return " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
+
+
 def _text_condition(q, dialect):
     if dialect == "postgresql":
         # a short q cannot use the trigram index: keep the planner off it
@@ -244,8 +254,10 @@ def _text_condition(q, dialect):
     exact = sa.func.quaero_contains(log_t.c.message, q.lower()) == 1
     if len(q) < TRIGRAM:
         return exact
-    phrase = '"' + q.replace('"', '""') + '"'
-    candidates = sa.select(_fts_t.c.rowid).where(_fts_t.c.log_fts.op("MATCH")(phrase))
+    indexed = sa.select(_fts_t.c.rowid).where(_fts_t.c.log_fts.op("MATCH")(_fts_query(q)))
+    mark = sa.select(counters_t.c.value).where(counters_t.c.key == SEARCH_KEY).scalar_subquery()
+    not_yet = sa.select(log_t.c.id).where(log_t.c.id > mark)
+    candidates = sa.union_all(indexed, not_yet)
     return sa.and_(log_t.c.id.in_(candidates), exact)
 
 

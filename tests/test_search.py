@@ -214,3 +214,44 @@ def test_stream_with_q_sends_only_matches_in_backfill_and_live(api):
         s.close()
     r = api.get(f"/api/logs/stream?scope=job&job_id={job}&q=")
     assert r.status_code == 400 and "q must be" in r.json()["error"]
+
+
+def test_sqlite_index_behind_the_writer(app):
+    """Lines the index has not reached are found by the scan after the mark; the idle
+    writer then indexes them, and the index alone finds them."""
+    from datetime import datetime
+
+    from quaero.ingest import index_behind, write_lines
+    c = app.test_client()
+    engine = app.extensions["quaero"].engine
+    job = new_job(c)
+    with engine.begin() as conn:  # written but not indexed: no writer to index behind
+        rows = write_lines(conn, [{"job_id": job, "step_name": None, "level": 20,
+                                   "message": f"Behind {i}", "timestamp": datetime(2026, 1, 1)}
+                                  for i in range(3)])
+
+    def mark():
+        with engine.connect() as conn:
+            return conn.exec_driver_sql(
+                "SELECT value FROM line_counters WHERE key = '__search__'").scalar()
+
+    def indexed(text):
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT rowid FROM log_fts WHERE log_fts MATCH ? "
+                                        "ORDER BY rowid", (text,)).scalars().all()
+    assert mark() < rows[0]["id"] and indexed('"beh"') == []
+    assert messages(c.get("/api/search?q=behind")) == ["Behind 2", "Behind 1", "Behind 0"]
+    with engine.begin() as conn:
+        assert index_behind(conn) == rows[-1]["id"]
+    assert indexed('"beh"') == [r["id"] for r in rows]
+    # the write path's lines: indexed by the writer once it is idle
+    last = post(c, {"level": "info", "message": "fresh one", "job_id": job})["last_id"]
+    import time
+    deadline = time.monotonic() + 2
+    while mark() < last and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert mark() == last and indexed('"fre"') == [last]
+    assert messages(c.get("/api/search?q=FRESH")) == ["fresh one"]
+    # deleted lines leave the index
+    assert c.delete(f"/api/jobs/{job}").status_code in (200, 204)
+    assert indexed('"beh"') == [] and indexed('"fre"') == []
