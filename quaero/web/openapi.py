@@ -48,6 +48,8 @@ def _path(name):
             "schema": {"type": "string", "minLength": 1}}
 
 
+Q = {"type": "string", "minLength": 1, "maxLength": 200}
+
 # the query string of the stream and the polling API (values arrive as strings and are
 # validated by the server; invalid ones get a 400)
 LINE_QUERY = [
@@ -58,6 +60,7 @@ LINE_QUERY = [
     _q("level", LEVEL, "minimum level (default info)"),
     _q("limit", INT0, "lines (default 100; at most 5000 for job, 500 for service)"),
     _q("after", INT0, "only lines with a larger id"),
+    _q("q", Q, "only lines whose message contains this text (any case, taken literally)"),
 ]
 
 SCHEMAS = {
@@ -70,7 +73,18 @@ SCHEMAS = {
                        "step_name": NULL_STR, "line_number": {"type": "integer", "minimum": 1}}},
     "Meta": {"type": "object", "required": ["total_count", "displayed_count", "has_more"],
              "properties": {"total_count": INT0, "displayed_count": INT0,
-                            "has_more": {"type": "boolean"}}},
+                            "has_more": {"type": "boolean"},
+                            "total_count_capped": {"type": "boolean", "description":
+                                                   "with q: counting stopped at 10,000"}}},
+    "SearchResults": {
+        "type": "object", "required": ["results", "jobs", "next_before"],
+        "properties": {"results": {"type": "array", "items": _ref("LogLine")},
+                       "jobs": {"type": "object", "additionalProperties": {
+                           "type": "object", "required": ["name", "status"],
+                           "properties": {"name": {"type": "string"},
+                                          "status": {"type": "string",
+                                                     "enum": list(JOB_STATUSES)}}}},
+                       "next_before": {"type": ["integer", "null"]}}},
     "LogsPage": {"type": "object", "required": ["logs", "meta", "last_id"],
                  "properties": {"logs": {"type": "array", "items": _ref("LogLine")},
                                 "meta": _ref("Meta"), "last_id": {"type": ["integer", "null"]}}},
@@ -140,6 +154,20 @@ PATHS = {
                     "content": {"text/event-stream": {"schema": {"type": "string"}}}},
             **_errors(400, 401, 404, 503), **TOO_LONG}, LINE_QUERY + [
             {"name": "Last-Event-ID", "in": "header", "required": False, "schema": INT0}]),
+    },
+    "/api/search": {
+        "get": _op("Search log lines", {"200": {"description": "matches, newest first",
+                                                **_json(_ref("SearchResults"))},
+                                        **_errors(400, 401, 404, 503), **TOO_LONG},
+                   [_q("q", Q, "text the message contains (any case, taken literally)", True),
+                    _q("level", LEVEL, "minimum level (default debug: every line)"),
+                    _q("job_id", {"type": "array", "items": {"type": "string", "maxLength": 32},
+                                  "maxItems": 50},
+                       "only these jobs (may repeat); none: every job and the service log",
+                       explode=True),
+                    _q("before", INT0, "only lines with a smaller id (next_before pages back)"),
+                    _q("limit", {"type": "integer", "minimum": 1, "maximum": 500},
+                       "results (default 50)")]),
     },
     "/api/jobs": {
         "get": _op("List jobs", {"200": {"description": "newest first", **_json(_ref("JobList"))},
