@@ -189,6 +189,11 @@ class LineFilter:
     min_level: int = LEVELS["info"]
     q: str | None = None         # literal text the message contains, any case
     everywhere: bool = False     # search: every job and the service log
+    folded: str | None = dataclasses.field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.q is not None:  # folded once: matches() runs for every live line
+            object.__setattr__(self, "folded", self.q.lower())
     source: str | None = None    # only lines this program sent
 
     @property
@@ -198,7 +203,7 @@ class LineFilter:
     def matches(self, line):
         if LEVELS[line["level"]] < self.min_level:
             return False
-        if self.q is not None and self.q.lower() not in line["message"].lower():
+        if self.folded is not None and self.folded not in line["message"].lower():
             return False
         if self.source is not None and line.get("source") != self.source:
             return False
