@@ -74,12 +74,17 @@ class LineSender:
                 self._deadline = time.monotonic() + timeout
             self._wake.notify()
         self._thread.join(max(0.0, self._deadline - time.monotonic()) + 1.0)
-        self.client.close()
         return self.dropped == 0 and not self._lines
 
     # -- the sender thread ----------------------------------------------------------------
 
     def _run(self):
+        try:
+            self._send_until_closed()
+        finally:
+            self.client.close()    # here: its own log records stay on this thread
+
+    def _send_until_closed(self):
         while self.prepare is not None and not self._attempt(self._prepare):
             if self._gave_up():
                 self._abandon([])

@@ -1,6 +1,15 @@
 """Producers: the ``source`` of a line, ``python -m quaero exec``/``pipe`` and
 ``quaero.client.QuaeroHandler``, end to end against real servers."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
 import pytest
+
+from .conftest import ROOT, Server, free_port
 
 
 @pytest.fixture
@@ -38,3 +47,184 @@ def test_bad_source_is_400_and_nothing_stored(c, source):
 def test_bad_source_filter_is_400(c, query):
     r = c.get("/api/logs?scope=service&" + query)
     assert r.status_code == 400 and "source" in r.get_json()["error"]
+
+
+# --- exec, pipe and the handler: real processes against a real server ----------------------
+
+def _env(url, **extra):
+    env = dict(os.environ, QUAERO_URL=url, PYTHONPATH=ROOT, QUAERO_FLUSH_TIMEOUT="15")
+    env.pop("QUAERO_API_TOKEN", None)
+    env.update(extra)
+    return env
+
+
+def _quaero(url, *args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "quaero", *args], cwd=ROOT, env=_env(url),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def _jobs(url):
+    return {j["name"]: j for j in httpx.get(url + "/api/jobs?limit=100").json()["jobs"]}
+
+
+def _job_lines(url, job_id):
+    lines = []
+    while True:
+        r = httpx.get(url + "/api/logs", params={"scope": "job", "job_id": job_id, "level": "debug",
+                                                 "limit": 5000, "after": lines[-1]["id"] if lines else 0})
+        lines += r.json()["logs"]
+        if not r.json()["meta"]["has_more"]:
+            return lines
+
+
+CHILD = ("import sys; print('hello'); print('ERROR: broken', file=sys.stderr); "
+         "print('careful', file=sys.stderr); print('[debug] detail'); sys.exit({})")
+
+
+@pytest.mark.parametrize("code, status", [(0, "completed"), (3, "failed")])
+def test_exec_sends_lines_with_levels_and_passes_the_exit_status(server, code, status):
+    proc = _quaero(server.url, "exec", "--name", f"build{code}", "--step", "compile", "--",
+                   sys.executable, "-c", CHILD.format(code))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert b"hello" in out and b"ERROR: broken" in err   # the output still shows
+    job = _jobs(server.url)[f"build{code}"]
+    assert job["status"] == status and [s["status"] for s in job["steps"]] == [status]
+    got = [(x["level"], x["message"]) for x in _job_lines(server.url, job["id"])]
+    assert sorted(got) == sorted([("info", "hello"), ("error", "ERROR: broken"),
+                                  ("warn", "careful"), ("debug", "[debug] detail")])
+    lines = _job_lines(server.url, job["id"])
+    assert {(x["source"], x["step_name"]) for x in lines} == {(f"build{code}", "compile")}
+
+
+def test_exec_never_waits_for_a_server_that_is_away_and_resends_when_it_is_back(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    marker = tmp_path / "go"
+    child = (f"import os, time\nfor i in range(30000): print(f'line {{i}}')\n"
+             f"while not os.path.exists({str(marker)!r}): time.sleep(0.05)\n")
+    echoed = tmp_path / "echoed"
+    with open(echoed, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "quaero", "exec", "--name", "offline",
+                                 "--", sys.executable, "-c", child], cwd=ROOT, env=_env(url),
+                                stdout=out, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30   # the command runs at full speed, server or not
+        while echoed.read_bytes().count(b"\n") < 30000:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.3)
+        server = Server(tmp_path, port=port).start()
+        try:
+            marker.touch()
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            job = _jobs(url)["offline"]
+            lines = _job_lines(url, job["id"])
+        finally:
+            server.stop()
+    assert job["status"] == "completed"
+    assert [x["message"] for x in lines[:-1]] == [f"line {i}" for i in range(10000)]
+    assert lines[-1]["level"] == "warn" and "20000 lines were dropped" in lines[-1]["message"]
+
+
+def test_sigterm_reaches_the_command_and_the_job_is_cancelled(server):
+    child = ("import signal, sys, time\n"
+             "def bye(*a):\n    print('child got SIGTERM', flush=True); sys.exit(5)\n"
+             "signal.signal(signal.SIGTERM, bye)\nprint('started', flush=True)\ntime.sleep(60)\n")
+    proc = _quaero(server.url, "exec", "--name", "stoppable", "--", sys.executable, "-c", child)
+    assert proc.stdout.readline() == b"started\n"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 5, err
+    job = _jobs(server.url)["stoppable"]
+    assert job["status"] == "cancelled"
+    assert [x["message"] for x in _job_lines(server.url, job["id"])] == [
+        "started", "child got SIGTERM"]
+
+
+def test_pipe_into_a_new_job_and_into_an_existing_one(server):
+    proc = _quaero(server.url, "pipe", "--name", "piped", stdin=subprocess.PIPE)
+    out, err = proc.communicate(b"one\nWARNING two\nthree", timeout=60)
+    assert proc.returncode == 0 and out == b"one\nWARNING two\nthree", err
+    job = _jobs(server.url)["piped"]
+    assert job["status"] == "completed"
+    assert [(x["level"], x["message"]) for x in _job_lines(server.url, job["id"])] == [
+        ("info", "one"), ("warn", "WARNING two"), ("info", "three")]
+
+    other = httpx.post(server.url + "/api/jobs", json={"name": "mine", "steps": ["a"]}).json()
+    proc = _quaero(server.url, "pipe", "--job", other["id"], stdin=subprocess.PIPE)
+    proc.communicate(b"added\n", timeout=60)
+    assert proc.returncode == 0
+    assert [x["message"] for x in _job_lines(server.url, other["id"])] == ["added"]
+    assert _jobs(server.url)["mine"]["status"] == "pending"   # not ours to end
+
+
+HANDLER_CHILD = """
+import logging, os, sys, time
+from quaero.client import QuaeroHandler
+assert "flask" not in sys.modules and "gevent" not in sys.modules
+url, job_id, marker, n, max_lines, close_timeout = sys.argv[1:7]
+handler = QuaeroHandler(url, job_id=job_id or None, source="shop", max_lines=int(max_lines),
+                        close_timeout=float(close_timeout))
+app = logging.getLogger("shop")
+logging.getLogger().addHandler(handler)    # on the root: httpx's own records must not loop back
+logging.getLogger().setLevel(logging.DEBUG)
+started = time.monotonic()
+for i in range(int(n)):
+    app.log((logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)[i % 4], "record %d", i)
+print("emitted", time.monotonic() - started, flush=True)
+while marker and not os.path.exists(marker):
+    time.sleep(0.05)
+started = time.monotonic()
+handler.close()
+assert "flask" not in sys.modules
+print("closed", time.monotonic() - started, handler.dropped, flush=True)
+"""
+
+
+def _handler_child(url, job_id, marker, n, max_lines, close_timeout):
+    return subprocess.Popen([sys.executable, "-c", HANDLER_CHILD, url, job_id, str(marker), str(n),
+                             str(max_lines), str(close_timeout)], cwd=ROOT, env=_env(url),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_handler_in_a_plain_process_delivers_after_the_server_comes_back(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    marker = tmp_path / "closing"
+    proc = _handler_child(url, "", marker, 8, 1000, 20)
+    assert proc.stdout.readline().startswith("emitted")
+    server = Server(tmp_path, port=port).start()
+    try:
+        marker.touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert out.split()[-1] == "0", (out, err)   # nothing dropped
+        lines = httpx.get(url + "/api/logs", params={"scope": "service", "level": "debug",
+                                                     "source": "shop"}).json()["logs"]
+    finally:
+        server.stop()
+    assert [(x["level"], x["message"]) for x in lines] == [
+        (("debug", "info", "warn", "error")[i % 4], f"record {i}") for i in range(8)]
+
+
+def test_handler_with_the_server_away_is_bounded_and_close_does_not_hang():
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = _handler_child(url, "", "", 5000, 100, 1)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    emitted, closed = out.splitlines()
+    assert float(emitted.split()[1]) < 2.0          # the caller never waited
+    _, seconds, dropped = closed.split()
+    assert float(seconds) < 3.0 and int(dropped) == 5000
+    assert "5000 lines not delivered" in err
+
+
+def test_handler_sends_to_a_job(server):
+    job = httpx.post(server.url + "/api/jobs", json={"name": "app", "steps": ["a"]}).json()
+    proc = _handler_child(server.url, job["id"], "", 4, 1000, 5)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert [(x["level"], x["message"], x["source"]) for x in _job_lines(server.url, job["id"])] == [
+        ("debug", "record 0", "shop"), ("info", "record 1", "shop"),
+        ("warn", "record 2", "shop"), ("error", "record 3", "shop")]
