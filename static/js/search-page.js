@@ -64,7 +64,8 @@
 
       init: function () {
         var params = new URLSearchParams(root.location.search);
-        this.q = params.get("q") || "";
+        // what was typed before the page's scripts ran is kept
+        this.q = params.get("q") || (this.$refs.q && this.$refs.q.value) || "";
         this.level = params.get("level") || "debug";
         this.jobId = params.get("job_id") || "";
         this.loadJobs();
