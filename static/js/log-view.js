@@ -219,6 +219,13 @@
     lvl.className = "ql-lvl";
     lvl.textContent = level.toUpperCase();
     div.appendChild(lvl);
+    if (line.source) {
+      var src = doc.createElement("span");
+      src.className = "ql-src";
+      src.title = "source";
+      src.textContent = line.source;
+      div.appendChild(src);
+    }
     if (o.showStep && line.step_name) {
       var step = doc.createElement("span");
       step.className = "ql-step";
