@@ -177,6 +177,8 @@ def _parse_step(raw, i, seen):
     if unknown:
         raise DefinitionError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
                               f"{', '.join(unknown)} (allowed: {', '.join(sorted(STEP_KEYS))})")
+    if isinstance(name, str) and "/" in name:
+        raise DefinitionError(f"{where}: step names cannot contain '/'")
     if not isinstance(name, str) or not STEP_NAME_RE.match(name):
         raise DefinitionError(f"{where}: name is required, a string of 1 to 200 characters "
                               "without '/' or control characters")
@@ -235,8 +237,14 @@ _LEVEL_RE = re.compile(r"[ \t]{0,8}(?:\[[ \t]*([A-Za-z]{3,8})[ \t]*\]|<([A-Za-z]
                        r"|([A-Za-z]{3,8})[ \t]*:|([A-Z]{3,8})(?=[ \t]|\Z))")
 
 
+_SGR_RE = re.compile(r"\x1b\[[0-9;]*m")   # ANSI colours and styles (Select Graphic Rendition)
+
+
 def line_level(text, default):
-    """The level a line names at its start (``ERROR: x``, ``[debug] x``, ``WARNING x``)."""
+    """The level a line names at its start (``ERROR: x``, ``[debug] x``, ``WARNING x``),
+    colour codes around the word aside (``\\x1b[31mERROR:``)."""
+    if "\x1b" in text:
+        text = _SGR_RE.sub("", text[:200])
     m = _LEVEL_RE.match(text)
     if m is None:
         return default
@@ -556,8 +564,14 @@ class Runner:
         raise DefinitionInvalid(f"no job definition named {name!r} in {self.jobs_dir}")
 
     def definitions_json(self):
+        """Every definition file: the loaded ones, and those that do not load with their
+        ``error`` (they cannot be started), by name."""
         self.ensure_started()
-        return [d.json() for d in sorted(self.definitions().values(), key=lambda d: d.name)]
+        listed = [d.json() for d in self.definitions().values()]
+        listed += [{"name": os.path.splitext(os.path.basename(path))[0], "description": "",
+                    "file": os.path.basename(path), "steps": [], "error": problem}
+                   for path, problem in self.errors.items()]
+        return sorted(listed, key=lambda d: (d["name"], d["file"]))
 
     # -- the API's hooks ----------------------------------------------------------------
 

@@ -117,7 +117,7 @@ def test_command_steps_lines_levels_and_env(c, tmp_path):
         description = "three command steps"
         [[steps]]
         name = "out"
-        run = "echo one; echo two; echo 'ERROR: boom'; echo '[debug] dbg'; echo 'Warning: careful'; echo 'info: fine'; echo 'CRITICAL disk'; echo 'errors are fine'"
+        run = "echo one; echo two; echo 'ERROR: boom'; echo '[debug] dbg'; echo 'Warning: careful'; echo 'info: fine'; echo 'CRITICAL disk'; echo 'errors are fine'; printf '\\\\033[31mERROR: red\\\\033[0m\\\\n'"
         [[steps]]
         name = "err"
         run = "echo e1 >&2; echo 'ERROR: e2' >&2; printf 'no newline'"
@@ -144,7 +144,7 @@ def test_command_steps_lines_levels_and_env(c, tmp_path):
     assert own_lines(lines, "out") == [
         ("info", "one"), ("info", "two"), ("error", "ERROR: boom"), ("debug", "[debug] dbg"),
         ("warn", "Warning: careful"), ("info", "info: fine"), ("error", "CRITICAL disk"),
-        ("info", "errors are fine")]
+        ("info", "errors are fine"), ("error", "\x1b[31mERROR: red\x1b[0m")]
     # stdout and stderr are two pipes: their relative order is not kept
     assert sorted(own_lines(lines, "err")) == [
         ("error", "ERROR: e2"), ("info", "no newline"), ("warn", "e1")]
@@ -152,7 +152,7 @@ def test_command_steps_lines_levels_and_env(c, tmp_path):
     assert [ln["line_number"] for ln in lines] == list(range(1, len(lines) + 1))
     assert ("debug", "$ echo e1 >&2; echo 'ERROR: e2' >&2; printf 'no newline'") in [
         (ln["level"], ln["message"]) for ln in lines]
-    assert job["log_counts"]["error"] == 3
+    assert job["log_counts"]["error"] == 4
     messages = service_messages(c)
     assert any(job["id"] in m and "started" in m for m in messages)
     assert any(job["id"] in m and "completed" in m for m in messages)
@@ -504,6 +504,24 @@ def test_two_runners_on_one_database_never_run_a_job_twice(tmp_path, database_ur
         b.extensions["quaero"].close()
 
 
+@pytest.mark.parametrize("text, level", [
+    ("ERROR: boom", "error"),
+    ("\x1b[31mERROR: boom\x1b[0m", "error"),
+    ("\x1b[1;33mWARNING disk almost full", "warn"),
+    ("\x1b[0m\x1b[36m[debug]\x1b[0m cache hit", "debug"),
+    ("\x1b[31mERROR\x1b[0m: split by a reset", "error"),
+    ("  \x1b[2mfatal: no repository", "error"),
+    ("\x1b[31merrors are fine", "info"),        # not a level word
+    ("\x1b[31m", "info"),
+    ("\x1b]0;title\x07ERROR: x", "info"),     # not a colour code: left alone
+    ("plain text", "info"),
+])
+def test_line_level_reads_the_word_after_colour_codes(text, level):
+    from quaero.models import LEVELS
+    from quaero.runner import line_level
+    assert line_level(text, LEVELS["info"]) == LEVELS[level]
+
+
 # --- definition files --------------------------------------------------------------------
 
 BAD = {
@@ -518,6 +536,8 @@ BAD = {
     "badpython": ('[[steps]]\nname = "a"\npython = "just_a_module"\n',
                   'python must be "module:function"'),
     "clash": ('name = "good"\n[[steps]]\nname = "a"\nrun = "x"\n', "good.toml already defines"),
+    "slash": ('[[steps]]\nname = "build/test"\nrun = "x"\n',
+              "step 1 ('build/test'): step names cannot contain '/'"),
 }
 
 
@@ -532,7 +552,12 @@ def test_definition_files_with_errors(c, any_app, tmp_path):
         (tmp_path / "jobs" / f"{name}.toml").write_text(text)
     (tmp_path / "jobs" / "notes.txt").write_text("not a definition")
     defs = c.get("/api/job-definitions").json["definitions"]
-    assert [d["name"] for d in defs] == ["good"]
+    assert [d["name"] for d in defs] == sorted(["good", *BAD])
+    assert [d["name"] for d in defs if "error" not in d] == ["good"]
+    broken = {d["name"]: d for d in defs if "error" in d}
+    for name, (_, problem) in BAD.items():  # listed with what is wrong, nothing to start
+        assert problem in broken[name]["error"], (name, broken[name])
+        assert broken[name]["file"] == f"{name}.toml" and broken[name]["steps"] == []
     runner = any_app.extensions["quaero"].runner
     messages = service_messages(c)
     for name, (_, problem) in BAD.items():
@@ -542,11 +567,14 @@ def test_definition_files_with_errors(c, any_app, tmp_path):
     r = c.post("/api/jobs", json={"definition": "syntax"})
     assert r.status_code == 404  # no usable definition by that name, and why
     assert "syntax.toml" in r.json["error"] and "not valid TOML" in r.json["error"]
+    r = c.post("/api/jobs", json={"definition": "slash"})
+    assert r.status_code == 404 and "step names cannot contain '/'" in r.json["error"]
     assert c.post("/api/jobs", json={"definition": "nope"}).status_code == 404
     assert wait_job(c, start(c, "good")["id"])["status"] == "completed"
     # fixed on disk: picked up without a restart; reported once, not on every read
     (tmp_path / "jobs" / "syntax.toml").write_text('[[steps]]\nname = "s"\nrun = "echo fixed"\n')
-    assert "syntax" in [d["name"] for d in c.get("/api/job-definitions").json["definitions"]]
+    fixed = [d for d in c.get("/api/job-definitions").json["definitions"] if d["name"] == "syntax"]
+    assert [("error" in d, [s["name"] for s in d["steps"]]) for d in fixed] == [(False, ["s"])]
     c.get("/api/job-definitions")
     assert sum("typo.toml" in m for m in service_messages(c)) == 1
 
