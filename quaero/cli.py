@@ -4,12 +4,11 @@
     python -m quaero tail <job-id> [--level debug] [--step build]
     python -m quaero tail --service
     python -m quaero jobs [--status running]
-    python -m quaero definitions | cancel <job-id> | rerun <job-id>
+    python -m quaero definitions | cancel <job-id> | rerun <job-id> | grep TEXT [--job ID]
 
 ``--url`` (env ``QUAERO_URL``; unset: ``QUAERO_HOST``/``QUAERO_PORT``, where ``python app.py``
 listens, default http://127.0.0.1:5000) and ``--token`` (env ``QUAERO_API_TOKEN``) pick the
-server. Streams are read with httpx-sse; a dropped
-connection is resumed with ``Last-Event-ID``, so each line is printed once.
+server. Streams (httpx-sse) resume a dropped connection with ``Last-Event-ID``: each line once.
 Exit status of ``run`` and ``tail <job>``: 0 completed, 1 failed, 2 cancelled, 3 deleted.
 """
 import json
@@ -320,7 +319,6 @@ def _follow_job(settings, job, level, printer):
         after=0)
 
 
-
 @cli.command("jobs")
 @server_options
 @click.option("--status", type=click.Choice(["pending", "running", "completed", "failed",
@@ -444,6 +442,8 @@ def main(argv=None):
     hub = gevent.get_hub()
     # Ctrl-C still raises KeyboardInterrupt in the command; the hub need not print it.
     hub.NOT_ERROR = tuple(hub.NOT_ERROR) + (KeyboardInterrupt,)
+    from .cli_grep import grep   # its own module: this one is full
+    cli.add_command(grep)
     try:
         cli.main(args=argv, prog_name="python -m quaero")
     except KeyboardInterrupt:
