@@ -76,13 +76,14 @@ _INDEX_SQLITE = sa.text("INSERT INTO log_fts(rowid, message) SELECT id, message 
                         "WHERE id > :after AND id <= :upto")
 INDEX_CHUNK = 20000
 MAX_UNINDEXED = 200000
+INDEX_AFTER_QUIET = 0.25  # seconds without a write
 
 
 def index_behind(conn, chunk=INDEX_CHUNK):
     """SQLite: put the next ``chunk`` committed lines into the search index (``log_fts``)
     in the open transaction ``conn``; returns the last id indexed. Indexing in the write
     transaction halves ingest (a trigram per character); behind it, in big chunks while
-    the writer is idle, it costs a third as much, and searches scan what it has not
+    the writer has been idle for a moment, it costs a third as much, and searches scan what it has not
     reached. The first statement is a write, so the transaction holds SQLite's write lock
     before it reads the mark: processes never index the same lines twice."""
     mark = conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY)
@@ -214,8 +215,11 @@ class Ingestor:
                     self._commit(batch)
                 except Exception:  # never let the writer die; the units were answered
                     log.exception("ingest writer failed")
-            while self._indexes and not self._units and self._index_chunk():
-                gevent.sleep(0)  # idle: index what was written, a chunk at a time
+            # quiet for INDEX_AFTER_QUIET: index what was written, a chunk at a time,
+            # until the next write comes (searches scan what is not indexed yet)
+            while (self._indexes and self._written > self._indexed
+                   and not self._wake.wait(INDEX_AFTER_QUIET) and self._index_chunk()):
+                pass
 
     def _index_chunk(self):
         """Index one chunk; True if there may be more."""
