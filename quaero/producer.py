@@ -24,6 +24,7 @@ from .runner import line_level
 
 FLUSH_TIMEOUT = float(os.environ.get("QUAERO_FLUSH_TIMEOUT", "10"))
 MAX_READ = 65536
+BUFFER_LINES = 100000     # lines waiting for the server before they are dropped (and counted)
 
 
 def job_creator(name, step):
@@ -66,7 +67,8 @@ def _on_stop_signals(handler):
 def run_exec(url, token, command, name=None, step="run"):
     """Run ``command``, its output into a new job; returns the exit status to use."""
     name = (name or os.path.basename(command[0]))[:200]
-    sender = LineSender(url, token, {"source": name}, prepare=job_creator(name, step))
+    sender = LineSender(url, token, {"source": name}, prepare=job_creator(name, step),
+                        max_lines=BUFFER_LINES)
     stopped = []
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -103,10 +105,12 @@ class _Stopped(Exception):
 def run_pipe(url, token, job_id=None, name=None, step="pipe"):
     """Standard input into a job (a new one unless ``job_id``), copied to standard output."""
     if job_id:
-        sender = LineSender(url, token, {"job_id": job_id, "source": name or "pipe"})
+        sender = LineSender(url, token, {"job_id": job_id, "source": name or "pipe"},
+                            max_lines=BUFFER_LINES)
     else:
         name = (name or "pipe")[:200]
-        sender = LineSender(url, token, {"source": name}, prepare=job_creator(name, step))
+        sender = LineSender(url, token, {"source": name}, prepare=job_creator(name, step),
+                            max_lines=BUFFER_LINES)
     stopped = []
 
     def stop(signum, _frame):

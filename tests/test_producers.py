@@ -101,7 +101,7 @@ def test_exec_never_waits_for_a_server_that_is_away_and_resends_when_it_is_back(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     marker = tmp_path / "go"
-    child = (f"import os, time\nfor i in range(30000): print(f'line {{i}}')\n"
+    child = (f"import os, time\nfor i in range(120000): print(f'line {{i}}')\n"
              f"while not os.path.exists({str(marker)!r}): time.sleep(0.05)\n")
     echoed = tmp_path / "echoed"
     with open(echoed, "wb") as out:
@@ -109,7 +109,7 @@ def test_exec_never_waits_for_a_server_that_is_away_and_resends_when_it_is_back(
                                  "--", sys.executable, "-c", child], cwd=ROOT, env=_env(url),
                                 stdout=out, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30   # the command runs at full speed, server or not
-        while echoed.read_bytes().count(b"\n") < 30000:
+        while echoed.read_bytes().count(b"\n") < 120000:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
         time.sleep(0.3)
@@ -123,7 +123,7 @@ def test_exec_never_waits_for_a_server_that_is_away_and_resends_when_it_is_back(
         finally:
             server.stop()
     assert job["status"] == "completed"
-    assert [x["message"] for x in lines[:-1]] == [f"line {i}" for i in range(10000)]
+    assert [x["message"] for x in lines[:-1]] == [f"line {i}" for i in range(100000)]
     assert lines[-1]["level"] == "warn" and "20000 lines were dropped" in lines[-1]["message"]
 
 
