@@ -113,7 +113,9 @@ SCHEMAS = {
                            "finished_at": TIME, "steps": {"type": "array", "items": _ref("Step")},
                            "log_counts": {"type": "object",
                                           "required": ["debug", "info", "warn", "error"],
-                                          "additionalProperties": INT0}}},
+                                          "additionalProperties": INT0},
+                           # only in GET /api/jobs: the newest error line (message cut to 300)
+                           "last_error": {"type": ["object", "null"]}}},
     "JobList": {"type": "object", "required": ["jobs", "total"],
                 "properties": {"jobs": {"type": "array", "items": _ref("Job")}, "total": INT0}},
     "NewJob": {"oneOf": [
