@@ -107,4 +107,5 @@ def create_app(config=None):
     @app.before_request
     def _background_work():
         app.extensions["quaero"].pruner.ensure_started()
+        app.extensions["quaero"].runner.ensure_started()
     return app

@@ -562,7 +562,7 @@ def test_definition_files_with_errors(c, any_app, tmp_path):
     messages = service_messages(c)
     for name, (_, problem) in BAD.items():
         path = str(tmp_path / "jobs" / f"{name}.toml")
-        assert problem in runner.errors[path], (name, runner.errors[path])
+        assert problem in runner.library.errors[path], (name, runner.library.errors[path])
         assert any(path in m and problem in m for m in messages), (name, messages)
     r = c.post("/api/jobs", json={"definition": "syntax"})
     assert r.status_code == 404  # no usable definition by that name, and why
@@ -584,7 +584,7 @@ def test_definition_files_with_errors(c, any_app, tmp_path):
 def test_jobs_of_dead_runners_are_failed_at_start(c, any_app):
     from quaero import jobs as jobops
     from quaero.models import counters_t, Job
-    from quaero.runner import _epoch_ms, _runner_number
+    from quaero.runner.leases import epoch_ms as _epoch_ms, runner_number as _runner_number
     import socket
     engine = any_app.extensions["quaero"].engine
     dead = subprocess.Popen(["true"])

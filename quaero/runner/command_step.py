@@ -1,0 +1,271 @@
+"""Command steps: a shell command in its own process group, supervised.
+
+Its stdout lines are ``info`` and its stderr lines ``warn``, unless a line starts with a
+level word (``ERROR:``, ``[debug]``, ``WARNING ...``, colour codes aside). Lines go to the
+ingestor in batches; a step that prints faster than the database commits is slowed down by
+its full pipe. Stopping a step (cancel, timeout, shutdown) signals its whole group.
+"""
+import os
+import re
+import signal
+import sys
+import time
+from collections import deque
+
+import gevent
+from gevent import subprocess
+from gevent.event import Event
+
+from ..ingest import IngestError
+from ..models import LEVELS, utcnow
+
+DEBUG, INFO, WARN, ERROR = (LEVELS[k] for k in ("debug", "info", "warn", "error"))
+
+BATCH_LINES = 5000        # lines per ingest call from one step
+BUFFER_LINES = 20000      # a step's unsent lines beyond which its pipes are not read
+MAX_LINE_BYTES = 65536    # longer output lines are split
+SECRET_ENV = ("QUAERO_API_TOKEN", "QUAERO_SECRET_KEY", "QUAERO_DATABASE_URL", "QUAERO_REDIS_URL")
+
+_LEVEL_WORDS = {"trace": DEBUG, "debug": DEBUG, "dbg": DEBUG, "info": INFO, "notice": INFO,
+                "warn": WARN, "warning": WARN, "error": ERROR, "err": ERROR, "fatal": ERROR,
+                "critical": ERROR, "crit": ERROR}
+_LEVEL_RE = re.compile(r"[ \t]{0,8}(?:\[[ \t]*([A-Za-z]{3,8})[ \t]*\]|<([A-Za-z]{3,8})>"
+                       r"|([A-Za-z]{3,8})[ \t]*:|([A-Z]{3,8})(?=[ \t]|\Z))")
+
+
+_SGR_RE = re.compile(r"\x1b\[[0-9;]*m")   # ANSI colours and styles (Select Graphic Rendition)
+
+
+def line_level(text, default):
+    """The level a line names at its start (``ERROR: x``, ``[debug] x``, ``WARNING x``),
+    colour codes around the word aside (``\\x1b[31mERROR:``)."""
+    if "\x1b" in text:
+        text = _SGR_RE.sub("", text[:200])
+    m = _LEVEL_RE.match(text)
+    if m is None:
+        return default
+    word = m.group(1) or m.group(2) or m.group(3) or m.group(4)
+    return _LEVEL_WORDS.get(word.lower(), default)
+
+
+class OutputPump:
+    """Lines read from a step's pipes, sent to the ingestor in batches of many lines.
+
+    Readers stop reading while ``BUFFER_LINES`` are waiting, so a step that prints faster
+    than the database commits is slowed down by its full pipe, never by our memory."""
+
+    def __init__(self, ingestor, job_id, step):
+        self.ingestor = ingestor
+        self.job_id = job_id
+        self.step = step
+        self.buf = deque()
+        self.has_data = Event()
+        self.space = Event()
+        self.space.set()
+        self.closed = False
+        self.abandoned = False
+        self.sent = 0
+
+    def read(self, stream, default_level):
+        partial = b""
+        try:
+            while True:
+                chunk = stream.read1(65536)
+                if not chunk:
+                    break
+                parts = (partial + chunk).split(b"\n")
+                partial = parts.pop()
+                while len(partial) > MAX_LINE_BYTES:
+                    parts.append(partial[:MAX_LINE_BYTES])
+                    partial = partial[MAX_LINE_BYTES:]
+                if parts:
+                    self._add(parts, default_level)
+                while len(self.buf) >= BUFFER_LINES and not self.abandoned:
+                    self.space.clear()
+                    self.space.wait()
+            if partial:
+                self._add([partial], default_level)
+        except (OSError, ValueError):
+            pass  # the pipe was closed under us (the step was stopped)
+
+    def _add(self, parts, default_level):
+        now = utcnow()
+        append = self.buf.append
+        job_id, step = self.job_id, self.step
+        for raw in parts:
+            text = raw.decode("utf-8", "replace")
+            if text.endswith("\r"):
+                text = text[:-1]
+            if "\x00" in text:
+                text = text.replace("\x00", "\ufffd")
+            append({"job_id": job_id, "step_name": step, "level": line_level(text, default_level),
+                    "message": text, "timestamp": now})
+        self.has_data.set()
+
+    def add_line(self, level, message):
+        self.buf.append({"job_id": self.job_id, "step_name": self.step, "level": level,
+                         "message": message, "timestamp": utcnow()})
+        self.has_data.set()
+
+    def close(self):
+        self.closed = True
+        self.has_data.set()
+
+    def abandon(self):
+        """Stop waiting on the database (shutdown): readers drain pipes without storing."""
+        self.abandoned = True
+        self.buf.clear()
+        self.space.set()
+        self.close()
+
+    def run(self):
+        """The flusher: one ingest call at a time, each with whatever queued meanwhile."""
+        while True:
+            if not self.buf:
+                if self.closed:
+                    return
+                self.has_data.clear()
+                self.has_data.wait()
+                continue
+            n = min(len(self.buf), BATCH_LINES)
+            lines = [self.buf.popleft() for _ in range(n)]
+            if len(self.buf) < BUFFER_LINES:
+                self.space.set()
+            self._submit(lines)
+
+    def _submit(self, lines):
+        while not self.abandoned:
+            try:
+                self.ingestor.submit(lines, timeout=120)
+                self.sent += len(lines)
+                return
+            except IngestError as exc:
+                if exc.status != 503:
+                    self.abandoned = True  # the job is gone: drain, store nothing
+                    self.buf.clear()
+                    self.space.set()
+                    return
+                gevent.sleep(1.0)  # database down: hold the lines (and the pipe) and retry
+            except gevent.Timeout:
+                return  # still queued in the ingestor: it commits them when it can
+
+
+def signal_group(proc, sig):
+    try:
+        os.killpg(proc.pid, sig)  # start_new_session: the group id is the leader's pid
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def terminate(proc, grace):
+    """SIGTERM to the step's whole process group, SIGKILL to what is left after ``grace``
+    seconds."""
+    if not signal_group(proc, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()
+        if not signal_group(proc, 0):
+            return
+        gevent.sleep(0.05)
+    signal_group(proc, signal.SIGKILL)
+
+
+def step_env(ctx, rj, step):
+    env = dict(os.environ)
+    env.update({"PYTHONUNBUFFERED": "1", "QUAERO_JOB_ID": rj.job_id,
+                "QUAERO_JOB_NAME": rj.name or "", "QUAERO_STEP": step.name,
+                "QUAERO_PYTHON": sys.executable, "QUAERO_JOBS_DIR": ctx.jobs_dir})
+    for secret in SECRET_ENV:  # steps do not inherit the server's secrets
+        env.pop(secret, None)
+    env.update(dict(step.env))
+    return env
+
+
+def run_command(ctx, rj, step):
+    """Run a command step to its end: ``(outcome, detail)``, outcome one of ``completed``,
+    ``failed``, ``stopped``."""
+    job_id = rj.job_id
+    if rj.stop_reason is not None:
+        return "stopped", None
+    ctx.write(job_id, step.name, DEBUG, f"$ {step.target}")
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(step.target, shell=True, cwd=ctx.jobs_dir,
+                                env=step_env(ctx, rj, step), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    except OSError as exc:
+        detail = f"could not start the command: {exc}"
+        ctx.write(job_id, step.name, ERROR, detail)
+        return "failed", detail
+    rj.proc = proc
+    if rj.stop_reason is not None:  # stopped while starting
+        gevent.spawn(terminate, proc, ctx.kill_grace)
+    code, timed_out = _supervise(ctx, rj, step, proc)
+    elapsed = time.monotonic() - started
+    if rj.stop_reason is not None:
+        ctx.write(job_id, step.name, WARN, rj.stopped_line(step))
+        return "stopped", None
+    if timed_out:
+        return "failed", f"timed out after {step.timeout:g} s"
+    if code == 0:
+        ctx.write(job_id, step.name, DEBUG, f"exit code 0 after {elapsed:.2f} s")
+        return "completed", None
+    detail = exit_detail(code)
+    ctx.write(job_id, step.name, ERROR, f"step {step.name!r} failed: {detail} "
+                                        f"after {elapsed:.2f} s")
+    return "failed", detail
+
+
+def exit_detail(code):
+    """What a non-zero exit status says (a negative one: the signal that killed it)."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
+def _supervise(ctx, rj, step, proc):
+    """Pump the command's output until it ends (or its timeout stops it); nothing of it
+    is left running afterwards. Returns ``(exit code, timed out)``."""
+    pump = OutputPump(ctx.ingestor, rj.job_id, step.name)
+    readers = [gevent.spawn(pump.read, proc.stdout, INFO),
+               gevent.spawn(pump.read, proc.stderr, WARN)]
+    flusher = gevent.spawn(pump.run)
+    timed_out = False
+    try:
+        try:
+            code = proc.wait(timeout=step.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            pump.add_line(ERROR, f"step {step.name!r} timed out after {step.timeout:g} s: "
+                                 "stopping its processes")
+            terminate(proc, ctx.kill_grace)
+            code = proc.wait()
+        # What the command left behind in its group ends with the step.
+        if signal_group(proc, 0):
+            gevent.spawn(terminate, proc, ctx.kill_grace)
+        gevent.joinall(readers, timeout=ctx.kill_grace + 2.0)
+        if any(not r.dead for r in readers):  # a pipe held open by an escaped process
+            gevent.killall(readers, block=False)
+        if rj.stop_reason == "shutdown":
+            pump.abandon()
+        pump.close()
+        flusher.join()
+    finally:
+        rj.proc = None
+        if proc.poll() is None or signal_group(proc, 0):
+            signal_group(proc, signal.SIGKILL)
+        for r in readers + [flusher]:
+            if not r.dead:
+                r.kill(block=False)
+        for f in (proc.stdout, proc.stderr):
+            try:
+                f.close()
+            except Exception:
+                pass
+    return code, timed_out
