@@ -12,191 +12,14 @@ server. Streams (httpx-sse) resume a dropped connection with ``Last-Event-ID``: 
 Exit status of ``run`` and ``tail <job>``: 0 completed, 1 failed, 2 cancelled, 3 deleted.
 """
 import json
-import os
 import sys
-import time
 
 import click
 import httpx
-from httpx_sse import SSEError, connect_sse
 
-DEFAULT_URL = "http://127.0.0.1:5000"
-TOKEN_HINT = "pass the API token with --token or the QUAERO_API_TOKEN environment variable"
-LEVELS = ("debug", "info", "warn", "error")
-LEVEL_RANK = {name: i for i, name in enumerate(LEVELS)}
-EXIT = {"completed": 0, "failed": 1, "cancelled": 2, "deleted": 3}
-COLORS = {"debug": {"dim": True}, "warn": {"fg": "yellow"}, "error": {"fg": "red", "bold": True}}
-
-
-class Settings:
-    def __init__(self, url, token):
-        self.url = url.rstrip("/")
-        self.token = token
-
-    def headers(self):
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
-
-    def client(self, read_timeout=30.0):
-        return httpx.Client(base_url=self.url, headers=self.headers(),
-                            timeout=httpx.Timeout(10.0, read=read_timeout))
-
-
-def default_url():
-    """Where ``python app.py`` listens: ``QUAERO_HOST``/``QUAERO_PORT``; a wildcard host
-    is reached on loopback."""
-    host = os.environ.get("QUAERO_HOST") or "127.0.0.1"
-    port = os.environ.get("QUAERO_PORT") or "5000"
-    if host in ("0.0.0.0", "::", "[::]"):
-        host = "127.0.0.1"
-    elif ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
-def _failure(prefix, response):
-    text = f"{prefix}: {response.status_code} {_error_text(response)}"
-    if response.status_code == 401:
-        text += f" ({TOKEN_HINT})"
-    return click.ClickException(text)
-
-
-def _error_text(response):
-    try:
-        return response.json().get("error") or response.text
-    except ValueError:
-        return response.text.strip()[:500] or response.reason_phrase
-
-
-def api_call(settings, method, path, **kwargs):
-    try:
-        with settings.client() as client:
-            r = client.request(method, path, **kwargs)
-    except httpx.ConnectError:
-        raise
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"{settings.url}: {exc.__class__.__name__}: {exc}") from None
-    if r.status_code >= 400:
-        raise _failure(f"{method} {path}", r)
-    return r.json() if r.content else None
-
-
-# --- printing ----------------------------------------------------------------------------
-
-class Printer:
-    def __init__(self, as_json=False, show_job=False):
-        self.as_json = as_json
-        self.show_job = show_job
-        self.steps = {}   # (job id, step name) -> last status printed
-        self.jobs = {}
-
-    def lines(self, lines):
-        if not lines:
-            return
-        if self.as_json:
-            click.echo("\n".join(json.dumps(ln, ensure_ascii=False) for ln in lines))
-            return
-        click.echo("\n".join(self.format(ln) for ln in lines))
-
-    def format(self, ln):
-        ts = (ln.get("timestamp") or "")[11:23]
-        level = ln["level"]
-        head = f"{ts} {level.upper():5}"
-        if self.show_job and ln.get("job_id"):
-            head += f" {ln['job_id'][:8]}"
-        if ln.get("step_name"):
-            head += f" [{ln['step_name']}]"
-        message = ln["message"].replace("\r\n", "\n").replace("\n", "\n    ")
-        text = f"{head} {message}"
-        style = COLORS.get(level)
-        return click.style(text, **style) if style else text
-
-    def status(self, payload):
-        job = payload.get("job") or {}
-        job_id = job.get("id")
-        for step in payload.get("steps") or ():
-            key = (job_id, step["name"])
-            if self.steps.get(key) != step["status"] and not (
-                    key not in self.steps and step["status"] == "pending"):
-                self.steps[key] = step["status"]
-                self.note(f"step {step['name']}: {step['status']}", job_id)
-            self.steps.setdefault(key, step["status"])
-        if job_id and self.jobs.get(job_id) != job.get("status"):
-            self.jobs[job_id] = job.get("status")
-            self.note(f"job {job_id}: {job.get('status')}")
-
-    def note(self, text, job_id=None):
-        prefix = f"{job_id[:8]} " if (self.show_job and job_id) else ""
-        click.echo(click.style(f"-- {prefix}{text}", fg="cyan"), err=True)
-
-
-# --- following a stream ------------------------------------------------------------------
-
-def follow(settings, params, printer, after=None, max_wait=None, verbose=False):
-    """Print a stream's lines until ``end``; resume after drops with ``Last-Event-ID``.
-
-    Returns the ``end`` payload (job scope), or never returns (service scope)."""
-    last_id = after
-    retry = 1.0
-    failures = 0
-    deadline = None if max_wait is None else time.monotonic() + max_wait
-    while True:
-        headers = settings.headers()
-        query = dict(params)
-        if last_id is not None:
-            headers["Last-Event-ID"] = str(last_id)
-            query.pop("limit", None)
-        try:
-            with httpx.Client(timeout=httpx.Timeout(10.0, read=30.0)) as client:
-                with connect_sse(client, "GET", f"{settings.url}/api/logs/stream",
-                                 params=list(_flatten(query)), headers=headers) as source:
-                    response = source.response
-                    if response.status_code != 200:
-                        response.read()
-                        if response.status_code < 500:
-                            raise _failure("stream", response)
-                        raise _Retry(f"{response.status_code} {_error_text(response)}")
-                    failures = 0
-                    for sse in source.iter_sse():
-                        if sse.retry:
-                            retry = max(sse.retry / 1000.0, 0.1)
-                        if sse.event == "logs":
-                            data = json.loads(sse.data)
-                            fresh = [ln for ln in data["logs"]
-                                     if last_id is None or ln["id"] > last_id]
-                            if fresh:
-                                printer.lines(fresh)
-                                last_id = fresh[-1]["id"]
-                        elif sse.event == "status":
-                            printer.status(json.loads(sse.data))
-                        elif sse.event == "end":
-                            return json.loads(sse.data)
-            if verbose:  # the server ended the stream (lifetime, restart): resume
-                printer.note(f"stream closed by the server; resuming after line {last_id}")
-        except (httpx.TransportError, SSEError, _Retry) as exc:
-            failures += 1
-            if failures == 1 or failures % 10 == 0:
-                printer.note(f"stream interrupted ({_describe(exc)}); reconnecting")
-        if deadline is not None and time.monotonic() > deadline:
-            raise click.ClickException("gave up waiting for the stream")
-        time.sleep(min(retry * min(failures, 5), 10.0) if failures else 0.05)
-
-
-class _Retry(Exception):
-    pass
-
-
-def _describe(exc):
-    text = str(exc) or exc.__class__.__name__
-    return text.splitlines()[0][:200]
-
-
-def _flatten(query):
-    for key, value in query.items():
-        if isinstance(value, (list, tuple)):
-            for v in value:
-                yield key, v
-        elif value is not None:
-            yield key, value
+from .common import (DEFAULT_URL, EXIT, Printer, Settings, api_call, default_url,
+                     follow_until_ctrl_c, json_option, level_option, server_options)
+from .grep import grep
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -213,28 +36,7 @@ def cli(ctx, url, token):
     ctx.obj = Settings(url, token)
 
 
-def _override(ctx, param, value):
-    if value is not None:
-        settings = ctx.ensure_object(Settings) if ctx.obj is None else ctx.obj
-        if param.name == "url_":
-            settings.url = value.rstrip("/")
-        else:
-            settings.token = value
-    return value
-
-
-def server_options(fn):
-    """``--url``/``--token`` also after the command name (``tail ID --url ...``)."""
-    fn = click.option("--token", "token_", default=None, expose_value=False, callback=_override,
-                      help="API token (env QUAERO_API_TOKEN).")(fn)
-    fn = click.option("--url", "url_", default=None, expose_value=False, callback=_override,
-                      help="Quaero server (env QUAERO_URL, else QUAERO_HOST/QUAERO_PORT).")(fn)
-    return fn
-
-
-level_option = click.option("--level", type=click.Choice(LEVELS), default="info",
-                            show_default=True, help="Show this level and above.")
-json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+cli.add_command(grep)
 
 
 @cli.command()
@@ -261,18 +63,9 @@ def tail(settings, job_ids, service, level, step, limit, from_start, after, as_j
     if from_start and after is None:
         after = 0
     printer = Printer(as_json, show_job=len(job_ids) > 1)
-    end = _follow_until_ctrl_c(settings, params, printer, "stopped following", after=after,
+    end = follow_until_ctrl_c(settings, params, printer, "stopped following", after=after,
                                verbose=verbose)
     sys.exit(_finish(end, printer))
-
-
-def _follow_until_ctrl_c(settings, params, printer, goodbye, **kwargs):
-    """:func:`follow`; Ctrl-C ends the command with ``goodbye`` (exit 130), no traceback."""
-    try:
-        return follow(settings, params, printer, **kwargs)
-    except KeyboardInterrupt:
-        printer.note(goodbye)
-        sys.exit(130)
 
 
 def _finish(end, printer):
@@ -301,7 +94,7 @@ def run(settings, definition, level, local, detach, as_json):
             printer.note(f"no Quaero server at {settings.url}: running the job in this process")
             local = True
     if local:
-        from .local_run import run_local
+        from ..local_run import run_local
         status = run_local(definition, level, printer, detach)
         sys.exit(130 if status is None else EXIT.get(status, 1))
     if detach:
@@ -313,7 +106,7 @@ def run(settings, definition, level, local, detach, as_json):
 
 
 def _follow_job(settings, job, level, printer):
-    return _follow_until_ctrl_c(
+    return follow_until_ctrl_c(
         settings, {"scope": "job", "job_id": [job["id"]], "level": level}, printer,
         f"stopped following; the job goes on. Cancel it with: python -m quaero cancel {job['id']}",
         after=0)
@@ -424,7 +217,7 @@ def rerun(settings, job_id, follow_, level):
 @click.pass_obj
 def exec_(settings, name, step, command):
     """Run COMMAND, its output live as a new job's lines (quaero.producer)."""
-    from .producer import run_exec
+    from ..producer import run_exec
     sys.exit(run_exec(settings.url, settings.token, list(command), name, step))
 
 
@@ -433,7 +226,7 @@ def exec_(settings, name, step, command):
 @click.option("--name", help="The new job's name and the lines' source.")
 @click.pass_obj
 def pipe(settings, job_id, name):
-    from .producer import run_pipe
+    from ..producer import run_pipe
     sys.exit(run_pipe(settings.url, settings.token, job_id, name))
 
 
@@ -442,8 +235,6 @@ def main(argv=None):
     hub = gevent.get_hub()
     # Ctrl-C still raises KeyboardInterrupt in the command; the hub need not print it.
     hub.NOT_ERROR = tuple(hub.NOT_ERROR) + (KeyboardInterrupt,)
-    from .cli_grep import grep   # its own module: this one is full
-    cli.add_command(grep)
     try:
         cli.main(args=argv, prog_name="python -m quaero")
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from .cli import LEVELS, Printer, _follow_until_ctrl_c, api_call, json_option, server_options
+from .common import LEVELS, Printer, follow_until_ctrl_c, api_call, json_option, server_options
 
 SEARCH_PAGE = 500        # the server's largest /api/search page
 POLL_SECONDS = 2.0       # --follow without --job: how often /api/search is asked again
@@ -49,14 +49,14 @@ def grep(settings, text, job_id, level, max_count, every, follow, as_json):
         # the stream's backfill is the newest matches, then it is a live grep
         params = {"scope": "job", "job_id": [job_id], "level": level, "q": text,
                   "limit": max_count}
-        end = _follow_until_ctrl_c(settings, params, printer, "stopped following")
+        end = follow_until_ctrl_c(settings, params, printer, "stopped following")
         for j in end.get("jobs") or [end.get("job") or {}]:
             printer.note(f"job {j.get('id')} ended: {j.get('status')}")
     elif job_id:
         last_id = _grep_job(settings, text, job_id, level, None if every else max_count, printer)
         if follow:
             params = {"scope": "job", "job_id": [job_id], "level": level, "q": text}
-            _follow_until_ctrl_c(settings, params, printer, "stopped following", after=last_id or 0)
+            follow_until_ctrl_c(settings, params, printer, "stopped following", after=last_id or 0)
     else:
         newest = _grep_all(settings, text, level, None if every else max_count, printer)
         if follow:
