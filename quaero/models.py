@@ -130,6 +130,25 @@ counts_t = LogCount.__table__
 counters_t = LineCounter.__table__
 
 
+class RunnerHeartbeat(db.Model):
+    """A job runner (one per process, see ``runner/leases.py``) and when it last beat."""
+    __tablename__ = "runner_heartbeats"
+    runner_id = sa.Column(sa.BigInteger, primary_key=True, autoincrement=False)
+    beat_ms = sa.Column(sa.BigInteger, nullable=False)   # epoch milliseconds
+
+
+class JobLease(db.Model):
+    """The runner that claimed a running definition job."""
+    __tablename__ = "job_leases"
+    job_id = sa.Column(sa.String(32), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+                       primary_key=True)
+    runner_id = sa.Column(sa.BigInteger, nullable=False)
+
+
+heartbeats_t = RunnerHeartbeat.__table__
+leases_t = JobLease.__table__
+
+
 def init_db(engine):
     """Bring the schema up to date (Alembic migrations) and create the fixed counter rows;
     safe to run concurrently and repeatedly."""

@@ -19,3 +19,27 @@ def test_migrations_build_the_models_schema(database_url):
         keys = set(conn.execute(sa.text("SELECT key FROM line_counters")).scalars())
         assert {"__id__", "service"} <= keys
     engine.dispose()
+
+
+def test_runner_rows_move_from_line_counters_to_their_tables(database_url):
+    """A database of before 0004 keeps its runners' heartbeats and leases."""
+    from alembic import command
+    from quaero.migrate import alembic_config
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0003_source")  # a new database
+        command.downgrade(alembic_config(conn), "0003_source")  # a shared one, at head
+        conn.execute(sa.text("INSERT INTO jobs (id, name, definition, status, created_at) "
+                             "VALUES ('j1', 'demo', 'demo', 'running', '2026-11-30 00:00:00')"))
+        conn.execute(sa.text("INSERT INTO line_counters (key, value) VALUES "
+                             "('runner:1f', 1700000000000), ('lease:j1', 31), "
+                             "('lease:gone', 31), ('j1', 5)"))
+    init_db(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT runner_id, beat_ms FROM runner_heartbeats")).all() == [
+            (31, 1700000000000)]
+        assert conn.execute(sa.text("SELECT job_id, runner_id FROM job_leases")).all() == [
+            ("j1", 31)]
+        keys = set(conn.execute(sa.text("SELECT key FROM line_counters")).scalars())
+        assert "j1" in keys and not [k for k in keys if k.startswith(("runner:", "lease:"))]
+    engine.dispose()

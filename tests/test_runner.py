@@ -583,7 +583,7 @@ def test_definition_files_with_errors(c, any_app, tmp_path):
 
 def test_jobs_of_dead_runners_are_failed_at_start(c, any_app):
     from quaero import jobs as jobops
-    from quaero.models import counters_t, Job
+    from quaero.models import Job, heartbeats_t, leases_t
     from quaero.runner.leases import epoch_ms as _epoch_ms, runner_number as _runner_number
     import socket
     engine = any_app.extensions["quaero"].engine
@@ -610,8 +610,8 @@ def test_jobs_of_dead_runners_are_failed_at_start(c, any_app):
         for label, owner in owners.items():
             if owner is None:
                 continue
-            conn.execute(counters_t.insert().values(key=f"lease:{ids[label]}", value=owner))
-            conn.execute(counters_t.insert().values(key=f"runner:{owner:x}", value=beats[label]))
+            conn.execute(leases_t.insert().values(job_id=ids[label], runner_id=owner))
+            conn.execute(heartbeats_t.insert().values(runner_id=owner, beat_ms=beats[label]))
     c.get("/healthz")  # the first request starts this process's runner
     for label in ("dead_pid", "stale_elsewhere", "no_lease"):
         assert wait_job(c, ids[label], timeout=15)["status"] == "failed", label

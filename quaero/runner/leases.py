@@ -15,17 +15,12 @@ import time
 
 import sqlalchemy as sa
 
-from ..models import Job, counters_t, utcnow
+from ..models import Job, heartbeats_t, leases_t, utcnow
 
 CLAIM_LOCK = 0x51756165   # pg_advisory_xact_lock key serialising claims ("Quae")
 FORGET_AFTER_MS = 86400_000   # runners silent for a day are forgotten
 
 jobs_t = Job.__table__
-
-# Stored in ``line_counters`` (a key -> bigint table): ``runner:<hex N>`` -> last heartbeat
-# (epoch ms) of runner N, and ``lease:<job id>`` -> N, the runner that claimed the job.
-RUNNER_PREFIX = "runner:"
-LEASE_PREFIX = "lease:"
 
 
 def _host_hash(host):
@@ -58,10 +53,6 @@ def pid_alive(pid):
         return True
 
 
-def _runner_key(n):
-    return f"{RUNNER_PREFIX}{n:x}"
-
-
 class Leases:
     """One runner's view of the shared leases and heartbeats."""
 
@@ -78,19 +69,19 @@ class Leases:
         self.runner_id = runner_number(self.host, pid)
 
     def heartbeat(self):
-        key = _runner_key(self.runner_id)
+        me = heartbeats_t.c.runner_id == self.runner_id
         with self.engine.begin() as conn:
-            n = conn.execute(counters_t.update().where(counters_t.c.key == key)
-                             .values(value=epoch_ms())).rowcount
+            n = conn.execute(heartbeats_t.update().where(me).values(beat_ms=epoch_ms())).rowcount
             if n == 0:  # first beat, or our row was removed (taken for dead): come back
-                conn.execute(counters_t.insert().values(key=key, value=epoch_ms()))
+                conn.execute(heartbeats_t.insert().values(runner_id=self.runner_id,
+                                                          beat_ms=epoch_ms()))
 
     def end(self):
         """This runner stops: its heartbeat goes."""
         if self.runner_id:
             with self.engine.begin() as conn:
-                conn.execute(counters_t.delete().where(
-                    counters_t.c.key == _runner_key(self.runner_id)))
+                conn.execute(heartbeats_t.delete().where(
+                    heartbeats_t.c.runner_id == self.runner_id))
 
     def claim(self, job_id, max_running):
         """Atomically move a pending job to running, if the bound allows, and take its
@@ -108,21 +99,20 @@ class Leases:
                 .values(status="running", started_at=now)).rowcount
             if n != 1:
                 return False
-            lease = LEASE_PREFIX + job_id
-            conn.execute(counters_t.delete().where(counters_t.c.key == lease))
-            conn.execute(counters_t.insert().values(key=lease, value=self.runner_id))
+            conn.execute(leases_t.delete().where(leases_t.c.job_id == job_id))
+            conn.execute(leases_t.insert().values(job_id=job_id, runner_id=self.runner_id))
         return True
 
     def release(self, job_id):
         """Our job ended: its lease goes."""
         with self.engine.begin() as conn:
-            conn.execute(counters_t.delete().where(
-                counters_t.c.key == LEASE_PREFIX + job_id, counters_t.c.value == self.runner_id))
+            conn.execute(leases_t.delete().where(
+                leases_t.c.job_id == job_id, leases_t.c.runner_id == self.runner_id))
 
     def drop(self, job_id):
         """A job of a runner that is gone was settled: its lease goes."""
         with self.engine.begin() as conn:
-            conn.execute(counters_t.delete().where(counters_t.c.key == LEASE_PREFIX + job_id))
+            conn.execute(leases_t.delete().where(leases_t.c.job_id == job_id))
 
     def orphans(self, mine):
         """``(job id, why)`` for each running definition job not in ``mine`` whose runner
@@ -134,26 +124,25 @@ class Leases:
             others = [j for j in running if j not in mine]
             if not others:
                 return []
-            leases = dict(conn.execute(sa.select(counters_t.c.key, counters_t.c.value).where(
-                counters_t.c.key.in_([LEASE_PREFIX + j for j in others]))).all())
+            leases = dict(conn.execute(sa.select(leases_t.c.job_id, leases_t.c.runner_id)
+                                       .where(leases_t.c.job_id.in_(others))).all())
             owners = set(leases.values())
-            beats = dict(conn.execute(sa.select(counters_t.c.key, counters_t.c.value).where(
-                counters_t.c.key.in_([_runner_key(n) for n in owners]))).all())
+            beats = dict(conn.execute(sa.select(heartbeats_t.c.runner_id, heartbeats_t.c.beat_ms)
+                                      .where(heartbeats_t.c.runner_id.in_(owners))).all())
         now_ms = epoch_ms()
         found = []
         for job_id in others:
-            owner = leases.get(LEASE_PREFIX + job_id)
+            owner = leases.get(job_id)
             if owner == self.runner_id:
                 continue  # claimed by us a moment ago
-            beat = beats.get(_runner_key(owner)) if owner is not None else None
+            beat = beats.get(owner) if owner is not None else None
             why = self._why_gone(owner, beat, now_ms)
             if why:
                 found.append((job_id, why))
-        old = [_runner_key(n) for n in owners
-               if beats.get(_runner_key(n), now_ms) < now_ms - FORGET_AFTER_MS]
+        old = [n for n in owners if beats.get(n, now_ms) < now_ms - FORGET_AFTER_MS]
         if old:
             with self.engine.begin() as conn:
-                conn.execute(counters_t.delete().where(counters_t.c.key.in_(old)))
+                conn.execute(heartbeats_t.delete().where(heartbeats_t.c.runner_id.in_(old)))
         return found
 
     def _why_gone(self, owner, beat, now_ms):
