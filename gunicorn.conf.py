@@ -20,6 +20,15 @@ errorlog = "-"
 control_socket_disable = True   # several Quaero servers may share a host (and a $HOME)
 loglevel = os.environ.get("QUAERO_LOG_LEVEL", "info")
 
+# /metrics speaks for the whole server, not for the worker that answered: prometheus-client
+# keeps each worker's values in files here (set before the workers fork and import it), and
+# /metrics adds them up (quaero/metrics.py). A directory of our own, fresh at every start.
+_own_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+    _own_metrics_dir = tempfile.mkdtemp(prefix="quaero-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
+
 
 def _loopback(addr):
     host = addr[0] if isinstance(addr, tuple) else None
@@ -64,3 +73,15 @@ def when_ready(server):
                          "Set a token or bind to 127.0.0.1.", addrs)
         server.halt("no API token for a non-loopback address", exit_status=1)
     server.log.info("Quaero: no API token set; listening on loopback only (%s)", addrs)
+
+
+def child_exit(server, worker):
+    """A worker's live gauges (open streams) leave with it; its counters stay counted."""
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        import shutil
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)

@@ -1,5 +1,14 @@
-"""Prometheus metrics, in a registry of the app's own (tests create many apps)."""
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+"""Prometheus metrics, in a registry of the app's own (tests create many apps).
+
+Under gunicorn, ``gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` in the master before
+the workers fork: prometheus-client then keeps every value in a file per worker there, and
+``/metrics`` (:func:`exposition`) adds up all workers' files, so any worker answers for the
+whole server. Without it (the Flask test client, an embedded app) the values live in this
+registry, as before."""
+import os
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -7,7 +16,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10
 class Metrics:
     def __init__(self):
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.streams_open = Gauge("quaero_sse_streams_open", "Open SSE streams", ["scope"], registry=r)
+        self.streams_open = Gauge("quaero_sse_streams_open", "Open SSE streams", ["scope"], registry=r,
+                                  multiprocess_mode="livesum")  # a dead worker's streams closed
         for scope in ("service", "job"):
             self.streams_open.labels(scope)
         self.lines_ingested = Counter("quaero_log_lines_ingested", "Log lines committed", registry=r)
@@ -29,3 +39,13 @@ class Metrics:
         self.delivery_seconds = Histogram("quaero_delivery_seconds",
                                           "From commit to the write of a logs event",
                                           buckets=LATENCY_BUCKETS, registry=r)
+
+
+def exposition(registry):
+    """``(body, content type)`` for ``/metrics``: every worker's values when running with
+    ``PROMETHEUS_MULTIPROC_DIR``, else this app's ``registry``."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST

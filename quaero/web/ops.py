@@ -6,8 +6,8 @@ credentials; it tells only ok/unavailable per dependency). ``/metrics`` is open 
 API token both, like everything else, answer loopback clients only (auth.py)."""
 import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..metrics import exposition
 from ..models import db
 from .auth import require_metrics_token
 
@@ -38,5 +38,5 @@ def metrics():
     state = current_app.extensions["quaero"]
     if state.hub is not None:
         state.hub.flush_metrics()  # streams count in plain integers between scrapes
-    registry = state.metrics.registry
-    return current_app.response_class(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    body, content_type = exposition(state.metrics.registry)  # every worker's, under gunicorn
+    return current_app.response_class(body, content_type=content_type)
