@@ -42,6 +42,7 @@ RETRY_MS = 2000
 REFUSED_RETRY_MS = (2000, 5000)   # a jittered retry for a stream refused now...
 OVERLOAD_RETRY_MS = (5000, 15000)  # ...spread wider when the cause is load
 TICK = 0.25  # seconds: resolution of pings and stream lifetimes
+RECOUNT = 5.0  # seconds: how often open streams' total_count is read again (pruning)
 MAX_PARTS = 512  # parts per sendmsg (IOV_MAX is 1024)
 DIRECT_MAX = 64 << 10  # bigger events are written by the stream's own greenlet
 # A stream socket's kernel send buffer (the kernel doubles it): what a client that does not
@@ -135,13 +136,24 @@ class SocketSink:
 
     def frame(self, parts):
         if not self.chunked:
-            return list(parts)
-        return [b"%X\r\n" % sum(len(p) for p in parts), *parts, b"\r\n"]
+            return parts
+        return [b"%X\r\n" % sum(map(len, parts)), *parts, b"\r\n"]
+
+    def try_send_bytes(self, data):
+        """``try_send`` for one small byte string: one ``send``, no list to walk."""
+        if self.chunked:
+            data = b"%X\r\n%s\r\n" % (len(data), data)
+        try:
+            sent = self.raw.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        return [] if sent == len(data) else [memoryview(data)[sent:]]
 
     def try_send(self, parts):
         """Never blocks: returns the parts the socket did not take (empty: all went)."""
         try:
-            sent = self.raw.sendmsg(parts[:MAX_PARTS], (), socket.MSG_DONTWAIT)
+            sent = self.raw.sendmsg(parts[:MAX_PARTS] if len(parts) > MAX_PARTS else parts,
+                                    (), socket.MSG_DONTWAIT)
         except BlockingIOError:
             return parts
         return _advance(parts, sent)
@@ -252,18 +264,19 @@ class Connection:
                                 self.has_more), count
 
     def write_now(self, now, interval, counts):
-        """Called by the hub for a parked stream whose pace allows an event: hand it to
-        the socket without a switch to the stream's greenlet (no copy: one ``sendmsg``
-        of shared parts). Whatever the socket does not take is finished by the greenlet."""
+        """Called by the hub for a parked stream whose pace allows a small event (at most
+        DIRECT_MAX): hand it to the socket without a switch to the stream's greenlet.
+        Whatever the socket does not take is finished by the greenlet."""
         parts, count = self.next_logs_parts()
         if parts is None:
             return
         self.next_logs = now + interval
+        data = b"".join(parts)  # small: one copy is cheaper than a scatter list
         counts["logs"] += 1
-        counts["bytes"] += sum(len(p) for p in parts)
+        counts["bytes"] += len(data)
         counts["lines"] += count
         try:
-            self.out = self.sink.try_send(self.sink.frame(parts))
+            self.out = self.sink.try_send_bytes(data)
         except OSError:
             self.broken = True
             self.wake.set()
@@ -328,6 +341,7 @@ class StreamHub:
         self.counts = defaultdict(int)    # metrics, added to Prometheus in bulk
         self.refused = defaultdict(int)   # streams answered "retry later", by reason
         self.retry_scale = 1.0
+        self.recount_at = 0.0             # monotonic time of the next total_count refresh
         self.ping_event = b""
         self.bus = bus
         bus.connect(self.on_lines, self.on_status, self.on_range)
@@ -527,6 +541,8 @@ class StreamHub:
 
     def on_status(self, payload):
         job = payload["job"]
+        if job["status"] == "deleted":
+            self.recount_at = 0.0  # its lines went: recount at the watcher's next tick
         conns = self.by_job.get(job["id"])
         if not conns or self.last_status.get(job["id"]) == payload:
             return
@@ -551,7 +567,10 @@ class StreamHub:
         while not self.shutting_down:
             gevent.sleep(self.watch_interval)
             try:
-                self.catch_up(refresh_totals=True)
+                recount = time.monotonic() >= self.recount_at
+                if recount:
+                    self.recount_at = time.monotonic() + RECOUNT
+                self.catch_up(refresh_totals=recount)
                 if self.by_job:
                     job_ids = list(self.by_job)
                     states = _job_states(self.engine, job_ids)
