@@ -315,44 +315,11 @@ _COLS = (log_t.c.id, log_t.c.job_id, log_t.c.step_name, log_t.c.level, log_t.c.m
          log_t.c.timestamp, log_t.c.line_number, log_t.c.source)
 
 
-def _job_bounds(conn, job_ids, step=None):
-    """PostgreSQL: ``{job_id: (first line id, last line id)}`` of the jobs that have lines
-    (of ``step``, if given), read in one statement of two probes per job on the (job_id,
-    id) index (or the (job_id, step_name, id) one).
-
-    A job-scope read then also says ``id BETWEEN first AND last``. Without it PostgreSQL
-    may read an older job's tail by the primary key backwards from the table's newest line
-    (through every newer job's lines: 160-280 ms for 5,000 lines behind a million); with
-    it such a scan starts at the job's own last line, and the planner sees how few rows
-    the range holds. SQLite reads the job's index and is left as it is. Ids are handed out
-    in commit order, so a line committed after this read and before the query has a
-    greater id than ``last`` in the same job: the result is the job as it was at this read."""
-    if conn.dialect.name != "postgresql":
-        return None
-    # ORDER BY the index's own columns, not min()/max(): for max(id) the planner may read
-    # the primary key backwards, through every newer line, the very scan to be avoided
-    key = (log_t.c.job_id, log_t.c.id) if step is None else (
-        log_t.c.job_id, log_t.c.step_name, log_t.c.id)
-    conds = () if step is None else (log_t.c.step_name == step,)
-    cols = [sa.select(log_t.c.id).where(log_t.c.job_id == job_id, *conds)
-            .order_by(*(order(c) for c in key)).limit(1).scalar_subquery()
-            for job_id in job_ids for order in (sa.asc, sa.desc)]
-    row = conn.execute(sa.select(*cols)).one()
-    return {job_id: (row[2 * i], row[2 * i + 1]) for i, job_id in enumerate(job_ids)
-            if row[2 * i] is not None}
-
-
 def select_lines(conn, f, *, after=None, before=None, limit=100):
     """Matching lines, oldest first: the first ``limit`` after ``after``, or else the
     last ``limit`` (before ``before``). Fetches one extra row to tell whether more exist.
     Returns ``(lines, more)``."""
     conds = _where(f, conn.dialect.name)
-    bounds = _job_bounds(conn, f.job_ids, f.step) if f.job_ids else None
-    if bounds is not None:
-        if not bounds:  # no line in any of the jobs
-            return [], False
-        conds.append(log_t.c.id.between(min(b[0] for b in bounds.values()),
-                                        max(b[1] for b in bounds.values())))
     if after is not None:
         conds.append(log_t.c.id > after)
     if before is not None:
@@ -380,19 +347,11 @@ def tail_lines(conn, f, limit):
     log), oldest first, read in one statement so that all jobs share one snapshot."""
     if len(f.job_ids) <= 1:
         return select_lines(conn, f, limit=limit)
-    bounds = _job_bounds(conn, f.job_ids, f.step)
     parts = []
     for job_id in f.job_ids:
         one = dataclasses.replace(f, job_ids=(job_id,))
-        conds = _where(one, conn.dialect.name)
-        if bounds is not None:
-            if job_id not in bounds:
-                continue
-            conds.append(log_t.c.id.between(*bounds[job_id]))
-        parts.append(sa.select(*_COLS).where(*conds)
+        parts.append(sa.select(*_COLS).where(*_where(one, conn.dialect.name))
                      .order_by(log_t.c.id.desc()).limit(limit + 1).subquery().select())
-    if not parts:
-        return [], False
     rows = conn.execute(sa.union_all(*parts)).all()
     per_job = {}
     for r in rows:
