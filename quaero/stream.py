@@ -181,7 +181,9 @@ class Connection:
         self.wake = Event()
         self.batches = deque()
         self.pending_bytes = 0
-        self.statuses = {}       # job id -> latest encoded status event (bounded by jobs)
+        # status events in order, each with the newest line id the hub had delivered when
+        # it came: it waits for the lines up to there (bounded: collapsed per job if long)
+        self.statuses = deque()  # (marker, job id, encoded event)
         self.sent_status = {}    # job id -> the last status event queued or sent
         self.running_jobs = set(f.job_ids)
         self.ended = {}          # job id -> final status, once finished
@@ -222,8 +224,10 @@ class Connection:
             self.ended[job_id] = status
         if encoded and self.sent_status.get(job_id) != encoded:
             self.sent_status[job_id] = encoded
-            self.statuses.pop(job_id, None)
-            self.statuses[job_id] = encoded
+            self.statuses.append((self.hub.delivered or 0, job_id, encoded))
+            if len(self.statuses) > 2 * len(self.filter.job_ids) + 8:
+                latest = {job: (m, job, ev) for m, job, ev in self.statuses}
+                self.statuses = deque(sorted(latest.values(), key=lambda s: s[0]))
         self.wake.set()
 
     def shutdown_socket(self):
@@ -284,6 +288,14 @@ class Connection:
         if self.out:
             self.backlog = 0
             self.wake.set()
+
+    def take_statuses(self, held_from=None):
+        """The status events that no held line precedes (all, when ``held_from`` is None):
+        a status never overtakes lines committed before the change it reports."""
+        out = []
+        while self.statuses and (held_from is None or self.statuses[0][0] < held_from):
+            out.append(self.statuses.popleft()[2])
+        return out
 
     def queued_lines(self, upto):
         return sum(len(b.lines) if b.last_id <= upto else
@@ -373,10 +385,14 @@ class StreamHub:
             return "stream_cap"
         return None
 
-    def pending(self, f):
-        """Lines of this filter held for the pacing window (not yet given to streams)."""
-        group = self.groups.get(f)
-        return group is not None and bool(group.pending)
+    def held_from(self, conn):
+        """The smallest line id held for this stream (its queue, or its group's pacing
+        window), or None."""
+        ids = [conn.batches[0].first_id] if conn.batches else []
+        group = self.groups.get(conn.filter)
+        if group is not None and group.pending:
+            ids.append(group.pending[0].first_id)
+        return min(ids) if ids else None
 
     def subscribe(self, conn):
         self._ensure_watcher()
@@ -805,8 +821,7 @@ def _generate(conn, sink, state, engine, limit, resume, cfg):
             conn.displayed += len(lines)
             conn.total = max(conn.total, conn.displayed)
             yield from emit([logs(lines)])
-        events = [([ev], "status", 0) for ev in conn.statuses.values()]
-        conn.statuses.clear()
+        events = [([ev], "status", 0) for ev in conn.take_statuses()]
         jobs = [{"id": j, "status": s} for j, s in conn.ended.items()]
         payload = {"job": jobs[-1]} if len(jobs) == 1 else {"job": jobs[-1], "jobs": jobs}
         yield from emit(events + [([json_event("end", payload)], "end", 0)])
@@ -834,9 +849,8 @@ def _generate(conn, sink, state, engine, limit, resume, cfg):
                 return
             # a status never overtakes lines committed before it: those still held
             # for the pace (here or in the hub's window) go first
-            if conn.statuses and not conn.batches and not hub.pending(f):
-                events += [([ev], "status", 0) for ev in conn.statuses.values()]
-                conn.statuses.clear()
+            if conn.statuses:
+                events += [([ev], "status", 0) for ev in conn.take_statuses(hub.held_from(conn))]
             if now >= conn.next_ping:
                 events.append(([hub.ping_event], "ping", 0))
                 conn.next_ping = now + ping_every
