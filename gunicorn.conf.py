@@ -49,7 +49,7 @@ def post_worker_init(worker):
 
     state = getattr(worker.wsgi, "extensions", {}).get("quaero")
     if state is not None and state.hub is not None:
-        from quaero.stream import stream_cap
+        from quaero.streaming.pacing import stream_cap
         state.hub.max_streams = stream_cap(worker.cfg.worker_connections,
                                            worker.wsgi.config["QUAERO_MAX_STREAMS"])
 

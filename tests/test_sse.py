@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from quaero.sse import (encode_json, format_event, join_arrays, json_event, logs_event,
+from quaero.streaming.sse import (encode_json, format_event, join_arrays, json_event, logs_event,
                         logs_event_parts)
 
 

@@ -1,0 +1,226 @@
+"""One stream's body (:class:`StreamSession`): backfill -> live -> end, in the request's
+greenlet; and the answer for a stream taken later (:func:`refusal`)."""
+import random
+import time
+
+import gevent
+from sqlalchemy import exc as sa_exc
+
+from ..models import FINISHED, count_lines, select_lines, tail_lines
+from . import watcher
+from .sse import encode_json, format_event, json_event, logs_event_parts
+
+RESUME_PAGE = 1000
+RETRY_MS = 2000
+DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+REFUSED_RETRY_MS = (2000, 5000)    # a jittered retry for a stream refused now...
+OVERLOAD_RETRY_MS = (5000, 15000)  # ...spread wider when the cause is load
+REFUSALS = {
+    "stream_cap": ("too many open streams on this server; retry later", OVERLOAD_RETRY_MS),
+    "shutting_down": ("server is shutting down; reconnect", REFUSED_RETRY_MS),
+    "database": ("database unavailable; retry later", REFUSED_RETRY_MS),
+    "no_gevent": ("streaming needs gunicorn's gevent worker (gunicorn -k gevent, as "
+                  "gunicorn.conf.py sets); this worker cannot hold a stream", (30000, 60000)),
+}
+
+
+def refusal(hub, metrics, reason):
+    """The body for a stream taken later: a jittered ``retry:`` and why (counted)."""
+    comment, (low, high) = REFUSALS[reason]
+    low, high = int(low * hub.retry_scale), int(high * hub.retry_scale)
+    hub.refused[reason] += 1
+    metrics.streams_refused.labels(reason).inc()
+    return format_event(retry=random.randint(low, high), comment=f"quaero: {comment}")
+
+
+def pages_after(engine, f, after):
+    """Every matching line after ``after``, a page at a time, a connection per page."""
+    while True:
+        with engine.connect() as db_conn:
+            lines, more = select_lines(db_conn, f, after=after, limit=RESUME_PAGE)
+        yield lines
+        if not more or not lines:
+            return
+        after = lines[-1]["id"]
+
+
+class StreamSession:
+    """The body of one stream. After the first chunk (gunicorn sends the headers with it)
+    everything goes through the sink when there is one, else it is yielded to the server."""
+
+    def __init__(self, conn, sink, state, engine, limit, resume, cfg):
+        self.conn, self.sink, self.state, self.engine = conn, sink, state, engine
+        self.hub, self.f = state.hub, conn.filter
+        self.limit, self.resume = limit, resume
+        self.interval = cfg["QUAERO_BATCH_INTERVAL"]
+        self.ping_every = cfg["QUAERO_PING_INTERVAL"]
+        self.lifetime = cfg["QUAERO_STREAM_LIFETIME"] * random.uniform(0.85, 1.0)
+        self.started = time.monotonic()
+
+    def __iter__(self):
+        conn, hub = self.conn, self.hub
+        try:
+            yield from self.emit([([format_event(retry=RETRY_MS, comment="quaero")], "retry", 0)])
+            conn.sink = self.sink  # the headers are out: from here the sink may write
+            yield from self.backfill()
+            if self.f.job_ids:
+                yield from self.emit(self.initial_statuses())
+            now = time.monotonic()
+            conn.next_logs = now + self.interval  # the backfill counts as a logs event
+            conn.next_ping = now + self.ping_every
+            conn.deadline = self.started + self.lifetime
+            yield from self.live()
+        except OSError:
+            return  # the client is gone (a write to its socket failed)
+        except DB_ERRORS:
+            yield from self.emit([([refusal(hub, self.state.metrics, "database")], "retry", 0)])
+        finally:
+            hub.unsubscribe(conn)
+
+    def emit(self, events):
+        """Write ``(parts, event name, lines)`` events as one write; counts them."""
+        if not events:
+            return
+        conn = self.conn
+        counts, parts = self.hub.counts, []  # swapped for a fresh one at every metrics flush
+        for ev_parts, name, lines in events:
+            counts[name] += 1
+            counts["bytes"] += sum(len(p) for p in ev_parts)
+            if lines:
+                counts["lines"] += lines
+            parts += ev_parts
+        if conn.sink is None:
+            yield b"".join(parts)
+            return
+        conn.writing, conn.backlog = True, 0
+        try:
+            conn.sink.send(conn.sink.frame(parts))
+        finally:
+            conn.writing = False
+
+    def logs(self, lines):
+        conn = self.conn
+        return (logs_event_parts([encode_json(lines)], conn.last_id, conn.total,
+                                 conn.displayed, conn.has_more), "logs", len(lines))
+
+    def backfill(self):
+        """Events for everything before live: the tail, or every line after ``resume``.
+        Every one has an id: an empty tail the newest id visible before it was read."""
+        conn, f, resume = self.conn, self.f, self.resume
+        with self.engine.connect() as db_conn:
+            conn.total = count_lines(db_conn, f)
+            if resume is None:
+                newest = watcher.max_id_on(db_conn)
+                lines, more = tail_lines(db_conn, f, max(self.limit, 1))
+                if self.limit == 0:
+                    lines, more = [], bool(lines)
+                conn.last_id = lines[-1]["id"] if lines else newest
+                pages = [lines]
+                conn.has_more = more
+        if resume is not None:
+            conn.last_id = resume
+            pages = pages_after(self.engine, f, resume)
+        first = True
+        for lines in pages:
+            if not lines and not first:
+                break
+            if lines:
+                conn.last_id = max(conn.last_id, lines[-1]["id"])
+            conn.displayed += len(lines)
+            conn.total = max(conn.total, conn.displayed)
+            if resume is not None:
+                conn.has_more = conn.total > conn.displayed and resume > 0
+            yield from self.emit([self.logs(lines)])
+            first = False
+
+    def initial_statuses(self):
+        conn = self.conn
+        conn.statuses.clear()  # superseded by the states read now; later ones follow
+        jobs, events = watcher.job_states(self.engine, self.f.job_ids), []
+        for job_id in self.f.job_ids:
+            status, payload = jobs.get(job_id, ("deleted", None))
+            if payload is not None:
+                event = conn.sent_status[job_id] = json_event("status", payload)
+                events.append(([event], "status", 0))
+            if status in FINISHED or status == "deleted":
+                conn.push_status(b"", job_id, status)
+        return events
+
+    def ending(self):
+        """All jobs finished: send what committed since, their statuses, then ``end``."""
+        conn = self.conn
+        self.hub.unsubscribe(conn)  # the database has every line from here on
+        conn.batches.clear()
+        conn.pending_bytes = 0
+        for lines in pages_after(self.engine, self.f, conn.last_id):
+            if not lines:
+                break
+            gevent.sleep(max(0.0, conn.next_logs - time.monotonic()))  # keep the pace
+            conn.next_logs = time.monotonic() + self.interval
+            conn.last_id = lines[-1]["id"]
+            conn.displayed += len(lines)
+            conn.total = max(conn.total, conn.displayed)
+            yield from self.emit([self.logs(lines)])
+        events = [([ev], "status", 0) for ev in conn.take_statuses()]
+        jobs = [{"id": j, "status": s} for j, s in conn.ended.items()]
+        payload = {"job": jobs[-1]} if len(jobs) == 1 else {"job": jobs[-1], "jobs": jobs}
+        yield from self.emit(events + [([json_event("end", payload)], "end", 0)])
+
+    def finish_partial(self):
+        """Write the rest of a write the hub began (and counted) on this socket."""
+        conn = self.conn
+        conn.writing, conn.backlog = True, 0
+        try:
+            conn.sink.send(conn.out)
+        finally:
+            conn.writing = False
+        conn.out = []
+
+    def live(self):
+        conn, hub, f = self.conn, self.hub, self.f
+        while not (conn.dropped or conn.broken) and (conn.out or not conn.closing):
+            if conn.out:
+                self.finish_partial()
+                continue
+            now = time.monotonic()
+            events = []
+            if conn.batches and now >= conn.next_logs:
+                parts, count = conn.next_logs_parts()
+                if parts is not None:
+                    events.append((parts, "logs", count))
+                    conn.next_logs = now + self.interval
+            if f.job_ids and not conn.running_jobs:
+                yield from self.emit(events)
+                yield from self.ending()
+                return
+            # a status never overtakes lines committed before it: those still held
+            # for the pace (here or in the hub's window) go first
+            if conn.statuses:
+                events += [([ev], "status", 0) for ev in conn.take_statuses(hub.held_from(conn))]
+            if now >= conn.next_ping:
+                events.append(([hub.ping_event], "ping", 0))
+                conn.next_ping = now + self.ping_every
+            if events:
+                yield from self.emit(events)
+                continue
+            if now >= conn.deadline:
+                return  # the client reconnects with Last-Event-ID and loses nothing
+            conn.wake.clear()
+            if conn.batches:  # released early for this stream's own pace: wait it out
+                conn.wake.wait(conn.next_logs - now)
+            else:  # woken by a release, a status, the ticker (ping, lifetime) or a close
+                conn.parked = conn.sink is not None
+                conn.wake.wait()
+                conn.parked = False
+
+
+def track_writes(conn, body):
+    """Mark the time the server spends writing each chunk (the generator is suspended
+    until the socket took it): what queues up meanwhile is what a slow client costs."""
+    try:
+        for chunk in body:
+            conn.writing, conn.backlog = True, 0
+            yield chunk
+            conn.writing = False
+    finally:
+        body.close()
