@@ -57,7 +57,8 @@ def test_match_groups_once_per_filter():
 
 
 @pytest.mark.parametrize("connections, configured, cap", [
-    (10000, 10000, 9000), (1000, 0, 900), (30, 10000, 22), (30, 5, 5), (8, 0, 1)])
+    (10000, 10000, 9000), (1000, None, 900), (1000, 0, 0), (30, 10000, 22), (30, 5, 5),
+    (8, None, 1)])
 def test_stream_cap_leaves_a_reserve(connections, configured, cap):
     assert stream_cap(connections, configured) == cap
 

@@ -84,8 +84,9 @@ def match_groups(lines, filters_by_key):
     return out
 
 
-def stream_cap(worker_connections, configured=0):
+def stream_cap(worker_connections, configured=None):
     """Streams one worker takes: its connections less a reserve for ``/healthz``, ingest
-    and pages (a tenth, at least 8), or ``configured`` when that is smaller."""
+    and pages (a tenth, at least 8), or ``configured`` when that is smaller (0: none, every
+    client polls)."""
     room = max(1, worker_connections - max(8, worker_connections // 10))
-    return min(configured, room) if configured else room
+    return room if configured is None else max(0, min(configured, room))

@@ -210,7 +210,8 @@ def test_run_a_definition_from_home_then_rerun(server_factory, tmp_path, page):
 
 
 def test_refused_streams_fall_back_to_polling_then_stream_again(server_factory, page):
-    # A server at its stream cap answers 503 to every stream: the pages poll instead.
+    # A server that takes no stream (QUAERO_MAX_STREAMS=0) answers each with only a retry:
+    # and closes it; the pages see streams that never deliver and poll instead.
     srv = server_factory(env=dict(FAST, QUAERO_MAX_STREAMS="0"))
     api = httpx.Client(base_url=srv.url, timeout=30)
     job = new_job(api, "polled", steps=["work"])
