@@ -185,7 +185,7 @@ def http_get(port, path):
 
 def bench_db(kind, n_lines, runs, other_lines=0):
     from quaero import create_app
-    from quaero.api import parse_query
+    from quaero.web.params import parse_query
     from quaero.models import db, select_lines
     from werkzeug.datastructures import MultiDict
     from urllib.parse import parse_qsl

@@ -98,11 +98,9 @@ def create_app(config=None):
     from .runner import Runner
     app.extensions["quaero"].runner = Runner(app, app.extensions["quaero"])
 
-    from . import errors, stream, web
+    from . import errors, web
     errors.init_app(app)
     web.init_app(app)
-    app.register_blueprint(stream.bp)
-    stream.init_app(app)
 
     @app.before_request
     def _background_work():

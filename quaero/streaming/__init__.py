@@ -1,4 +1,4 @@
-"""The stream engine behind ``GET /api/logs/stream`` (the route is ``quaero/stream.py``).
+"""The stream engine behind ``GET /api/logs/stream`` (the route is ``quaero/web/stream.py``).
 
 - ``sse.py``        SSE framing: pure functions, bytes out.
 - ``pacing.py``     pure: lines matched to filter groups, batches encoded once, the 150 ms

@@ -1,5 +1,5 @@
 """The logs API: ingest (``POST /api/logs``), the polling reads and the text download.
-The stream is in ``quaero/stream.py``."""
+The stream is in ``stream.py`` beside it."""
 from datetime import datetime, timezone
 
 import sqlalchemy as sa

@@ -9,13 +9,13 @@ import os
 import sqlalchemy as sa
 from flask import Blueprint, current_app, request
 
-from . import api
-from .models import FINISHED, Job, db, select_lines
-from .streaming.hub import StreamHub
-from .streaming.pacing import stream_cap
-from .streaming.session import DB_ERRORS, REFUSALS, StreamSession, refusal, track_writes
-from .streaming.sink import open_sink
-from .streaming.subscriber import Subscriber
+from ..models import FINISHED, Job, db, select_lines
+from ..streaming.hub import StreamHub
+from ..streaming.pacing import stream_cap
+from ..streaming.session import DB_ERRORS, REFUSALS, StreamSession, refusal, track_writes
+from ..streaming.sink import open_sink
+from ..streaming.subscriber import Subscriber
+from .params import check_jobs_exist, parse_int, parse_query
 
 __all__ = ["bp", "init_app", "stream_cap"]
 log = logging.getLogger("quaero.stream")
@@ -35,11 +35,6 @@ def init_app(app):
     # tests shorten the "retry later" delays (QUAERO_STREAM_RETRY_SCALE=0.1: 0.5-1.5 s at the cap)
     state.hub.retry_scale = float(cfg.get("QUAERO_STREAM_RETRY_SCALE")
                                   or os.environ.get("QUAERO_STREAM_RETRY_SCALE") or 1)
-
-
-@bp.before_request
-def require_token():
-    api.require_token()
 
 
 def _refuse(hub, metrics, reason):
@@ -62,10 +57,10 @@ def _ended_with_nothing_after(db_conn, f, resume):
 
 @bp.get("/logs/stream")
 def stream_logs():
-    f, limit = api.parse_query(request.args)
-    resume = api.parse_int(request.headers.get("Last-Event-ID") or None, "Last-Event-ID")
+    f, limit = parse_query(request.args)
+    resume = parse_int(request.headers.get("Last-Event-ID") or None, "Last-Event-ID")
     if resume is None:
-        resume = api.parse_int(request.args.get("after"), "after")
+        resume = parse_int(request.args.get("after"), "after")
     state = current_app.extensions["quaero"]
     hub = state.hub
     environ = request.environ
@@ -74,7 +69,7 @@ def stream_logs():
         return _refuse(hub, state.metrics, reason)
     try:
         with db.engine.connect() as conn:
-            api.check_jobs_exist(conn, f.job_ids)
+            check_jobs_exist(conn, f.job_ids)
             if resume is not None and f.job_ids and _ended_with_nothing_after(conn, f, resume):
                 return current_app.response_class(status=204)  # tells an EventSource to stop
     except DB_ERRORS:
