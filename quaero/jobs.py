@@ -4,6 +4,7 @@ import logging
 import sqlalchemy as sa
 
 from .errors import Conflict, Invalid, JobNotFound, StepNotFound
+from .histogram import forget_volume
 from .models import (FINISHED, Job, LineCounter, LogCount, Step, db, new_id, status_payload,
                      step_name_problem, utcnow)
 
@@ -135,6 +136,7 @@ def delete_job(job_id):
         db.session.rollback()
         raise Conflict("job is running; cancel it first")
     db.session.execute(sa.delete(LogCount).where(LogCount.key == job.id))
+    forget_volume(db.session, job.id)
     db.session.execute(sa.delete(LineCounter).where(LineCounter.key == job.id))
     db.session.delete(job)
     db.session.commit()

@@ -12,6 +12,7 @@ from datetime import timedelta
 import gevent
 import sqlalchemy as sa
 
+from .histogram import forget_volume
 from .models import (FINISHED, SERVICE_KEY, Job, counters_t, counts_t, log_t, utcnow)
 
 log = logging.getLogger("quaero.retention")
@@ -36,6 +37,7 @@ def _delete_lines(conn, key, where):
         conn.execute(counts_t.update().where(
             counts_t.c.key == key, counts_t.c.step_name == (step or ""),
             counts_t.c.level == level).values(count=counts_t.c.count - n))
+    forget_volume(conn, key)  # the histogram's roll-up counted them: it starts again
     return conn.execute(log_t.delete().where(*span)).rowcount
 
 

@@ -5,9 +5,10 @@ they are sent. The core modules know nothing of HTTP."""
 
 
 def init_app(app):
-    from . import api_jobs, api_logs, api_search, auth, openapi, ops, otlp, stream, views
+    from . import (api_histogram, api_jobs, api_logs, api_search, auth, openapi, ops, otlp,
+                   stream, views)
     auth.init_app(app)  # first: the loopback rule and the token come before anything else
-    for module in (api_logs, api_jobs, api_search, stream, openapi, otlp):
+    for module in (api_logs, api_histogram, api_jobs, api_search, stream, openapi, otlp):
         app.register_blueprint(module.bp)
     stream.init_app(app)
     app.register_blueprint(ops.bp)

@@ -85,6 +85,15 @@ SCHEMAS = {
                                           "status": {"type": "string",
                                                      "enum": list(JOB_STATUSES)}}}},
                        "next_before": {"type": ["integer", "null"]}}},
+    "Histogram": {
+        "type": "object", "required": ["buckets", "total"],
+        "properties": {"total": INT0, "buckets": {"type": "array", "items": {
+            "type": "object", "required": ["start", "end", "counts"],
+            "properties": {"start": {"type": "string", "format": "date-time"},
+                           "end": {"type": "string", "format": "date-time"},
+                           "counts": {"type": "object",
+                                      "required": ["debug", "info", "warn", "error"],
+                                      "additionalProperties": INT0}}}}}},
     "LogsPage": {"type": "object", "required": ["logs", "meta", "last_id"],
                  "properties": {"logs": {"type": "array", "items": _ref("LogLine")},
                                 "meta": _ref("Meta"), "last_id": {"type": ["integer", "null"]}}},
@@ -156,6 +165,18 @@ PATHS = {
                     "content": {"text/event-stream": {"schema": {"type": "string"}}}},
             **_errors(400, 401, 404, 503), **TOO_LONG}, LINE_QUERY + [
             {"name": "Last-Event-ID", "in": "header", "required": False, "schema": INT0}]),
+    },
+    "/api/logs/histogram": {
+        "get": _op("Log volume", {
+            "200": {"description": "matching lines per time bucket and level, buckets of equal "
+                                   "width from the first matching line to the last (to now "
+                                   "while the job runs); the counts add up to total",
+                    **_json(_ref("Histogram"))},
+            **_errors(400, 401, 404, 503), **TOO_LONG},
+            [p for p in LINE_QUERY if p["name"] not in ("limit", "after")] + [
+                _q("buckets", {"type": "integer", "minimum": 1},
+                   "at most this many buckets (default 60; more than 500 counts as 500)")],
+            op_id="log_histogram"),
     },
     "/api/search": {
         "get": _op("Search log lines", {"200": {"description": "matches, newest first",

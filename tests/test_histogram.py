@@ -1,0 +1,158 @@
+"""``GET /api/logs/histogram``: log volume per time bucket and level, on SQLite and
+PostgreSQL; from the lines (short logs, ``q``) and from the roll-up (``log_volume``)."""
+from datetime import datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from quaero.histogram import bucket_plan
+
+T0 = datetime(2026, 11, 20, 10, 0, 0)
+
+
+@pytest.fixture
+def c(any_app):
+    return any_app.test_client()
+
+
+def job(c, status=None, steps=("build", "test")):
+    jid = c.post("/api/jobs", json={"name": "h", "steps": list(steps)}).json["id"]
+    if status:
+        assert c.patch(f"/api/jobs/{jid}", json={"status": status}).status_code == 200
+    return jid
+
+
+def post(c, lines):
+    r = c.post("/api/logs", json={"logs": lines})
+    assert r.status_code == 201, r.json
+
+
+def at(offset_ms):
+    return (T0 + timedelta(milliseconds=offset_ms)).isoformat(timespec="milliseconds") + "Z"
+
+
+def hist(c, query):
+    r = c.get("/api/logs/histogram?" + query)
+    assert r.status_code == 200, r.json
+    body = r.json
+    assert sum(sum(b["counts"].values()) for b in body["buckets"]) == body["total"]
+    return body
+
+
+def per_bucket(body, level):
+    return [b["counts"][level] for b in body["buckets"]]
+
+
+def test_bucket_plan_is_equal_widths_that_hold_the_last():
+    assert bucket_plan(0, 1000, 10) == (0, 101, 10)
+    assert bucket_plan(0, 999, 10) == (0, 100, 10)
+    assert bucket_plan(0, 5, 60) == (0, 1, 6)       # never narrower than one unit
+    assert bucket_plan(7, 7, 60) == (7, 1, 1)
+    assert bucket_plan(0, 110, 10) == (0, 12, 10)
+
+
+def test_short_log_in_millisecond_buckets(c):
+    jid = job(c)
+    post(c, [{"level": "info", "message": f"i{k}", "job_id": jid, "step": "build",
+              "timestamp": at(k * 100)} for k in range(10)]            # 0 .. 900 ms
+             + [{"level": "error", "message": "boom", "job_id": jid, "step": "test",
+                 "timestamp": at(950)},
+                {"level": "debug", "message": "dbg", "job_id": jid, "timestamp": at(10)}])
+    body = hist(c, f"scope=job&job_id={jid}&buckets=10&level=debug")
+    assert body["total"] == 12
+    assert [b["start"] for b in body["buckets"][:2]] == [at(0), at(96)]
+    assert body["buckets"][-1]["end"] == at(960)
+    assert per_bucket(body, "info") == [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert per_bucket(body, "debug") == [1] + [0] * 9
+    assert per_bucket(body, "error") == [0] * 9 + [1]
+    # the default level is info; level=X is X and above; step and q narrow it
+    assert hist(c, f"scope=job&job_id={jid}&buckets=10")["total"] == 11
+    assert hist(c, f"scope=job&job_id={jid}&level=error")["total"] == 1
+    assert hist(c, f"scope=job&job_id={jid}&step=build")["total"] == 10
+    assert hist(c, f"scope=job&job_id={jid}&q=BOO")["total"] == 1
+    assert hist(c, f"scope=job&job_id={jid}&q=nowhere") == {"buckets": [], "total": 0}
+
+
+def test_long_log_from_the_roll_up_counts_new_lines_too(c, any_app):
+    jid = job(c)
+    lines = [{"level": "warn" if k % 3 == 0 else "info", "message": f"l{k}", "job_id": jid,
+              "step": "build", "timestamp": at(k * 10_000)} for k in range(12)]  # 0 .. 110 s
+    post(c, lines)
+    body = hist(c, f"scope=job&job_id={jid}&buckets=10")
+    assert len(body["buckets"]) == 10 and body["total"] == 12
+    assert body["buckets"][0]["start"] == at(0) and body["buckets"][0]["end"] == at(12_000)
+    # line k at 10k s: bucket 10k // 12
+    assert per_bucket(body, "info") == [1, 1, 0, 1, 1, 1, 1, 0, 1, 1]
+    assert per_bucket(body, "warn") == [1, 0, 1, 0, 0, 1, 0, 1, 0, 0]
+    with any_app.app_context():
+        from quaero.models import db
+        with db.engine.connect() as conn:
+            rolled = conn.execute(sa.text("SELECT sum(count) FROM log_volume")).scalar()
+    assert rolled == 12                       # the answer came from the roll-up
+    post(c, [{"level": "error", "message": "late", "job_id": jid, "step": "test",
+              "timestamp": at(115_000)}])
+    body = hist(c, f"scope=job&job_id={jid}&buckets=10")
+    assert body["total"] == 13 and per_bucket(body, "error")[-1] == 1
+    assert hist(c, f"scope=job&job_id={jid}&buckets=10")["total"] == 13   # counted once
+    assert hist(c, f"scope=job&job_id={jid}&step=test")["total"] == 1
+    assert hist(c, f"scope=job&job_id={jid}&level=warn")["total"] == 5
+    # a deleted job's roll-up goes with it
+    assert c.delete(f"/api/jobs/{jid}").status_code == 204
+    with any_app.app_context():
+        with db.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM log_volume")).scalar() == 0
+            assert conn.execute(sa.text("SELECT count(*) FROM log_volume_marks")).scalar() == 0
+
+
+def test_pruned_lines_leave_the_histogram(c, any_app):
+    from quaero.models import db
+    from quaero.retention import prune_once
+    jid = job(c)
+    post(c, [{"level": "info", "message": f"l{k}", "job_id": jid, "timestamp": at(k * 1000)}
+             for k in range(100)])
+    assert hist(c, f"scope=job&job_id={jid}")["total"] == 100
+    with any_app.app_context():
+        prune_once(db.engine, max_lines_per_job=40)
+    body = hist(c, f"scope=job&job_id={jid}")
+    assert body["total"] == 40 and body["buckets"][0]["start"] == at(60_000)
+
+
+def test_service_log_and_a_running_job_reach_now(c):
+    post(c, [{"level": "warn", "message": "svc", "timestamp": at(0)},
+              {"level": "info", "message": "svc2", "timestamp": at(500)}])
+    body = hist(c, "scope=service")
+    assert body["total"] == 2 and body["buckets"][0]["start"] == at(0)
+    assert body["buckets"][-1]["end"] == at(540)       # 60 buckets of 9 ms hold 0 .. 500 ms
+    jid = job(c, status="running")
+    post(c, [{"level": "info", "message": "old", "job_id": jid, "timestamp": at(0)}])
+    body = hist(c, f"scope=job&job_id={jid}")
+    end = datetime.fromisoformat(body["buckets"][-1]["end"].rstrip("Z"))
+    assert end >= datetime.utcnow() - timedelta(seconds=5)   # to now, not to the last line
+    assert body["total"] == 1 and len(body["buckets"]) <= 60
+
+
+def test_errors_as_get_api_logs(c):
+    jid = job(c)
+    for query, status in [("", 400), ("scope=nope", 400), ("scope=job", 400),
+                          ("scope=service&step=x", 400), (f"scope=job&job_id={jid}&level=loud", 400),
+                          (f"scope=job&job_id={jid}&buckets=0", 400),
+                          (f"scope=job&job_id={jid}&buckets=-3", 400),
+                          (f"scope=job&job_id={jid}&buckets=x", 400),
+                          (f"scope=job&job_id={jid}&q=", 400),
+                          ("scope=job&job_id=nosuchjob", 404)]:
+        r = c.get("/api/logs/histogram?" + query)
+        assert r.status_code == status, (query, r.json)
+        assert "error" in r.json
+    post(c, [{"level": "info", "message": f"l{k}", "job_id": jid, "timestamp": at(k)}
+             for k in range(1000)])
+    body = hist(c, f"scope=job&job_id={jid}&buckets=100000")   # at most 500
+    assert len(body["buckets"]) == 500 and body["total"] == 1000
+    assert len(hist(c, f"scope=job&job_id={jid}")["buckets"]) == 60
+
+
+def test_in_the_openapi_document(c):
+    doc = c.get("/api/openapi.json").json
+    op = doc["paths"]["/api/logs/histogram"]["get"]
+    assert {p["name"] for p in op["parameters"]} >= {"scope", "job_id", "step", "level", "q",
+                                                      "buckets"}
+    assert "Histogram" in doc["components"]["schemas"]
