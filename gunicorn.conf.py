@@ -41,17 +41,18 @@ def _loopback(addr):
 
 
 def post_worker_init(worker):
-    """Size the stream cap to this worker's connections (a reserve stays free for
-    /healthz, ingest and pages), and when the worker is told to stop, close its streams
+    """Start the worker's background work; size the stream cap to this worker's
+    connections (a reserve stays free for /healthz, ingest and pages); and when the worker is told to stop, close its streams
     at once so that clients reconnect (to another worker) and resume, instead of waiting
     out graceful_timeout."""
     import gevent
 
     state = getattr(worker.wsgi, "extensions", {}).get("quaero")
-    if state is not None and state.hub is not None:
+    if state is not None:
         from quaero.streaming.pacing import stream_cap
         state.hub.max_streams = stream_cap(worker.cfg.worker_connections,
                                            worker.wsgi.config["QUAERO_MAX_STREAMS"])
+        state.start()  # this worker's background work, before its first request
 
     def watch():
         while worker.alive:

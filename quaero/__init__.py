@@ -10,27 +10,40 @@ log = logging.getLogger("quaero")
 
 
 class Quaero:
-    """Per-app shared state, kept in ``app.extensions["quaero"]``."""
+    """Per-app shared state, kept in ``app.extensions["quaero"]``: every long-lived part,
+    built here, and :meth:`start` for the background work of each worker process."""
 
     def __init__(self, app, engine):
         from .bus import LocalBus, RedisBus
         from .ingest import Ingestor
         from .metrics import Metrics
         from .retention import Pruner
+        from .runner import Runner
         from .servicelog import IngestHandler
+        from .streaming.hub import StreamHub
+        from .streaming.pacing import stream_cap
+        cfg = app.config
         self.app = app
         self.engine = engine
+        self._started_pid = None
         self.metrics = Metrics()
-        redis_url = app.config["QUAERO_REDIS_URL"]
-        self.bus = RedisBus(redis_url) if redis_url else LocalBus()
-        self.ingestor = Ingestor(engine, self.bus, self.metrics,
-                                 app.config["QUAERO_LOG_BUFFER_LINES"])
-        self.runner = None
-        self.hub = None
-        self.pruner = Pruner(engine, app.config["QUAERO_RETENTION_DAYS"],
-                             app.config["QUAERO_MAX_LINES_PER_JOB"],
-                             app.config["QUAERO_PRUNE_INTERVAL"])
+        self.bus = RedisBus(cfg["QUAERO_REDIS_URL"]) if cfg["QUAERO_REDIS_URL"] else LocalBus()
+        self.ingestor = Ingestor(engine, self.bus, self.metrics, cfg["QUAERO_LOG_BUFFER_LINES"])
+        # gunicorn's post_worker_init sizes the cap again from the worker's own connections
+        connections = int(cfg.get("QUAERO_WORKER_CONNECTIONS")
+                          or os.environ.get("QUAERO_WORKER_CONNECTIONS") or 1000)
+        self.hub = StreamHub(app, engine, self.bus, self.metrics,
+                             stream_cap(connections, cfg["QUAERO_MAX_STREAMS"]),
+                             cfg["QUAERO_WATCH_INTERVAL"])
+        # tests shorten the "retry later" delays (0.1: 0.5-1.5 s at the cap)
+        self.hub.retry_scale = float(cfg.get("QUAERO_STREAM_RETRY_SCALE")
+                                     or os.environ.get("QUAERO_STREAM_RETRY_SCALE") or 1)
+        self.pruner = Pruner(engine, cfg["QUAERO_RETENTION_DAYS"],
+                             cfg["QUAERO_MAX_LINES_PER_JOB"], cfg["QUAERO_PRUNE_INTERVAL"])
         self.log_handler = IngestHandler(self.ingestor)
+        self.runner = Runner(app, self)
+        for part in (self.bus, self.ingestor, self.hub, self.runner):
+            part.on_first_use = self.start
         self._loggers = [logging.getLogger("quaero")]
         if app.config["QUAERO_CAPTURE_ROOT_LOGGER"]:
             self._loggers.append(logging.getLogger())
@@ -39,19 +52,36 @@ class Quaero:
             if logger.level == logging.NOTSET or logger.level > logging.INFO:
                 logger.setLevel(logging.INFO)
 
+    def start(self):
+        """Start this process's background greenlets, once per process: the writer, the
+        bus's Redis link, the stream hub's ticker and watcher, the pruner and the runner's
+        scheduler. gunicorn's ``post_worker_init`` calls it in each worker; elsewhere the
+        first request, or the first use of a part outside one, does. The one place that
+        asks which process this is: gunicorn forks its workers."""
+        pid = os.getpid()
+        if self._started_pid == pid:
+            return
+        self._started_pid = pid
+        self.ingestor.start()
+        self.bus.start()
+        self.hub.start()
+        self.pruner.start()
+        self.runner.start_loop(pid)
+
+    def started_here(self):
+        """Whether :meth:`start` ran in this process (not in the one it was forked from)."""
+        return self._started_pid == os.getpid()
+
     def shutdown(self):
         """The process is stopping: close streams; in-flight ingest still commits."""
-        if self.hub is not None:
-            self.hub.shutdown()
+        self.hub.shutdown()
 
     def close(self):
         self.pruner.stopped = True
         for logger in self._loggers:
             logger.removeHandler(self.log_handler)
-        if self.hub is not None:
-            self.hub.close()
-        if self.runner is not None:
-            self.runner.close()
+        self.hub.close()
+        self.runner.close()
         self.engine.dispose()
 
 
@@ -94,16 +124,11 @@ def create_app(config=None):
     from .migrate import MIGRATIONS
     Migrate(app, db, directory=MIGRATIONS)  # `flask --app wsgi db migrate` for new revisions
 
-    app.extensions["quaero"] = Quaero(app, engine)
-    from .runner import Runner
-    app.extensions["quaero"].runner = Runner(app, app.extensions["quaero"])
+    state = app.extensions["quaero"] = Quaero(app, engine)
 
     from . import errors, web
     errors.init_app(app)
     web.init_app(app)
 
-    @app.before_request
-    def _background_work():
-        app.extensions["quaero"].pruner.ensure_started()
-        app.extensions["quaero"].runner.ensure_started()
+    app.before_request(state.start)  # outside gunicorn: the first request starts the work
     return app

@@ -6,7 +6,6 @@ between processes and hosts. Receivers take the payload as their only argument.
 """
 import json
 import logging
-import os
 from collections import deque
 
 import gevent
@@ -25,6 +24,9 @@ class LocalBus:
 
     def __init__(self):
         self._receivers = []  # strong references: blinker would hold them weakly
+
+    def start(self):
+        """Nothing runs in the background in one process."""
 
     def connect(self, on_lines, on_status, on_range=None):
         log_lines.connect(on_lines, sender=self, weak=False)
@@ -89,7 +91,7 @@ class RedisBus(LocalBus):
         self.origin = uuid.uuid4().hex
         self._outbox = deque()
         self._wake = None
-        self._pid = None
+        self.on_first_use = self.start   # the app hands in its start()
         self._connected = False
         self._ever_connected = False
         self._last_error = "not connected yet"
@@ -107,17 +109,17 @@ class RedisBus(LocalBus):
         self._enqueue({"t": "status", "payload": payload})
 
     def _enqueue(self, message):
-        self._start()
+        if self._wake is None:
+            self.on_first_use()
         if len(self._outbox) >= self.MAX_QUEUED:
             self._outbox.popleft()  # the hub's database watcher still delivers it
         self._outbox.append(message)
         self._wake.set()
 
-    def _start(self):
-        if self._pid == os.getpid():
-            return
+    def start(self):
+        """The publisher and subscriber greenlets (the app's ``start()`` calls it once per
+        process)."""
         from gevent.event import Event
-        self._pid = os.getpid()
         self._wake = Event()
         gevent.spawn(self._publisher)
         gevent.spawn(self._subscriber)
@@ -200,7 +202,8 @@ class RedisBus(LocalBus):
             self._send(line_range, (message["first"], message["last"]))
 
     def health(self):
-        self._start()
+        if self._wake is None:
+            self.on_first_use()
         if self._connected:
             return "ok"
         return self._last_error or "error"

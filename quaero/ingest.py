@@ -6,7 +6,6 @@ transaction ran (group commit), writes it in one transaction and only after the 
 publishes the lines on the bus and acknowledges the producers.
 """
 import logging
-import os
 import time
 from collections import Counter, deque
 
@@ -146,7 +145,7 @@ class Ingestor:
         self._pending_records = 0
         self._wake = Event()
         self._greenlet = None
-        self._pid = None
+        self.on_first_use = self.start   # the app hands in its start(): all of this process's work
         self._indexes = engine.dialect.name == "sqlite"  # PostgreSQL's index is its own
         self._written = self._indexed = 0  # last line id written / indexed, as last seen
 
@@ -191,10 +190,15 @@ class Ingestor:
                and time.monotonic() < deadline and gevent.getcurrent() is not gevent.get_hub()):
             gevent.sleep(0.005)
 
+    def start(self):
+        """The writer greenlet of this process (the app's ``start()`` calls it once)."""
+        self._greenlet = gevent.spawn(self._run)
+
     def _kick(self):
-        if self._greenlet is None or self._greenlet.dead or self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._greenlet = gevent.spawn(self._run)
+        if self._greenlet is None:
+            self.on_first_use()
+        elif self._greenlet.dead:  # the writer never returns; if it did, it starts again
+            self.start()
         self._wake.set()
 
     # -- the writer -------------------------------------------------------------------

@@ -6,7 +6,6 @@ that go. ``QUAERO_MAX_LINES_PER_JOB``: a job keeps only its newest lines. Counts
 ``log_counts`` stay true; ``has_more`` follows from what is left.
 """
 import logging
-import os
 from datetime import timedelta
 
 import gevent
@@ -96,16 +95,15 @@ class Pruner:
         self.retention_days = retention_days
         self.max_lines_per_job = max_lines_per_job
         self.interval = interval
-        self._pid = None
         self.stopped = False
 
     @property
     def enabled(self):
         return bool(self.retention_days or self.max_lines_per_job)
 
-    def ensure_started(self):
-        if self.enabled and self._pid != os.getpid():
-            self._pid = os.getpid()
+    def start(self):
+        """This process's pruning greenlet (the app's ``start()`` calls it once)."""
+        if self.enabled:
             gevent.spawn(self._run)
 
     def _run(self):

@@ -7,7 +7,7 @@
 - ``python_step.py``: ``module:function`` in a greenlet, its logging routed to its step.
 - ``scheduler.py``: :class:`Runner`, one per process: claims, runs, cancels, recovers.
 
-``create_app`` builds the runner; ``Runner.ensure_started`` starts its loop in a process.
+``create_app`` builds the runner; the app's ``start()`` starts its loop in each process.
 """
 from .command_step import line_level
 from .definitions import Definition, DefinitionError, parse_definition

@@ -1,14 +1,13 @@
 """The runner: starts, cancels and runs definition jobs in this process.
 
-Each process has one :class:`Runner`. Its scheduler greenlet (started per process by
-:meth:`Runner.ensure_started`, since gunicorn forks workers) keeps the heartbeat, claims
+Each process has one :class:`Runner`. Its scheduler greenlet (started per process by the
+app's ``start()``, through :meth:`Runner.start_loop`) keeps the heartbeat, claims
 pending jobs while there is room, stops jobs finished elsewhere and fails the jobs of
 runners that are gone. A job runs its steps in order in its own greenlet; a failed step
 fails the job and the remaining steps are skipped.
 """
 import atexit
 import logging
-import os
 import signal
 import socket
 import time
@@ -42,7 +41,7 @@ _atexit_registered = False
 def _close_all_at_exit():
     for runner in list(_live_runners):
         try:
-            if runner._pid == os.getpid():
+            if runner.state.started_here():
                 runner.close(grace=2.0)
         except Exception:
             pass
@@ -63,6 +62,8 @@ class Runner:
 
     def __init__(self, app, state):
         self.app = app
+        self.state = state
+        self.on_first_use = state.start
         self.bus = state.bus
         cfg = app.config
         self.jobs_dir = resolve_jobs_dir(cfg.get("QUAERO_JOBS_DIR") or "jobs")
@@ -75,7 +76,6 @@ class Runner:
                              float(cfg.get("QUAERO_RUNNER_STALE", 30.0)))
         self.library = DefinitionLibrary(self.jobs_dir)
         self.ctx = RunContext(state.ingestor, self.jobs_dir, self.kill_grace, uuid.uuid4().hex)
-        self._pid = None
         self._closed = False
         self._running = {}
         self._wake = Event()
@@ -89,13 +89,13 @@ class Runner:
     # -- the API's hooks ----------------------------------------------------------------
 
     def definitions_json(self):
-        self.ensure_started()
+        self.on_first_use()
         return self.library.json()
 
     def start(self, name):
         """Create a pending job from definition ``name``; a runner with a free slot (this
         one, usually at once) claims it. Needs an app context (the caller's session)."""
-        self.ensure_started()
+        self.on_first_use()
         d = self.library.get(name)
         job = jobops.create_job(d.name, [s.name for s in d.steps], definition=d.name)
         self._snapshots[job.id] = d
@@ -107,7 +107,7 @@ class Runner:
     def cancel(self, job_id, wait=3.0):
         """Stop a job this process runs: True if it took charge (the job ends
         ``cancelled``), False if the caller should settle it (pending, or not ours)."""
-        self.ensure_started()
+        self.on_first_use()
         rj = self._running.get(job_id)
         if rj is None or rj.finishing:
             return False
@@ -119,17 +119,16 @@ class Runner:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def ensure_started(self):
-        """Start this process's scheduler greenlet (lazily: gunicorn forks workers)."""
+    def start_loop(self, pid):
+        """Start this process's scheduler greenlet (the app's ``start()`` calls it once in
+        each process: gunicorn forks workers, and each is a runner of its own)."""
         global _atexit_registered
-        pid = os.getpid()
-        if self._pid == pid or self._closed:
+        if self._closed:
             return
-        self._pid = pid
         self.leases.begin(pid)
         self._running = {}
         self._wake = Event()
-        self._loop_greenlet = gevent.spawn(self._loop, pid)
+        self._loop_greenlet = gevent.spawn(self._loop)
         if not _atexit_registered:
             _atexit_registered = True
             atexit.register(_close_all_at_exit)
@@ -141,7 +140,7 @@ class Runner:
         self._closed = True
         grace = self.kill_grace if grace is None else grace
         try:
-            if self._pid == os.getpid():
+            if self.state.started_here():
                 self._stop_all(grace)
                 try:
                     self.leases.end()
@@ -170,10 +169,10 @@ class Runner:
 
     # -- the scheduler loop -------------------------------------------------------------
 
-    def _loop(self, pid):
+    def _loop(self):
         next_beat = next_recover = 0.0
         failing = None
-        while not self._closed and os.getpid() == pid:
+        while not self._closed and self.state.started_here():
             self._wake.clear()
             try:
                 now = time.monotonic()

@@ -1,6 +1,5 @@
 """All open streams of a process (:class:`StreamHub`): lines in id order, each once, fanned
 out per filter group; statuses per job; one ticker for pings, lifetimes and metrics."""
-import os
 import time
 from collections import defaultdict
 
@@ -50,7 +49,8 @@ class StreamHub:
         self.shutting_down = False
         self.delivered = None             # highest line id handed to streams
         self._lock = Semaphore()
-        self._watcher_pid = None
+        self.on_first_use = self.start   # the app hands in its start()
+        self._started = False
         self.counts = defaultdict(int)    # metrics, added to Prometheus in bulk
         self.refused = defaultdict(int)   # streams answered "retry later", by reason
         self.retry_scale = 1.0
@@ -96,7 +96,8 @@ class StreamHub:
         return min(ids) if ids else None
 
     def subscribe(self, conn):
-        self._ensure_watcher()
+        if not self._started:
+            self.on_first_use()
         if self.delivered is None:
             self.delivered = watcher.max_id(self.engine)
         f = conn.filter
@@ -248,9 +249,10 @@ class StreamHub:
 
     # -- the database watcher -------------------------------------------------------------
 
-    def _ensure_watcher(self):
-        if self._watcher_pid != os.getpid():
-            self._watcher_pid = os.getpid()
-            self.ping_event = json_event("ping", {"timestamp": iso(utcnow())})
-            gevent.spawn(watcher.watch, self)
-            gevent.spawn(self._tick)
+    def start(self):
+        """The database watcher and the ticker of this process (the app's ``start()``
+        calls it once per process)."""
+        self._started = True
+        self.ping_event = json_event("ping", {"timestamp": iso(utcnow())})
+        gevent.spawn(watcher.watch, self)
+        gevent.spawn(self._tick)

@@ -10,6 +10,5 @@ def init_app(app):
     auth.init_app(app)  # first: the loopback rule and the token come before anything else
     for module in (api_logs, api_histogram, api_jobs, api_search, stream, openapi, otlp):
         app.register_blueprint(module.bp)
-    stream.init_app(app)
     app.register_blueprint(ops.bp)
     app.register_blueprint(views.bp)

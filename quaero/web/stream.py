@@ -4,37 +4,20 @@ database away, not under gevent) is answered ``200 text/event-stream`` with only
 jittered ``retry:`` and a comment, then closed: an ``EventSource`` reconnects by itself
 and loses nothing."""
 import logging
-import os
 
 import sqlalchemy as sa
 from flask import Blueprint, current_app, request
 
 from ..models import FINISHED, Job, db, select_lines
-from ..streaming.hub import StreamHub
-from ..streaming.pacing import stream_cap
 from ..streaming.session import DB_ERRORS, REFUSALS, StreamSession, refusal, track_writes
 from ..streaming.sink import open_sink
 from ..streaming.subscriber import Subscriber
 from .params import check_jobs_exist, parse_int, parse_query
 
-__all__ = ["bp", "init_app", "stream_cap"]
 log = logging.getLogger("quaero.stream")
 
 bp = Blueprint("stream", __name__, url_prefix="/api")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def init_app(app):
-    state = app.extensions["quaero"]
-    cfg = app.config
-    connections = int(cfg.get("QUAERO_WORKER_CONNECTIONS")
-                      or os.environ.get("QUAERO_WORKER_CONNECTIONS") or 1000)  # gunicorn's default
-    state.hub = StreamHub(app, state.engine, state.bus, state.metrics,
-                          stream_cap(connections, cfg["QUAERO_MAX_STREAMS"]),
-                          cfg["QUAERO_WATCH_INTERVAL"])
-    # tests shorten the "retry later" delays (QUAERO_STREAM_RETRY_SCALE=0.1: 0.5-1.5 s at the cap)
-    state.hub.retry_scale = float(cfg.get("QUAERO_STREAM_RETRY_SCALE")
-                                  or os.environ.get("QUAERO_STREAM_RETRY_SCALE") or 1)
 
 
 def _refuse(hub, metrics, reason):
