@@ -150,6 +150,18 @@ def test_errors_as_get_api_logs(c):
     assert len(hist(c, f"scope=job&job_id={jid}")["buckets"]) == 60
 
 
+def test_scope_all_counts_search_matches_everywhere(c):
+    a, b = job(c), job(c)
+    post(c, [{"level": "info", "message": "needle one", "job_id": a, "timestamp": at(0)},
+             {"level": "error", "message": "Needle two", "job_id": b, "timestamp": at(100)},
+             {"level": "debug", "message": "needle svc", "timestamp": at(200)},
+             {"level": "info", "message": "hay", "timestamp": at(300)}])
+    assert hist(c, "scope=all&q=needle")["total"] == 3
+    assert hist(c, f"scope=all&q=needle&job_id={b}")["total"] == 1
+    assert hist(c, "scope=all&q=needle&level=error")["total"] == 1
+    assert c.get("/api/logs/histogram?scope=all").status_code == 400      # q is required
+
+
 def test_in_the_openapi_document(c):
     doc = c.get("/api/openapi.json").json
     op = doc["paths"]["/api/logs/histogram"]["get"]

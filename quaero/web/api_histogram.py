@@ -1,13 +1,14 @@
 """``GET /api/logs/histogram``: log volume, the matching lines counted per time bucket and
 level by the database (``quaero.histogram``), never by loading them. Same query and errors
-as ``GET /api/logs``, plus ``buckets``."""
+as ``GET /api/logs``, plus ``buckets``; ``scope=all`` (with ``q``, as ``GET /api/search``:
+every job and the service log, ``job_id`` may narrow it) draws the search page's results."""
 import sqlalchemy as sa
 from flask import Blueprint, jsonify, request
 
 from ..errors import Invalid
 from ..histogram import DEFAULT_BUCKETS, MAX_BUCKETS, log_histogram
-from ..models import Job, db, utcnow
-from .params import check_jobs_exist, parse_int, parse_query
+from ..models import Job, LineFilter, db, utcnow
+from .params import MAX_JOB_IDS, check_jobs_exist, parse_int, parse_level, parse_q, parse_query
 
 bp = Blueprint("histogram", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
 
@@ -21,9 +22,21 @@ def parse_buckets(value):
     return min(buckets, MAX_BUCKETS)
 
 
+def parse_search(args):
+    """``scope=all``: the filter of ``GET /api/search``."""
+    job_ids = tuple(dict.fromkeys(j for j in args.getlist("job_id") if j))
+    if len(job_ids) > MAX_JOB_IDS:
+        raise Invalid(f"at most {MAX_JOB_IDS} job_id values")
+    return LineFilter(job_ids=job_ids, everywhere=not job_ids, q=parse_q(args.get("q")),
+                      min_level=parse_level(args.get("level"), default="debug"))
+
+
 @bp.get("/logs/histogram")
 def histogram():
-    f, _limit = parse_query(request.args)
+    if request.args.get("scope") == "all":
+        f = parse_search(request.args)
+    else:
+        f, _limit = parse_query(request.args)
     buckets = parse_buckets(request.args.get("buckets"))
     until = None
     with db.engine.connect() as conn:

@@ -173,7 +173,9 @@ PATHS = {
                                    "while the job runs); the counts add up to total",
                     **_json(_ref("Histogram"))},
             **_errors(400, 401, 404, 503), **TOO_LONG},
-            [p for p in LINE_QUERY if p["name"] not in ("limit", "after")] + [
+            [_q("scope", {"type": "string", "enum": ["service", "job", "all"]},
+                "service, job, or all (with q: the matches of GET /api/search)", True)]
+            + [p for p in LINE_QUERY if p["name"] not in ("scope", "limit", "after")] + [
                 _q("buckets", {"type": "integer", "minimum": 1},
                    "at most this many buckets (default 60; more than 500 counts as 500)")],
             op_id="log_histogram"),

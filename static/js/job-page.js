@@ -1,13 +1,15 @@
 /*
  * The job page (/jobs/<id>): Alpine component `jobLogPage`. `QuaeroJobPage`; needs
- * log-stream.js, log-http.js, log-view.js and job-search.js (its search).
+ * log-stream.js, log-http.js, log-view.js, job-search.js (its search), log-groups.js
+ * (folding) and job-visuals.js (timeline, log volume, keys).
  */
 (function (root, factory) {
   "use strict";
-  var api = factory(root, root.QuaeroLogs || require("./log-stream.js"), root.QuaeroHttp || require("./log-http.js"), root.QuaeroView || require("./log-view.js"), root.QuaeroJobSearch || require("./job-search.js"));
+  var api = factory(root, root.QuaeroLogs || require("./log-stream.js"), root.QuaeroHttp || require("./log-http.js"), root.QuaeroView || require("./log-view.js"), root.QuaeroJobSearch || require("./job-search.js"),
+    root.QuaeroGroups || require("./log-groups.js"), root.QuaeroJobVisuals || require("./job-visuals.js"));
   if (typeof module === "object" && module.exports) module.exports = api;
   else root.QuaeroJobPage = api;
-})(typeof window !== "undefined" ? window : globalThis, function (root, Q, H, V, S) {
+})(typeof window !== "undefined" ? window : globalThis, function (root, Q, H, V, S, G, JV) {
   "use strict";
 
   var doc = root.document;
@@ -38,6 +40,7 @@
     var refreshTimer = null;
     var stepBoxes = null;
     var tick = null;
+    var folder = new G.GroupFolder();
     var data = mixin({
       jobId: String(jobId),
       level: options.level || "debug",
@@ -65,12 +68,13 @@
           var data = doc.getElementById("job-data");
           if (data) this.job = JSON.parse(data.textContent);
         }
-        rememberPrefs(this, "jobLog", ["showTimestamps"]);
+        rememberPrefs(this, "jobLog", ["showTimestamps", "wrap"]);
         var box = this.$refs.scroller;
         box.addEventListener("scroll", function () { self.onScroll(); }, { passive: true });
         view = new LogView({
           root: this.$refs.lines, maxLines: WINDOW, lineIds: true, permalinks: true,
-          showStep: false, containerFor: function (line) { return self.stepBox(line.step_name); }
+          showStep: false, containerFor: function (line) { return self.stepBox(line.step_name); },
+          onAdded: function (recs, prepended, v) { folder.added(recs, prepended, v); }
         });
         tick = setInterval(function () { self.now = Date.now(); }, 1000);
         root.addEventListener("hashchange", function () { self.gotoHash(); });
@@ -276,6 +280,7 @@
         var name = rec.line.step_name;
         var key = name && stepBoxes && stepBoxes.has(name) ? name : "";
         if (this.collapsed[key]) this.collapsed[key] = false;
+        folder.reveal(rec);
         this.paused = true;
         this.$nextTick(function () {
           rec.el.scrollIntoView({ block: "center" });
@@ -394,6 +399,8 @@
       }
     });
     data.job = options.job || null;
+    data.lastSeenId = function () { return stream ? stream.lastId : null; };
+    JV.withJobVisuals(data, function () { return view; }, function () { return folder; });
     return S.withSearch(data, function () { return view; });
   }
 

@@ -13,6 +13,9 @@
  *   job-page.js      jobLogPage: the job page
  *   pages.js         quaeroHome, quaeroQueue (and its rows, queueJobLog), quaeroShell
  *   search-page.js   quaeroSearch: the search page (/search)
+ *   log-volume.js    logVolume: the log-volume histogram (SVG), picking a time range
+ *   log-groups.js    ::group:: / ::endgroup:: lines folded into sections (job page)
+ *   page-keys.js     quaeroKeys (keys, `?` list, light/dark), panelSizer (service panel)
  *
  * Here: the globals the pages and other clients use (QueueSSEManager, sseJobLogViewer,
  * sseServiceLogs, ...) and their registration with Alpine. In node, the DOM-free parts
@@ -24,17 +27,18 @@
   var api = factory(load("QuaeroView", "log-view.js"), load("QuaeroQueueStreams", "queue-streams.js"),
     load("QuaeroServiceLogs", "service-logs.js"), load("QuaeroJobPage", "job-page.js"),
     load("QuaeroPages", "pages.js"), load("QuaeroHttp", "log-http.js"), load("QuaeroLogs", "log-stream.js"),
-    load("QuaeroSearchPage", "search-page.js"));
+    load("QuaeroSearchPage", "search-page.js"), load("QuaeroVolume", "log-volume.js"), load("QuaeroKeys", "page-keys.js"));
   if (typeof module === "object" && module.exports) module.exports = api;
   if (root.document) {
     Object.keys(api).forEach(function (name) { root[name] = api[name]; });
     root.document.addEventListener("alpine:init", function () {
-      ["sseServiceLogs", "sseJobLogViewer", "quaeroHome", "quaeroQueue", "quaeroShell", "quaeroSearch"].forEach(function (name) {
+      ["sseServiceLogs", "sseJobLogViewer", "quaeroHome", "quaeroQueue", "quaeroShell", "quaeroSearch",
+        "logVolume", "quaeroKeys", "panelSizer"].forEach(function (name) {
         root.Alpine.data(name, api[name]);
       });
     });
   }
-})(typeof window !== "undefined" ? window : globalThis, function (View, Streams, Service, JobPage, Pages, Http, Q, Search) {
+})(typeof window !== "undefined" ? window : globalThis, function (View, Streams, Service, JobPage, Pages, Http, Q, Search, Volume, Keys) {
   "use strict";
 
   /**
@@ -56,6 +60,9 @@
     quaeroQueue: Pages.quaeroQueue,
     quaeroShell: Pages.quaeroShell,
     quaeroSearch: Search.quaeroSearch,
+    logVolume: Volume.logVolume,
+    quaeroKeys: Keys.quaeroKeys,
+    panelSizer: Keys.panelSizer,
     QuaeroUI: {
       renderMessage: View.renderMessage, formatTime: Q.formatTime, timeAgo: Q.timeAgo,
       durationOf: Q.durationOf, apiFetch: Http.apiFetch, STATE_LABELS: View.STATE_LABELS

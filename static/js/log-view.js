@@ -278,6 +278,7 @@
       added.push(rec);
     }
     frags.forEach(function (frag, container) { container.appendChild(frag); });
+    if (this.o.onAdded && added.length) this.o.onAdded(added, false, this);
     if (this.query) {
       var self = this;
       added.forEach(function (rec) { if (self._match(rec)) self.matches.push(rec); });
@@ -302,6 +303,7 @@
     }
     frags.forEach(function (frag, container) { container.insertBefore(frag, container.firstChild); });
     this.records = recs.concat(this.records);
+    if (this.o.onAdded && recs.length) this.o.onAdded(recs, true, this);
     var trimmed = this.trimEnd(this.records.length - this.o.maxLines);
     if (this.query) this.setQuery(this.query);
     return { added: recs.length, trimmed: trimmed };

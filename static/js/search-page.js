@@ -109,6 +109,7 @@
           self.jobs = Object.assign(more ? self.jobs : {}, body.jobs || {});
           self.nextBefore = body.next_before;
           self.searched = q;
+          if (!more) self.volumeOf = "scope=all&" + searchQuery({ q: q, level: self.level, jobId: self.jobId }) + "&buckets=60";
         }, function () {
           if (mine !== seq) return;
           self.loading = false;
@@ -117,6 +118,33 @@
       },
 
       more: function () { return this.run(true); },
+
+      // log volume (log-volume.js): the matches over time; a picked range lists the
+      // matches from its end back (the newest match before it found by bisection)
+      volumeOf: "",
+      volumeQuery: function () { return this.volumeOf || null; },
+      showFrom: function (range) {
+        var self = this;
+        var base = "/api/search?" + searchQuery({ q: this.searched, level: this.level, jobId: this.jobId, limit: 1 });
+        var lo = 0, best = null;
+        var hi = (this.results.length ? this.results[0].id : Number.MAX_SAFE_INTEGER - 1) + 1;
+        var step = function () {
+          if (lo >= hi) return Promise.resolve(best);
+          var mid = Math.floor((lo + hi) / 2);
+          return H.apiFetch(base + "&before=" + mid).then(function (res) {
+            var line = res.ok && res.body.results && res.body.results[0];
+            if (!line) lo = mid + 1;
+            else if (Date.parse(line.timestamp) < range.end) { best = line; lo = mid + 1; } else hi = line.id;
+            return step();
+          });
+        };
+        return step().then(function (line) {
+          if (!line) return;
+          self.results = [];
+          self.nextBefore = line.id + 1;
+          return self.run(true);
+        });
+      },
       parts: function (line) { return splitMatches(F.stripAnsi(line.message), this.searched); },
       link: lineLink,
       where: function (line) {

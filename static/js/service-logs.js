@@ -4,10 +4,10 @@
  */
 (function (root, factory) {
   "use strict";
-  var api = factory(root, root.QuaeroLogs || require("./log-stream.js"), root.QuaeroHttp || require("./log-http.js"), root.QuaeroView || require("./log-view.js"));
+  var api = factory(root, root.QuaeroLogs || require("./log-stream.js"), root.QuaeroHttp || require("./log-http.js"), root.QuaeroView || require("./log-view.js"), root.QuaeroVolume || require("./log-volume.js"));
   if (typeof module === "object" && module.exports) module.exports = api;
   else root.QuaeroServiceLogs = api;
-})(typeof window !== "undefined" ? window : globalThis, function (root, Q, H, V) {
+})(typeof window !== "undefined" ? window : globalThis, function (root, Q, H, V, Vol) {
   "use strict";
 
   var LEVELS = Q.LEVELS;
@@ -28,7 +28,8 @@
       level: options.level || "info",
       autoScroll: true,
       paused: false,
-      open: true,
+      // narrow screens start with the panel folded to its bar (until the reader opens it)
+      open: !(root.matchMedia && root.matchMedia("(max-width: 720px)").matches),
       lineCount: 0,
       newLines: 0,
       showTimestamps: true,
@@ -92,7 +93,34 @@
         this.newLines = 0;
         scrollToBottom(this.$refs.lines);
       },
-      reconnect: function () { if (stream) stream.reconnectNow(); }
+      reconnect: function () { if (stream) stream.reconnectNow(); },
+
+      // log volume (log-volume.js): the histogram's query, and the lines of a picked range
+      volumeQuery: function () {
+        var q = this.grep && this.grep.trim() ? this.grep : "";
+        return Q.buildQueryParams({ scope: "service", level: this.level, q: q }) + "&buckets=60";
+      },
+      showFrom: function (range) {
+        var self = this;
+        var base = Q.buildQueryParams({ scope: "service", level: this.level,
+          q: this.grep && this.grep.trim() ? this.grep : "" });
+        var probe = function (after) {
+          return H.apiFetch("/api/logs?" + base + "&limit=1&after=" + after).then(function (res) {
+            return res.ok && res.body.logs && res.body.logs.length ? res.body.logs[0] : null;
+          });
+        };
+        var hi = (stream && stream.lastId) || view.lastId || Number.MAX_SAFE_INTEGER;
+        return Vol.bisectTime(probe, range.start, hi + 1).then(function (line) {
+          if (!line) return;
+          return H.apiFetch("/api/logs?" + base + "&limit=200&after=" + (line.id - 1)).then(function (res) {
+            if (!res.ok) return;
+            self.paused = true;
+            view.reset(res.body.logs || []);
+            self.lineCount = view.length;
+            self.$refs.lines.scrollTop = 0;
+          });
+        });
+      }
     });
   }
 

@@ -1,7 +1,10 @@
 """Screenshots of each page with some data, into docs/screenshots/.
 
-    /work/venv/bin/python -m tests.browser.make_screenshots
+    /work/venv/bin/python -m tests.browser.make_screenshots [OUT_DIR]
 
+OUT_DIR defaults to docs/screenshots/ (docs/screenshots/before/ holds the pages as they
+were before issue 15). Besides the desktop shots: the job page on a 390 x 844 phone, and
+the job and home pages in the dark colour scheme.
 Starts its own gunicorn servers (one open, one with a token for the login page) on
 temporary databases, fills them through the API and photographs the pages in Debian's
 Chromium. Not a test; run it after changing how the pages look.
@@ -24,7 +27,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from tests.browser.conftest import ARGS, CHROMIUM, new_job, post, set_status  # noqa: E402
 from tests.conftest import ROOT, Server  # noqa: E402
 
-OUT = Path(ROOT) / "docs" / "screenshots"
+OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(ROOT) / "docs" / "screenshots"
 ESC = "\x1b"
 
 
@@ -120,6 +123,19 @@ def main():
             expect(page.locator("#L3")).to_be_visible()
             time.sleep(1)
             page.screenshot(path=str(OUT / "job-failed.png"))
+
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+            phone.goto(f"{srv.url}/jobs/{tests}")
+            expect(phone.locator("#L20")).to_be_attached()
+            time.sleep(1.5)
+            phone.screenshot(path=str(OUT / "job-phone.png"))
+            phone.close()
+            for path, name in ((f"/jobs/{tests}", "job-dark.png"), ("/", "home-dark.png")):
+                dark = browser.new_page(viewport={"width": 1360, "height": 900}, color_scheme="dark")
+                dark.goto(srv.url + path)
+                time.sleep(1.5)
+                dark.screenshot(path=str(OUT / name))
+                dark.close()
 
             if demo:
                 page.goto(f"{srv.url}/jobs/{demo}")
