@@ -266,6 +266,10 @@ def swarm(port, path, n, tag, connect_concurrency=100):
           flush=True)
 
 
+def stream_path(args):
+    return STREAM_PATH + ("&" + args.filter if args.filter else "")
+
+
 class Swarm:
     def __init__(self, port, n, tag, path=STREAM_PATH):
         self.proc = subprocess.Popen(
@@ -335,7 +339,7 @@ def load_run(make_server, name, args, profile=False):
         time.sleep(0.5)
         rss0 = rss_bytes(pid)
         tag = uuid.uuid4().hex[:6]
-        swarm_ = Swarm(server.port, args.clients, tag)
+        swarm_ = Swarm(server.port, args.clients, tag, path=stream_path(args))
         time.sleep(1.0)
         rss_connected = rss_bytes(pid)
         producer = Producer(server.port, tag)
@@ -423,6 +427,9 @@ def main():
     ap.add_argument("--idle", type=int, default=5000)
     ap.add_argument("--quiet-lines", type=int, default=40)
     ap.add_argument("--only", choices=["quaero", "floor"])
+    ap.add_argument("--filter", default="", metavar="QUERY",
+                    help="added to every loaded stream's query, e.g. q=fan (a live grep that "
+                         "matches every line) or level=info; the floor ignores it")
     ap.add_argument("--profile", action="store_true",
                     help="py-spy record the Quaero worker during the load window "
                          "(bench/results/fanout-quaero.collapsed.txt, collapsed stacks)")
@@ -438,7 +445,7 @@ def main():
     raise_nofile()
     os.sched_setaffinity(0, CLIENT_CPU)
     rate = args.per_post / args.every
-    print(f"fan-out benchmark: {args.clients} clients on {STREAM_PATH}, {rate:.0f} lines/s "
+    print(f"fan-out benchmark: {args.clients} clients on {stream_path(args)}, {rate:.0f} lines/s "
           f"({args.per_post} lines every {args.every * 1000:.0f} ms) for {args.seconds:.0f} s; "
           f"server on CPU {sorted(SERVER_CPU)}, swarm + producer on CPU {sorted(CLIENT_CPU)} "
           f"(load average {loadavg()}), Quaero at {revision()}")
