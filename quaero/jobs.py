@@ -5,8 +5,8 @@ import sqlalchemy as sa
 
 from .errors import Conflict, Invalid, JobNotFound, StepNotFound
 from .histogram import forget_volume
-from .models import (FINISHED, Job, LineCounter, LogCount, Step, db, new_id, status_payload,
-                     step_name_problem, utcnow)
+from .models import (FINISHED, Job, LineCounter, LogCount, Step, db, deleted_payload, new_id,
+                     status_payload, step_name_problem, utcnow)
 
 log = logging.getLogger("quaero.jobs")
 
@@ -141,4 +141,4 @@ def delete_job(job_id):
     db.session.delete(job)
     db.session.commit()
     log.info("job %s (%s) deleted", job_id, job.name)
-    _bus().publish_status({"job": {"id": job_id, "status": "deleted"}, "steps": []})
+    _bus().publish_status(deleted_payload(job_id))

@@ -20,6 +20,7 @@ LEVEL_ALIASES = {"warning": "warn"}
 
 JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 FINISHED = frozenset(("completed", "failed", "cancelled"))
+ENDED = FINISHED | {"deleted"}   # a job that will have no more lines: finished or gone
 STEP_STATUSES = JOB_STATUSES + ("skipped",)
 MAX_STEP_NAME = 200
 
@@ -214,6 +215,11 @@ def status_payload(job):
     """The ``status`` event: the job and its steps as they are now."""
     return {"job": {"id": job.id, "status": job.status},
             "steps": [{"id": s.id, "name": s.name, "status": s.status} for s in job.steps]}
+
+
+def deleted_payload(job_id):
+    """The ``status`` event of a job that no longer exists."""
+    return {"job": {"id": job_id, "status": "deleted"}, "steps": []}
 
 
 # --- the read query ----------------------------------------------------------------------

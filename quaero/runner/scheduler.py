@@ -22,7 +22,7 @@ from flask import current_app, has_app_context
 
 from .. import jobs as jobops
 from ..errors import QuaeroError
-from ..models import FINISHED, LEVELS, Job, db
+from ..models import ENDED, LEVELS, Job, db, deleted_payload
 from .command_step import run_command, signal_group, terminate
 from .context import RunContext, RunningJob
 from .definitions import DefinitionLibrary, resolve_jobs_dir
@@ -255,8 +255,7 @@ class Runner:
     def _on_status(self, payload):
         job = payload.get("job") or {}
         rj = self._running.get(job.get("id"))
-        if rj is not None and not rj.finishing and (
-                job.get("status") in FINISHED or job.get("status") == "deleted"):
+        if rj is not None and not rj.finishing and job.get("status") in ENDED:
             self._stop(rj, "external")
 
     def _stop(self, rj, reason, grace=None):
@@ -349,5 +348,5 @@ class Runner:
             try:
                 jobops.publish(jobops.get_job(job_id))
             except QuaeroError:
-                self.bus.publish_status({"job": {"id": job_id, "status": "deleted"}, "steps": []})
+                self.bus.publish_status(deleted_payload(job_id))
             db.session.rollback()

@@ -6,7 +6,7 @@ import time
 import gevent
 from sqlalchemy import exc as sa_exc
 
-from ..models import FINISHED, count_lines, select_lines, tail_lines
+from ..models import ENDED, count_lines, select_lines, tail_lines
 from . import watcher
 from .sse import encode_json, format_event, json_event, logs_event_parts
 
@@ -142,7 +142,7 @@ class StreamSession:
             if payload is not None:
                 event = conn.sent_status[job_id] = json_event("status", payload)
                 events.append(([event], "status", 0))
-            if status in FINISHED or status == "deleted":
+            if status in ENDED:
                 conn.push_status(b"", job_id, status)
         return events
 

@@ -4,7 +4,7 @@ statuses) and may write a small event to a parked stream; the stream's own green
 import socket
 from collections import deque
 
-from ..models import FINISHED
+from ..models import ENDED
 from .sse import encode_json, logs_event_parts
 
 
@@ -60,7 +60,7 @@ class Subscriber:
             self.drop()
 
     def push_status(self, encoded, job_id, status):
-        if status in FINISHED or status == "deleted":
+        if status in ENDED:
             self.running_jobs.discard(job_id)
             self.ended[job_id] = status
         if encoded and self.sent_status.get(job_id) != encoded:

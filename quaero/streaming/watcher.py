@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..models import (ID_KEY, SERVICE_KEY, Job, all_lines_between, counters_t, counts_t,
-                      status_payload)
+                      deleted_payload, status_payload)
 
 log = logging.getLogger("quaero.stream")
 RECOUNT = 5.0  # seconds: how often open streams' total_count is read again (pruning)
@@ -77,7 +77,6 @@ def watch(hub):
                     if job_id not in hub.by_job:
                         continue
                     status, payload = states.get(job_id, ("deleted", None))
-                    hub.on_status(payload or {"job": {"id": job_id, "status": "deleted"},
-                                              "steps": []})
+                    hub.on_status(payload or deleted_payload(job_id))
         except Exception as exc:  # the database may be away; try again next tick
             log.warning("stream watcher: %s", exc.__class__.__name__)
