@@ -139,7 +139,7 @@ def main():
 
             if demo:
                 page.goto(f"{srv.url}/jobs/{demo}")
-                expect(page.get_by_role("button", name=re.compile("^trickle.*running"))).to_be_visible(timeout=30000)
+                expect(page.locator(".stephead").get_by_role("button", name=re.compile("^trickle.*running"))).to_be_visible(timeout=30000)
                 time.sleep(4)
                 page.screenshot(path=str(OUT / "job-demo-running.png"))
 

@@ -64,7 +64,7 @@ def test_job_page_timeline_volume_folding_in_each_shape_and_scheme(live, shaped)
     expect(timeline.locator(".tl-bar")).to_have_count(3)
     expect(timeline.locator(".tl-bar.st-completed")).to_have_count(2)
     expect(timeline.locator(".tl-bar.st-running")).to_have_count(1)
-    timeline.get_by_role("button", name=re.compile("^build")).click()
+    timeline.get_by_role("button", name=re.compile("^Step build")).click()
     expect(page.locator("#L31.ql-target")).to_be_in_viewport()
 
     # the log volume: an SVG naming what it counts, errors and warnings drawn apart
