@@ -90,9 +90,11 @@
             return res.ok && res.body.logs && res.body.logs.length ? res.body.logs[0] : null;
           });
         };
+        // before the first lines arrive nothing bounds the ids: search them all
         var hi = Math.max(view.lastId || 0, this.lastSeenId() || 0) + 1;
+        if (hi <= 1) hi = Number.MAX_SAFE_INTEGER;
         this.message = "Finding the lines of that time…";
-        return Vol.bisectTime(probe, range.start, hi || Number.MAX_SAFE_INTEGER).then(function (line) {
+        return Vol.bisectTime(probe, range.start, hi).then(function (line) {
           self.message = line ? "" : "No line from that time at this level.";
           if (line) return self.showLine(line);
         }, function () { self.message = "Could not load the lines of that time."; });

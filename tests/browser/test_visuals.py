@@ -108,6 +108,7 @@ def test_picking_a_time_on_the_volume_shows_the_lines_from_then(live, page):
     post(live, [{"level": "info", "message": f"minute {m}", "job_id": job, "step": "s",
                  "timestamp": t % m} for m in range(60)])
     page.goto(f"{live.server.url}/jobs/{job}")
+    expect(page.locator("#L60")).to_be_attached()
     vol = page.get_by_role("img", name=re.compile("Log volume: lines of this job"))
     expect(vol.locator("rect.vol-info").first).to_be_attached()
     # by keyboard: arrows pick a bucket, Enter shows its first line
