@@ -68,7 +68,8 @@ class Server:
     """``gunicorn -c gunicorn.conf.py wsgi:app`` as production runs it, on a free port,
     optionally pinned to CPUs (the worker inherits the master's affinity)."""
 
-    def __init__(self, db_url, cpus=None, env=None, workers=1):
+    def __init__(self, db_url, cpus=None, env=None, workers=1, app="wsgi:app"):
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp = tempfile.mkdtemp(prefix="quaero-bench-srv-")
@@ -84,7 +85,7 @@ class Server:
 
     def start(self, timeout=30):
         cmd = [sys.executable, "-m", "gunicorn", "-c", os.path.join(ROOT, "gunicorn.conf.py"),
-               "wsgi:app"]
+               self.app]
         self._log = open(self.log_path, "ab")
 
         def pin():

@@ -46,26 +46,59 @@ def _key(line):
     return line["job_id"] or SERVICE_KEY
 
 
-def _upsert_counts(conn, rows):
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+# The write path's statements, built once: building one costs more than running it on
+# SQLite (a one-line POST spent a fifth of its time constructing these).
+_BUMP = (counters_t.update().where(counters_t.c.key == sa.bindparam("counter"))
+         .values(value=counters_t.c.value + sa.bindparam("by")).returning(counters_t.c.value))
+# a job's (or the service log's) line counter, and its first and last line id
+_BUMP_KEY = (counters_t.update().where(counters_t.c.key == sa.bindparam("counter"))
+             .values(value=counters_t.c.value + sa.bindparam("by"),
+                     first_id=sa.func.coalesce(counters_t.c.first_id, sa.bindparam("first")),
+                     last_id=sa.bindparam("last"))
+             .returning(counters_t.c.value))
+_INSERT = log_t.insert()
+
+
+def _upsert_statement(insert):
     stmt = insert(counts_t)
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[counts_t.c.key, counts_t.c.step_name, counts_t.c.level],
         set_={"count": counts_t.c.count + stmt.excluded["count"]})
-    conn.execute(stmt, rows)
+
+
+_UPSERT_COUNTS = {"postgresql": _upsert_statement(postgresql.insert),
+                  "sqlite": _upsert_statement(sqlite.insert)}
+
+
+def _upsert_counts(conn, rows):
+    conn.execute(_UPSERT_COUNTS[conn.dialect.name], rows)
 
 
 _COPY = ("COPY log_entries (id, job_id, step_name, level, message, timestamp, line_number, "
          "source) FROM STDIN")
 
 
+_INSERT_SQLITE = ("INSERT INTO log_entries (id, job_id, step_name, level, message, timestamp, "
+                  "line_number, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
 def _insert(conn, rows):
     """On PostgreSQL, COPY inside the same transaction (psycopg's executemany waits on
-    the socket once per row under gevent); elsewhere a plain executemany."""
-    if conn.dialect.name != "postgresql":
-        conn.execute(log_t.insert(), rows)
+    the socket once per row under gevent). On SQLite, the DB-API's executemany on the
+    same connection (and so in the same transaction) with tuples: SQLAlchemy's per-row
+    parameter processing cost as much as SQLite's insert. Timestamps go in as
+    SQLAlchemy stores them there (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
+    dbapi = conn.connection.driver_connection
+    if conn.dialect.name == "sqlite":
+        dbapi.executemany(_INSERT_SQLITE, [
+            (r["id"], r["job_id"], r["step_name"], r["level"], r["message"],
+             r["timestamp"].isoformat(" ", "microseconds"), r["line_number"], r["source"])
+            for r in rows])
         return
-    with conn.connection.driver_connection.cursor() as cur, cur.copy(_COPY) as copy:
+    if conn.dialect.name != "postgresql":
+        conn.execute(_INSERT, rows)
+        return
+    with dbapi.cursor() as cur, cur.copy(_COPY) as copy:
         for r in rows:
             copy.write_row((r["id"], r["job_id"], r["step_name"], r["level"], r["message"],
                             r["timestamp"], r["line_number"], r["source"]))
@@ -100,23 +133,27 @@ def index_behind(conn, chunk=INDEX_CHUNK):
 def write_lines(conn, lines):
     """Insert ``lines`` in the open transaction ``conn``; returns the stored rows.
 
-    Per-job counters are locked first (sorted), the global id counter last: its row lock
-    is held until commit, so a reader never sees id N+1 before id N has committed.
+    The global id counter is locked first: its row lock is held until commit, so a reader
+    never sees id N+1 before id N has committed. Then each job's counter (sorted), which
+    also records the job's first and last line id. Nothing else takes the id row, so
+    this order cannot deadlock with a delete (which locks a job's counter, then its row).
     """
-    per_key = Counter(_key(line) for line in lines)
+    last_id = conn.execute(_BUMP, {"counter": ID_KEY, "by": len(lines)}).scalar_one()
+    first_id = last_id - len(lines) + 1
+    per_key, first_of, last_of = Counter(), {}, {}
+    for i, line in enumerate(lines):
+        key = _key(line)
+        per_key[key] += 1
+        first_of.setdefault(key, first_id + i)
+        last_of[key] = first_id + i
     next_line = {}
     for key in sorted(per_key):
         n = per_key[key]
-        value = conn.execute(
-            counters_t.update().where(counters_t.c.key == key)
-            .values(value=counters_t.c.value + n).returning(counters_t.c.value)).scalar()
+        value = conn.execute(_BUMP_KEY, {"counter": key, "by": n, "first": first_of[key],
+                                         "last": last_of[key]}).scalar()
         if value is None:
             raise _JobGone(key)
         next_line[key] = value - n
-    last_id = conn.execute(
-        counters_t.update().where(counters_t.c.key == ID_KEY)
-        .values(value=counters_t.c.value + len(lines)).returning(counters_t.c.value)).scalar_one()
-    first_id = last_id - len(lines) + 1
     rows = []
     counts = Counter()
     for i, line in enumerate(lines):
@@ -146,6 +183,11 @@ class Ingestor:
         self._wake = Event()
         self._greenlet = None
         self.on_first_use = self.start   # the app hands in its start(): all of this process's work
+        # (job id, step name or None) that POST /api/logs saw exist, so that it asks the
+        # database once per target, not per request. Never stale in a harmful way: steps
+        # go only with their job, and write_lines refuses a removed job's lines (its
+        # counter row goes first), whichever process removed it.
+        self.known_targets = set()
         self._indexes = engine.dialect.name == "sqlite"  # PostgreSQL's index is its own
         self._written = self._indexed = 0  # last line id written / indexed, as last seen
 

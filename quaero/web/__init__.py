@@ -5,6 +5,8 @@ they are sent. The core modules know nothing of HTTP."""
 
 
 def init_app(app):
+    from .jsonio import OrjsonProvider
+    app.json = OrjsonProvider(app)  # jsonify and request.json through orjson
     from . import (api_histogram, api_jobs, api_logs, api_search, auth, openapi, ops, otlp,
                    stream, views)
     auth.init_app(app)  # first: the loopback rule and the token come before anything else

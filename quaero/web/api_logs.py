@@ -65,17 +65,28 @@ def post_logs():
     return jsonify(accepted=len(lines), first_id=first_id, last_id=last_id), 201
 
 
+_TARGETS = (sa.select(Job.id, Step.name).outerjoin(Step, Step.job_id == Job.id)
+            .where(Job.id.in_(sa.bindparam("job_ids", expanding=True))))
+MAX_KNOWN_TARGETS = 100000
+
+
 def _check_targets(wanted):
-    job_ids = {j for j, _ in wanted if j}
+    """404 for a job or step that does not exist. Targets seen before are not asked
+    again (``Ingestor.known_targets``): the writer refuses a job removed since."""
+    known = current_app.extensions["quaero"].ingestor.known_targets
+    job_ids = {j for j, s in wanted if j and (j, s) not in known}
     if not job_ids:
         return
     if any(len(j) > 32 for j in job_ids):
         raise APIError(404, "job not found")
-    rows = db.session.execute(sa.select(Job.id, Step.name).outerjoin(Step, Step.job_id == Job.id)
-                              .where(Job.id.in_(job_ids))).all()
-    db.session.rollback()  # never hold a transaction while the writer commits
+    with db.engine.connect() as conn:  # no transaction held while the writer commits
+        rows = conn.execute(_TARGETS, {"job_ids": list(job_ids)}).all()
     jobs_found = {j for j, _ in rows}
     steps_found = {(j, s) for j, s in rows}
+    if len(known) > MAX_KNOWN_TARGETS:
+        known.clear()
+    known.update(steps_found)
+    known.update((j, None) for j in jobs_found)
     for job_id, step in wanted:
         if job_id is None:
             continue

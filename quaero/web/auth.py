@@ -21,6 +21,7 @@ import hmac
 import ipaddress
 import os
 import secrets
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from flask import current_app, request, session
@@ -93,6 +94,7 @@ def require_metrics_token():
 
 # --- loopback only without a token -----------------------------------------------------
 
+@lru_cache(maxsize=1024)  # asked for every request's peer and Host: a handful of values
 def is_loopback_address(text):
     try:
         address = ipaddress.ip_address(text.strip().strip("[]"))
@@ -103,6 +105,7 @@ def is_loopback_address(text):
     return address.is_loopback
 
 
+@lru_cache(maxsize=1024)
 def is_loopback_host(host):
     """``localhost``, ``127.x.y.z`` or ``[::1]``, with or without a port."""
     host = host.strip().lower()

@@ -1,5 +1,4 @@
 """Parsing of query strings and JSON bodies for the API: a clean value or a 400."""
-import json
 import re
 from datetime import datetime, timezone
 
@@ -8,6 +7,7 @@ from flask import request
 
 from ..errors import Invalid, JobNotFound, TooLarge
 from ..models import LEVEL_ALIASES, LEVELS, MAX_Q, Job, LineFilter
+from .jsonio import loads
 
 MAX_JOB_IDS = 50
 MAX_NAME = 200
@@ -80,10 +80,14 @@ def parse_source(value):
     return value
 
 
+_JOBS_FOUND = sa.select(Job.__table__.c.id).where(
+    Job.__table__.c.id.in_(sa.bindparam("job_ids", expanding=True)))
+
+
 def check_jobs_exist(conn, job_ids):
     if not job_ids:
         return
-    found = set(conn.execute(sa.select(Job.id).where(Job.id.in_(job_ids))).scalars())
+    found = set(conn.execute(_JOBS_FOUND, {"job_ids": list(job_ids)}).scalars())
     if len(found) != len(job_ids):
         raise JobNotFound()
 
@@ -103,7 +107,7 @@ def read_body():
 def json_body():
     """The request's JSON object, or a 400 (a body over MAX_CONTENT_LENGTH is a 413 first)."""
     try:
-        data = json.loads(read_body())
+        data = loads(read_body())
     except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise Invalid("body must be a JSON object") from None
     if not isinstance(data, dict):
