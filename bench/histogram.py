@@ -113,7 +113,7 @@ def timed(fn, runs):
 def show_plan(engine, job_id):
     import sqlalchemy as sa
     from quaero.histogram import log_histogram
-    from quaero.models import LineFilter
+    from quaero.queries import LineFilter
     seen = []
     sa.event.listen(engine, "before_cursor_execute",
                     lambda c, cur, stmt, params, ctx, many: seen.append((stmt, params)))

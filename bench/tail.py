@@ -128,7 +128,8 @@ def candidates(engine, f, limit):
        a row the write path already updates), so that a backward primary-key scan
        (PostgreSQL's choice) starts at the job's newest line instead of the table's."""
     import sqlalchemy as sa
-    from quaero.models import _COLS, LEVELS, line_dict
+    from quaero.models import LEVELS, line_dict
+    from quaero.queries import _COLS
     cols = "id, job_id, step_name, level, message, timestamp, line_number"
     step = " AND step_name = :step" if f.step is not None else ""
     params = {"job": f.job_ids[0], "lv": f.min_level, "n": limit + 1, "step": f.step}
@@ -186,7 +187,8 @@ def http_get(port, path):
 def bench_db(kind, n_lines, runs, other_lines=0):
     from quaero import create_app
     from quaero.web.params import parse_query
-    from quaero.models import db, select_lines
+    from quaero.models import db
+    from quaero.queries import select_lines
     from werkzeug.datastructures import MultiDict
     from urllib.parse import parse_qsl
 

@@ -2,7 +2,8 @@
 and by Flask-Migrate's ``flask --app wsgi db ...`` commands (the app's engine)."""
 from alembic import context
 
-from quaero.models import Base, not_search_index
+from quaero.models import Base
+from quaero.queries import not_search_index
 
 config = context.config
 target_metadata = Base.metadata

@@ -91,7 +91,7 @@ def _sqlite_pragmas(dbapi_conn, _record):
                    "busy_timeout=10000"):
         cur.execute("PRAGMA " + pragma)
     cur.close()
-    from .models import register_sqlite_functions
+    from .queries import register_sqlite_functions
     register_sqlite_functions(dbapi_conn)
 
 

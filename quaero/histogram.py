@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .models import LEVEL_NAMES, LEVELS, SERVICE_KEY, LogVolume, LogVolumeMark, iso, log_t
-from .models import _where as line_conditions
+from .models import LEVELS, LEVEL_NAMES, SERVICE_KEY, LogVolume, LogVolumeMark, iso, log_t
+from .queries import _where as line_conditions
 
 DEFAULT_BUCKETS = 60
 MAX_BUCKETS = 500

@@ -3,7 +3,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from quaero.models import Base, init_db, not_search_index
+from quaero.models import Base, init_db
+from quaero.queries import not_search_index
 
 
 def test_migrations_build_the_models_schema(database_url):

@@ -3,7 +3,7 @@ PostgreSQL (the same expected results on both)."""
 import httpx
 import pytest
 
-from quaero.models import LineFilter
+from quaero.queries import LineFilter
 from tests.sse_client import SSEClient
 
 

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from quaero.models import LEVELS, LineFilter
+from quaero.models import LEVELS
+from quaero.queries import LineFilter
 from quaero.streaming.pacing import LATE, Batch, Group, match_groups, stream_cap
 from quaero.streaming.sink import advance
 

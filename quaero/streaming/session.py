@@ -6,7 +6,8 @@ import time
 import gevent
 from sqlalchemy import exc as sa_exc
 
-from ..models import ENDED, count_lines, select_lines, tail_lines
+from ..models import ENDED
+from ..queries import count_lines, select_lines, tail_lines
 from . import watcher
 from .sse import encode_json, format_event, json_event, logs_event_parts
 

@@ -9,8 +9,9 @@ import gevent
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..models import (ID_KEY, SERVICE_KEY, Job, all_lines_between, counters_t, counts_t,
-                      deleted_payload, status_payload)
+from ..models import (ID_KEY, SERVICE_KEY, Job, counters_t, counts_t, deleted_payload,
+                      status_payload)
+from ..queries import all_lines_between
 
 log = logging.getLogger("quaero.stream")
 RECOUNT = 5.0  # seconds: how often open streams' total_count is read again (pruning)

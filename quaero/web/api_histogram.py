@@ -7,7 +7,8 @@ from flask import Blueprint, jsonify, request
 
 from ..errors import Invalid
 from ..histogram import DEFAULT_BUCKETS, MAX_BUCKETS, log_histogram
-from ..models import Job, LineFilter, db, utcnow
+from ..models import Job, db, utcnow
+from ..queries import LineFilter
 from .params import MAX_JOB_IDS, check_jobs_exist, parse_int, parse_level, parse_q, parse_query
 
 bp = Blueprint("histogram", __name__, url_prefix="/api")  # auth: web.auth, for all of /api

@@ -4,8 +4,8 @@ from flask import Blueprint, current_app, jsonify, request
 
 from .. import jobs as jobops
 from ..errors import APIError
-from ..models import (JOB_STATUSES, LEVELS, STEP_STATUSES, Job, db, iso, job_dict, level_counts,
-                      log_t)
+from ..models import JOB_STATUSES, LEVELS, STEP_STATUSES, Job, db, iso, job_dict, log_t
+from ..queries import level_counts
 from .params import MAX_NAME, clean_text, json_body, parse_int
 
 bp = Blueprint("jobs", __name__, url_prefix="/api")  # auth: web.auth, for all of /api

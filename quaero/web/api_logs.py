@@ -7,8 +7,8 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..errors import APIError
 from ..ingest import IngestError
-from ..models import (LEVEL_ALIASES, LEVELS, Job, LineFilter, Step, count_matches, db,
-                      select_lines)
+from ..models import LEVELS, LEVEL_ALIASES, Job, Step, db
+from ..queries import LineFilter, count_matches, select_lines
 from .params import (MAX_NAME, check_jobs_exist, clean_text, json_body, parse_int, parse_query,
                      parse_timestamp)
 

@@ -5,7 +5,8 @@ import sqlalchemy as sa
 from flask import Blueprint, jsonify, request
 
 from ..errors import Invalid
-from ..models import Job, LineFilter, db, select_lines
+from ..models import Job, db
+from ..queries import LineFilter, select_lines
 from .params import MAX_JOB_IDS, check_jobs_exist, parse_int, parse_level, parse_q
 
 bp = Blueprint("search", __name__, url_prefix="/api")  # auth: web.auth, for all of /api

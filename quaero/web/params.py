@@ -6,7 +6,8 @@ import sqlalchemy as sa
 from flask import request
 
 from ..errors import Invalid, JobNotFound, TooLarge
-from ..models import LEVEL_ALIASES, LEVELS, MAX_Q, Job, LineFilter
+from ..models import LEVELS, LEVEL_ALIASES, Job
+from ..queries import MAX_Q, LineFilter
 from .jsonio import loads
 
 MAX_JOB_IDS = 50

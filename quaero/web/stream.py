@@ -8,7 +8,8 @@ import logging
 import sqlalchemy as sa
 from flask import Blueprint, current_app, request
 
-from ..models import FINISHED, Job, db, select_lines
+from ..models import FINISHED, Job, db
+from ..queries import select_lines
 from ..streaming.session import DB_ERRORS, REFUSALS, StreamSession, refusal, track_writes
 from ..streaming.sink import open_sink
 from ..streaming.subscriber import Subscriber

@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 from flask import (Blueprint, abort, current_app, redirect, render_template, request, session,
                    url_for)
 
-from ..models import Job, db, job_dict, level_counts
+from ..models import Job, db, job_dict
+from ..queries import level_counts
 from .auth import auth_required, authenticated, csrf_token, csrf_valid, same_secret
 
 bp = Blueprint("views", __name__)

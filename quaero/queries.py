@@ -1,0 +1,249 @@
+"""The reads: every reader (polling API, stream backfill, ``Last-Event-ID`` resume,
+search, the text download) goes through :func:`select_lines` or :func:`tail_lines` with a
+:class:`LineFilter`. Counts come from ``log_counts``, kept up to date by the write path, so
+that ``total_count`` and ``log_counts`` never scan a job's lines; text search uses the
+databases' own indexes (SQLite FTS5 trigram, PostgreSQL pg_trgm)."""
+import dataclasses
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from .models import (LEVEL_NAMES, LEVELS, SEARCH_KEY, SERVICE_KEY, counters_t, counts_t, line_dict,
+                     log_t)
+
+
+@dataclass(frozen=True)
+class LineFilter:
+    """Which lines a reader wants. Hashable: streams with equal filters share work."""
+    job_ids: tuple = ()          # empty: the service log (or every line, with everywhere)
+    step: str | None = None
+    min_level: int = LEVELS["info"]
+    q: str | None = None         # literal text the message contains, any case
+    everywhere: bool = False     # search: every job and the service log
+    folded: str | None = dataclasses.field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.q is not None:  # folded once: matches() runs for every live line
+            object.__setattr__(self, "folded", self.q.lower())
+    source: str | None = None    # only lines this program sent
+
+    @property
+    def scope(self):
+        return "job" if self.job_ids else "all" if self.everywhere else "service"
+
+    def matches(self, line):
+        if LEVELS[line["level"]] < self.min_level:
+            return False
+        if self.folded is not None and self.folded not in line["message"].lower():
+            return False
+        if self.source is not None and line.get("source") != self.source:
+            return False
+        if self.job_ids:
+            return line["job_id"] in self.job_ids and (
+                self.step is None or line["step_name"] == self.step)
+        return self.everywhere or line["job_id"] is None
+
+
+# Text search. The database's trigram index narrows the candidates (SQLite: the FTS5
+# table ``log_fts``; PostgreSQL: a pg_trgm GIN index), then the exact test decides: the
+# message contains ``q`` ignoring case, as ``LineFilter.matches`` says. On SQLite that
+# test is ``quaero_contains`` (Python's ``str.lower``, registered on every connection),
+# so both databases and the live grep fold case alike. A ``q`` shorter than a trigram
+# cannot use the index: it is a scan, newest first, that stops at the page's end.
+TRIGRAM = 3
+MAX_Q = 200
+_fts_t = sa.table("log_fts", sa.column("rowid"), sa.column("log_fts"))
+
+
+def sqlite_contains(message, q_folded):
+    return message is not None and q_folded in message.lower()
+
+
+def register_sqlite_functions(dbapi_conn):
+    dbapi_conn.create_function("quaero_contains", 2, sqlite_contains, deterministic=True)
+
+
+def not_search_index(obj, name, type_, reflected, compare_to):
+    """Alembic's ``include_object``: the text indexes live only in their migration (an
+    FTS5 table and its shadow tables, a GIN index): autogenerate must leave them be."""
+    return not (reflected and name and (name.startswith("log_fts") or name == "ix_log_message_trgm"))
+
+
+def _like_pattern(q):
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _fts_query(q, most=16):
+    """Lines holding every trigram of ``q`` (the index keeps no positions: the exact test
+    follows). A long ``q`` asks for ``most`` of them, spread along it."""
+    grams = list(dict.fromkeys(q[i:i + TRIGRAM].lower() for i in range(len(q) - TRIGRAM + 1)))
+    if len(grams) > most:
+        grams = [grams[i * (len(grams) - 1) // (most - 1)] for i in range(most)]
+    return " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
+
+
+def _text_condition(q, dialect):
+    if dialect == "postgresql":
+        # a short q cannot use the trigram index: keep the planner off it
+        col = log_t.c.message if len(q) >= TRIGRAM else log_t.c.message.op("||")("")
+        return col.ilike(_like_pattern(q), escape="\\")
+    exact = sa.func.quaero_contains(log_t.c.message, q.lower()) == 1
+    if len(q) < TRIGRAM:
+        return exact
+    indexed = sa.select(_fts_t.c.rowid).where(_fts_t.c.log_fts.op("MATCH")(_fts_query(q)))
+    mark = sa.select(counters_t.c.value).where(counters_t.c.key == SEARCH_KEY).scalar_subquery()
+    not_yet = sa.select(log_t.c.id).where(log_t.c.id > mark)
+    candidates = sa.union_all(indexed, not_yet)
+    return sa.and_(log_t.c.id.in_(candidates), exact)
+
+
+def _where(f, dialect):
+    """The filter as conditions. "info and above" (the default) matches nearly every line,
+    so its level test is kept out of the index choice (``level + 0``): the job's or step's
+    index is then read backwards from the newest line, instead of every line at a level
+    being collected and sorted. Rarer levels (warn, error) use the (job, level, id) index."""
+    conds = []
+    if f.min_level > LEVELS["info"]:
+        conds.append(log_t.c.level >= f.min_level)
+    elif f.min_level > LEVELS["debug"]:
+        conds.append((log_t.c.level + 0) >= f.min_level)
+    if f.job_ids:
+        if len(f.job_ids) == 1:
+            conds.append(log_t.c.job_id == f.job_ids[0])
+        else:
+            conds.append(log_t.c.job_id.in_(f.job_ids))
+    elif not f.everywhere:
+        conds.append(log_t.c.job_id.is_(None))
+    if f.step is not None:
+        conds.append(log_t.c.step_name == f.step)
+    if f.q is not None:
+        conds.append(_text_condition(f.q, dialect))
+    if f.source is not None:
+        conds.append(log_t.c.source == f.source)
+    return conds
+
+
+_COLS = (log_t.c.id, log_t.c.job_id, log_t.c.step_name, log_t.c.level, log_t.c.message,
+         log_t.c.timestamp, log_t.c.line_number, log_t.c.source)
+
+
+_BOUNDS = sa.select(counters_t.c.key, counters_t.c.first_id, counters_t.c.last_id).where(
+    counters_t.c.key.in_(sa.bindparam("keys", expanding=True)))
+
+
+def job_bounds(conn, f):
+    """``{job_id: (first line id, last line id)}`` for a tail read of ``f`` that needs
+    them, else None. PostgreSQL may read an older job's tail by the primary key backwards
+    from the table's newest line, through every newer job's lines (160-280 ms for 5,000
+    lines behind a million); ``id BETWEEN first AND last`` starts any such scan at the
+    job's own last line. Only for the filters that read the job's (job_id, id) index
+    (info and below, no step, no text): a step or a rarer level has its own index, and the
+    bound made the planner leave it. The bounds come from the job's counter row (a primary
+    key lookup that cannot change plan), which the write path keeps. Ids are handed out
+    in commit order, so a line committed after this read has a greater id: the result is
+    the job as it was here, as if the read had run a moment earlier."""
+    if (conn.dialect.name != "postgresql" or not f.job_ids or f.step is not None
+            or f.min_level > LEVELS["info"] or f.q is not None):
+        return None
+    rows = conn.execute(_BOUNDS, {"keys": list(f.job_ids)}).all()
+    return {key: (first, last) for key, first, last in rows if first is not None}
+
+
+def select_lines(conn, f, *, after=None, before=None, limit=100):
+    """Matching lines, oldest first: the first ``limit`` after ``after``, or else the
+    last ``limit`` (before ``before``). Fetches one extra row to tell whether more exist.
+    Returns ``(lines, more)``."""
+    conds = _where(f, conn.dialect.name)
+    bounds = job_bounds(conn, f) if after is None else None
+    if bounds and len(bounds) == len(f.job_ids):
+        conds.append(log_t.c.id.between(min(b[0] for b in bounds.values()),
+                                        max(b[1] for b in bounds.values())))
+    if after is not None:
+        conds.append(log_t.c.id > after)
+    if before is not None:
+        conds.append(log_t.c.id < before)
+    cols = _COLS
+    order = log_t.c.id.asc() if after is not None else log_t.c.id.desc()
+    rows = conn.execute(sa.select(*cols).where(*conds).order_by(order).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if after is None:
+        rows.reverse()
+    return [line_dict(*r) for r in rows], more
+
+
+def all_lines_between(conn, after, before, limit=None):
+    """Every line with ``after < id < before`` (any job, any level), oldest first."""
+    q = sa.select(*_COLS).where(log_t.c.id > after, log_t.c.id < before).order_by(log_t.c.id)
+    if limit is not None:
+        q = q.limit(limit)
+    return [line_dict(*r) for r in conn.execute(q)]
+
+
+def tail_lines(conn, f, limit):
+    """The stream's backfill: the last ``limit`` lines of each job (or of the service
+    log), oldest first, read in one statement so that all jobs share one snapshot."""
+    if len(f.job_ids) <= 1:
+        return select_lines(conn, f, limit=limit)
+    bounds = job_bounds(conn, f) or {}
+    parts = []
+    for job_id in f.job_ids:
+        one = dataclasses.replace(f, job_ids=(job_id,))
+        conds = _where(one, conn.dialect.name)
+        if job_id in bounds:
+            conds.append(log_t.c.id.between(*bounds[job_id]))
+        parts.append(sa.select(*_COLS).where(*conds)
+                     .order_by(log_t.c.id.desc()).limit(limit + 1).subquery().select())
+    rows = conn.execute(sa.union_all(*parts)).all()
+    per_job = {}
+    for r in rows:
+        per_job.setdefault(r.job_id, []).append(r)
+    more = any(len(v) > limit for v in per_job.values())
+    keep = sorted((r for v in per_job.values() for r in sorted(v, key=lambda r: -r.id)[:limit]),
+                  key=lambda r: r.id)
+    return [line_dict(*r) for r in keep], more
+
+
+COUNT_CAP = 10000
+
+
+def count_matches(conn, f):
+    """``(n, capped)``: lines matching ``f`` now. Without ``q`` from the kept counts (a
+    few rows, never a scan); with ``q`` or ``source`` (not in the counts) by counting
+    matches, stopping at COUNT_CAP."""
+    if f.q is not None or f.source is not None:
+        found = sa.select(log_t.c.id).where(*_where(f, conn.dialect.name)).limit(COUNT_CAP + 1)
+        n = conn.execute(sa.select(sa.func.count()).select_from(found.subquery())).scalar()
+        return min(n, COUNT_CAP), n > COUNT_CAP
+    keys = list(f.job_ids) if f.job_ids else [SERVICE_KEY]
+    if f.everywhere and not f.job_ids:
+        q = sa.select(sa.func.coalesce(sa.func.sum(counts_t.c.count), 0)).where(
+            counts_t.c.level >= f.min_level)
+        return int(conn.execute(q).scalar()), False
+    q = _COUNT_STEP if f.step is not None else _COUNT
+    return int(conn.execute(q, {"keys": keys, "min_level": f.min_level,
+                                "step": f.step}).scalar()), False
+
+
+# count_matches's statements, built once (a polling GET asks one each time)
+_COUNT = sa.select(sa.func.coalesce(sa.func.sum(counts_t.c.count), 0)).where(
+    counts_t.c.level >= sa.bindparam("min_level"),
+    counts_t.c.key.in_(sa.bindparam("keys", expanding=True)))
+_COUNT_STEP = _COUNT.where(counts_t.c.step_name == sa.bindparam("step"))
+
+
+def count_lines(conn, f):
+    return count_matches(conn, f)[0]
+
+
+def level_counts(conn, job_ids):
+    """``{job_id: {"debug": n, ...}}`` for the given jobs."""
+    out = {jid: dict.fromkeys(LEVELS, 0) for jid in job_ids}
+    if not job_ids:
+        return out
+    q = (sa.select(counts_t.c.key, counts_t.c.level, sa.func.sum(counts_t.c.count))
+         .where(counts_t.c.key.in_(list(job_ids)))
+         .group_by(counts_t.c.key, counts_t.c.level))
+    for key, level, n in conn.execute(q):
+        out[key][LEVEL_NAMES[level]] = int(n)
+    return out
