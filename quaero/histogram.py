@@ -1,20 +1,20 @@
 """Log volume: matching lines counted over time, per level, by the database.
 
 Counting a million lines per request is too slow (a GROUP BY over the lines takes
-~200 ms on PostgreSQL, ~400 ms on SQLite), so lines are rolled up into ``log_volume``
-(lines per job, step, level and second) when a histogram is asked for: only the lines
-added since the last request (``log_volume_marks``; ids become visible in commit order,
-so none is missed). The answer is then one ``GROUP BY`` over a computed bucket expression
-on those few rows. A filter the roll-up cannot answer (``q``, ``source``), or a small log
-whose buckets would be under a second wide, is counted from the lines themselves, with the same kind
-of ``GROUP BY`` over a bucket of whole milliseconds. No line is ever loaded.
+~200 ms on PostgreSQL, ~400 ms on SQLite), so the write path counts lines into
+``log_volume`` (lines per job, step, level and second) in the transaction that stores
+them (``ingest.write_lines``), retention takes them off in the transaction that deletes
+them, and a job's rows go with it. The answer is then one ``GROUP BY`` over a computed
+bucket expression on those few rows. A filter the per-second counts cannot answer (``q``,
+``source``), or a small log whose buckets would be under a second wide, is counted from
+the lines themselves, with the same kind of ``GROUP BY`` over a bucket of whole
+milliseconds. No line is ever loaded.
 """
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from .models import LEVELS, LEVEL_NAMES, SERVICE_KEY, LogVolume, LogVolumeMark, iso, log_t
+from .models import LEVELS, LEVEL_NAMES, SERVICE_KEY, iso, log_t, volume_t as vol_t
 from .queries import _where as line_conditions
 
 DEFAULT_BUCKETS = 60
@@ -22,8 +22,6 @@ MAX_BUCKETS = 500
 SMALL = 50_000  # at most this many lines: counted from the lines, to the millisecond
 _MS = timedelta(milliseconds=1)
 _EPOCH = datetime(1970, 1, 1)
-vol_t = LogVolume.__table__
-marks_t = LogVolumeMark.__table__
 
 
 def bucket_plan(first, last, buckets):
@@ -35,61 +33,15 @@ def bucket_plan(first, last, buckets):
     return first, -(-units // n), n
 
 
-# --- the roll-up ------------------------------------------------------------------------
+# --- the second of a line -------------------------------------------------------------
 
-def _second_of(dialect):
+def second_of(dialect):
+    """The Unix second of a line's timestamp, as ``ingest.write_lines`` counts it into
+    ``log_volume`` (retention takes deleted lines off with it)."""
     ts = log_t.c.timestamp
     if dialect == "postgresql":
         return sa.cast(sa.func.floor(sa.extract("epoch", ts)), sa.BigInteger)
     return sa.cast(sa.func.strftime("%s", ts), sa.Integer)
-
-
-def _key_condition(key):
-    return log_t.c.job_id.is_(None) if key == SERVICE_KEY else log_t.c.job_id == key
-
-
-def _insert(dialect):
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
-
-
-def roll_up(engine, key):
-    """Count the lines of ``key`` (a job id or SERVICE_KEY) added since its mark into
-    ``log_volume``. Reads outside any write; the write moves the mark only if no other
-    process did meanwhile (compare and set), so no line is counted twice."""
-    dialect = engine.dialect.name
-    with engine.connect() as conn:
-        mark = conn.execute(sa.select(marks_t.c.last_id).where(marks_t.c.key == key)).scalar()
-        newest = conn.execute(sa.select(sa.func.max(log_t.c.id))
-                              .where(_key_condition(key))).scalar()
-        if newest is None or (mark is not None and newest <= mark):
-            return
-        second = _second_of(dialect).label("second")
-        rows = conn.execute(
-            sa.select(log_t.c.step_name, log_t.c.level, second, sa.func.count())
-            .where(_key_condition(key), log_t.c.id > (mark or 0), log_t.c.id <= newest)
-            .group_by(log_t.c.step_name, log_t.c.level, second)).all()
-    with engine.begin() as conn:
-        if mark is None:
-            mark = 0
-            conn.execute(_insert(dialect)(marks_t).values(key=key, last_id=0)
-                         .on_conflict_do_nothing())
-        done = conn.execute(marks_t.update().where(
-            marks_t.c.key == key, marks_t.c.last_id == mark).values(last_id=newest)).rowcount
-        if done != 1 or not rows:
-            return
-        stmt = _insert(dialect)(vol_t)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[vol_t.c.key, vol_t.c.step_name, vol_t.c.level, vol_t.c.second],
-            set_={"count": vol_t.c.count + stmt.excluded["count"]})
-        conn.execute(stmt, sorted(({"key": key, "step_name": s or "", "level": lv, "second": sec,
-                                    "count": n} for s, lv, sec, n in rows),
-                                  key=lambda r: (r["step_name"], r["level"], r["second"])))
-
-
-def forget_volume(conn, key):
-    """Lines of ``key`` were deleted: its roll-up starts again at the next request."""
-    conn.execute(marks_t.delete().where(marks_t.c.key == key))
-    conn.execute(vol_t.delete().where(vol_t.c.key == key))
 
 
 # --- the answer -------------------------------------------------------------------------
@@ -102,7 +54,7 @@ def _volume_conditions(f):
 
 
 def _from_volume(conn, f, buckets, until):
-    """Buckets of whole seconds from the roll-up, or None for a small log."""
+    """Buckets of whole seconds from ``log_volume``, or None for a small log."""
     conds = _volume_conditions(f)
     first, last, total = conn.execute(sa.select(
         sa.func.min(vol_t.c.second), sa.func.max(vol_t.c.second),
@@ -162,8 +114,6 @@ def log_histogram(engine, f, buckets=DEFAULT_BUCKETS, until=None):
     matching ``f``; ``until`` (naive UTC) stretches the buckets to it when it is later than
     the last line (a running job)."""
     if f.q is None and f.source is None:
-        for key in f.job_ids or (SERVICE_KEY,):
-            roll_up(engine, key)
         with engine.connect() as conn:
             out = _from_volume(conn, f, buckets, until)
         if out is not None:

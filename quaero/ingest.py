@@ -8,13 +8,15 @@ publishes the lines on the bus and acknowledges the producers.
 import logging
 import time
 from collections import Counter, deque
+from datetime import datetime, timedelta
 
 import gevent
 import sqlalchemy as sa
 from gevent.event import AsyncResult, Event
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .models import (ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, counts_t, line_dict, log_t)
+from .models import (ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, counts_t, line_dict, log_t,
+                     volume_t)
 
 log = logging.getLogger("quaero.ingest")
 
@@ -59,19 +61,34 @@ _BUMP_KEY = (counters_t.update().where(counters_t.c.key == sa.bindparam("counter
 _INSERT = log_t.insert()
 
 
-def _upsert_statement(insert):
-    stmt = insert(counts_t)
-    return stmt.on_conflict_do_update(
-        index_elements=[counts_t.c.key, counts_t.c.step_name, counts_t.c.level],
-        set_={"count": counts_t.c.count + stmt.excluded["count"]})
+def _upsert_statement(insert, table, *keys):
+    stmt = insert(table)
+    return stmt.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
+                                      set_={"count": table.c.count + stmt.excluded["count"]})
 
 
-_UPSERT_COUNTS = {"postgresql": _upsert_statement(postgresql.insert),
-                  "sqlite": _upsert_statement(sqlite.insert)}
+# log_counts: lines per (job, step, level); log_volume: the same per second as well
+_UPSERT_COUNTS = {d: _upsert_statement(i, counts_t, "key", "step_name", "level")
+                  for d, i in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))}
+_UPSERT_VOLUME = {d: _upsert_statement(i, volume_t, "key", "step_name", "level", "second")
+                  for d, i in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))}
+_EPOCH = datetime(1970, 1, 1)
+_SECOND = timedelta(seconds=1)
 
 
-def _upsert_counts(conn, rows):
-    conn.execute(_UPSERT_COUNTS[conn.dialect.name], rows)
+def _upsert_counts(conn, volume):
+    """Add a batch's lines, ``{(key, step, level, second): n}``, to ``log_volume`` and
+    (summed over the seconds) to ``log_counts``: one statement each, rows in key order
+    (so that concurrent writers lock them in the same order)."""
+    counts = Counter()
+    for (k, s, lv, _), n in volume.items():
+        counts[(k, s, lv)] += n
+    conn.execute(_UPSERT_COUNTS[conn.dialect.name],
+                 [{"key": k, "step_name": s, "level": lv, "count": n}
+                  for (k, s, lv), n in sorted(counts.items())])
+    conn.execute(_UPSERT_VOLUME[conn.dialect.name],
+                 [{"key": k, "step_name": s, "level": lv, "second": sec, "count": n}
+                  for (k, s, lv, sec), n in sorted(volume.items())])
 
 
 _COPY = ("COPY log_entries (id, job_id, step_name, level, message, timestamp, line_number, "
@@ -137,6 +154,8 @@ def write_lines(conn, lines):
     never sees id N+1 before id N has committed. Then each job's counter (sorted), which
     also records the job's first and last line id. Nothing else takes the id row, so
     this order cannot deadlock with a delete (which locks a job's counter, then its row).
+    Last, the lines are counted into ``log_counts`` and ``log_volume`` (the histogram's
+    per-second counts), so both are true at every commit.
     """
     last_id = conn.execute(_BUMP, {"counter": ID_KEY, "by": len(lines)}).scalar_one()
     first_id = last_id - len(lines) + 1
@@ -155,7 +174,7 @@ def write_lines(conn, lines):
             raise _JobGone(key)
         next_line[key] = value - n
     rows = []
-    counts = Counter()
+    volume = Counter()
     for i, line in enumerate(lines):
         key = _key(line)
         next_line[key] += 1
@@ -163,10 +182,10 @@ def write_lines(conn, lines):
                      "step_name": line["step_name"], "level": line["level"],
                      "message": line["message"], "timestamp": line["timestamp"],
                      "line_number": next_line[key], "source": line.get("source")})
-        counts[(key, line["step_name"] or "", line["level"])] += 1
+        volume[(key, line["step_name"] or "", line["level"],
+                (line["timestamp"] - _EPOCH) // _SECOND)] += 1
     _insert(conn, rows)
-    _upsert_counts(conn, [{"key": k, "step_name": s, "level": lv, "count": n}
-                          for (k, s, lv), n in sorted(counts.items())])
+    _upsert_counts(conn, volume)
     return rows
 
 

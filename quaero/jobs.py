@@ -4,9 +4,8 @@ import logging
 import sqlalchemy as sa
 
 from .errors import Conflict, Invalid, JobNotFound, StepNotFound
-from .histogram import forget_volume
-from .models import (FINISHED, Job, LineCounter, LogCount, Step, db, deleted_payload, new_id,
-                     status_payload, step_name_problem, utcnow)
+from .models import (FINISHED, Job, LineCounter, LogCount, LogVolume, Step, db, deleted_payload,
+                     new_id, status_payload, step_name_problem, utcnow)
 
 log = logging.getLogger("quaero.jobs")
 
@@ -136,7 +135,7 @@ def delete_job(job_id):
         db.session.rollback()
         raise Conflict("job is running; cancel it first")
     db.session.execute(sa.delete(LogCount).where(LogCount.key == job.id))
-    forget_volume(db.session, job.id)
+    db.session.execute(sa.delete(LogVolume).where(LogVolume.key == job.id))
     db.session.execute(sa.delete(LineCounter).where(LineCounter.key == job.id))
     db.session.delete(job)
     db.session.commit()

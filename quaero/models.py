@@ -125,7 +125,8 @@ class LogCount(db.Model):
 
 class LogVolume(db.Model):
     """Lines per (job or service, step, level, second of their timestamp): the log-volume
-    histogram reads these (``histogram.py`` rolls new lines up when it is asked)."""
+    histogram reads these. Kept by the write path (``ingest.write_lines``) in the same
+    transaction as ``log_counts``, taken down by retention, dropped with the job."""
     __tablename__ = "log_volume"
     key = sa.Column(sa.String(32), primary_key=True)  # job id or SERVICE_KEY
     step_name = sa.Column(sa.String(200), primary_key=True)  # "" for none
@@ -134,16 +135,10 @@ class LogVolume(db.Model):
     count = sa.Column(sa.BigInteger, nullable=False)
 
 
-class LogVolumeMark(db.Model):
-    """The last line id of each job (or the service log) counted in ``log_volume``."""
-    __tablename__ = "log_volume_marks"
-    key = sa.Column(sa.String(32), primary_key=True)
-    last_id = sa.Column(sa.BigInteger, nullable=False)
-
-
 log_t = LogEntry.__table__
 counts_t = LogCount.__table__
 counters_t = LineCounter.__table__
+volume_t = LogVolume.__table__
 
 
 class RunnerHeartbeat(db.Model):

@@ -2,22 +2,57 @@
 
 ``QUAERO_RETENTION_DAYS``: finished jobs (with their lines) and service lines older than
 that go. ``QUAERO_MAX_LINES_PER_JOB``: a job keeps only its newest lines. Counts in
-``log_counts`` go down with every deleted line, so ``meta.total_count`` and
-``log_counts`` stay true; ``has_more`` follows from what is left.
+``log_counts`` and ``log_volume`` go down with every deleted line, so ``meta.total_count``,
+``log_counts`` and the histogram stay true; ``has_more`` follows from what is left.
 """
 import logging
+from collections import Counter
 from datetime import timedelta
 
 import gevent
 import sqlalchemy as sa
 
-from .histogram import forget_volume
-from .models import (FINISHED, SERVICE_KEY, Job, counters_t, counts_t, log_t, utcnow)
+from .histogram import second_of
+from .models import (FINISHED, SERVICE_KEY, Job, counters_t, counts_t, log_t, utcnow,
+                     volume_t)
 
 log = logging.getLogger("quaero.retention")
 
 CHUNK = 5000
 _LOCK = 0x51554146
+
+
+_TAKE_OFF_COUNT = (counts_t.update().where(counts_t.c.key == sa.bindparam("k"),
+                                           counts_t.c.step_name == sa.bindparam("s"),
+                                           counts_t.c.level == sa.bindparam("lv"))
+                   .values(count=counts_t.c.count - sa.bindparam("n")))
+_TAKE_OFF_VOLUME = (volume_t.update().where(volume_t.c.key == sa.bindparam("k"),
+                                            volume_t.c.step_name == sa.bindparam("s"),
+                                            volume_t.c.level == sa.bindparam("lv"),
+                                            volume_t.c.second == sa.bindparam("sec"))
+                    .values(count=volume_t.c.count - sa.bindparam("n")))
+
+
+def _count_away(conn, key, span):
+    """Take the lines in ``span`` off ``log_counts`` and ``log_volume`` (whose rows left
+    at zero go): rows in the order the writer locks them (counts, then volume; each
+    sorted), so a write to the same job cannot deadlock with this."""
+    second = second_of(conn.dialect.name).label("second")
+    groups = conn.execute(sa.select(log_t.c.step_name, log_t.c.level, second, sa.func.count())
+                          .where(*span).group_by(log_t.c.step_name, log_t.c.level, second)).all()
+    volume = sorted((step or "", level, int(sec), n) for step, level, sec, n in groups)
+    if not volume:
+        return
+    counts = Counter()
+    for step, level, _, n in volume:
+        counts[(step, level)] += n
+    conn.execute(_TAKE_OFF_COUNT, [{"k": key, "s": s, "lv": lv, "n": n}
+                                   for (s, lv), n in sorted(counts.items())])
+    conn.execute(_TAKE_OFF_VOLUME, [{"k": key, "s": s, "lv": lv, "sec": sec, "n": n}
+                                    for s, lv, sec, n in volume])
+    conn.execute(volume_t.delete().where(
+        volume_t.c.key == key, volume_t.c.count <= 0,
+        volume_t.c.second.between(min(v[2] for v in volume), max(v[2] for v in volume))))
 
 
 def _delete_lines(conn, key, where):
@@ -30,13 +65,7 @@ def _delete_lines(conn, key, where):
         return 0
     lo, hi = ids[0], ids[-1]
     span = (job_cond, log_t.c.id >= lo, log_t.c.id <= hi, *where)
-    groups = conn.execute(sa.select(log_t.c.step_name, log_t.c.level, sa.func.count())
-                          .where(*span).group_by(log_t.c.step_name, log_t.c.level)).all()
-    for step, level, n in sorted(groups, key=lambda g: (g[0] or "", g[1])):
-        conn.execute(counts_t.update().where(
-            counts_t.c.key == key, counts_t.c.step_name == (step or ""),
-            counts_t.c.level == level).values(count=counts_t.c.count - n))
-    forget_volume(conn, key)  # the histogram's roll-up counted them: it starts again
+    _count_away(conn, key, span)
     return conn.execute(log_t.delete().where(*span)).rowcount
 
 
@@ -59,6 +88,7 @@ def prune_once(engine, retention_days=None, max_lines_per_job=None):
                 # the counter row first, as the writer locks it (a late write then 404s)
                 conn.execute(counters_t.delete().where(counters_t.c.key == job_id))
                 conn.execute(counts_t.delete().where(counts_t.c.key == job_id))
+                conn.execute(volume_t.delete().where(volume_t.c.key == job_id))
                 conn.execute(sa.delete(Job.__table__).where(Job.id == job_id))
                 jobs_deleted += 1
         while True:

@@ -73,22 +73,33 @@ def test_short_log_in_millisecond_buckets(c):
     assert hist(c, f"scope=job&job_id={jid}&q=nowhere") == {"buckets": [], "total": 0}
 
 
-def test_long_log_from_the_roll_up_counts_new_lines_too(c, any_app):
+def volume_rows(app, key):
+    from quaero.models import db
+    with app.app_context(), db.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT step_name, level, second, count FROM log_volume "
+                                    "WHERE key = :k ORDER BY step_name, level, second"),
+                            {"k": key}).all()
+
+
+def test_long_log_from_the_per_second_counts_the_writes_keep(c, any_app):
     jid = job(c)
     lines = [{"level": "warn" if k % 3 == 0 else "info", "message": f"l{k}", "job_id": jid,
               "step": "build", "timestamp": at(k * 10_000)} for k in range(12)]  # 0 .. 110 s
-    post(c, lines)
+    post(c, lines[:5])
+    post(c, lines[5:])
+    t0 = int((T0 - datetime(1970, 1, 1)).total_seconds())
+    # counted by the write, before any histogram was asked for
+    assert volume_rows(any_app, jid) == sorted(
+        [("build", 30, t0, 1), ("build", 30, t0 + 30, 1), ("build", 30, t0 + 60, 1),
+         ("build", 30, t0 + 90, 1)]
+        + [("build", 20, t0 + k * 10, 1) for k in range(12) if k % 3])
     body = hist(c, f"scope=job&job_id={jid}&buckets=10")
     assert len(body["buckets"]) == 10 and body["total"] == 12
     assert body["buckets"][0]["start"] == at(0) and body["buckets"][0]["end"] == at(12_000)
     # line k at 10k s: bucket 10k // 12
     assert per_bucket(body, "info") == [1, 1, 0, 1, 1, 1, 1, 0, 1, 1]
     assert per_bucket(body, "warn") == [1, 0, 1, 0, 0, 1, 0, 1, 0, 0]
-    with any_app.app_context():
-        from quaero.models import db
-        with db.engine.connect() as conn:
-            rolled = conn.execute(sa.text("SELECT sum(count) FROM log_volume")).scalar()
-    assert rolled == 12                       # the answer came from the roll-up
+    assert len(volume_rows(any_app, jid)) == 12   # the answer came from log_volume
     post(c, [{"level": "error", "message": "late", "job_id": jid, "step": "test",
               "timestamp": at(115_000)}])
     body = hist(c, f"scope=job&job_id={jid}&buckets=10")
@@ -96,12 +107,13 @@ def test_long_log_from_the_roll_up_counts_new_lines_too(c, any_app):
     assert hist(c, f"scope=job&job_id={jid}&buckets=10")["total"] == 13   # counted once
     assert hist(c, f"scope=job&job_id={jid}&step=test")["total"] == 1
     assert hist(c, f"scope=job&job_id={jid}&level=warn")["total"] == 5
-    # a deleted job's roll-up goes with it
+    post(c, [{"level": "error", "message": "later", "job_id": jid, "step": "test",
+              "timestamp": at(115_400)}])       # the same second: the same row, counted up
+    assert volume_rows(any_app, jid)[-1] == ("test", 40, t0 + 115, 2)
+    assert hist(c, f"scope=job&job_id={jid}&step=test")["total"] == 2
+    # a deleted job's counts go with it
     assert c.delete(f"/api/jobs/{jid}").status_code == 204
-    with any_app.app_context():
-        with db.engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT count(*) FROM log_volume")).scalar() == 0
-            assert conn.execute(sa.text("SELECT count(*) FROM log_volume_marks")).scalar() == 0
+    assert volume_rows(any_app, jid) == []
 
 
 def test_pruned_lines_leave_the_histogram(c, any_app):
@@ -115,6 +127,8 @@ def test_pruned_lines_leave_the_histogram(c, any_app):
         prune_once(db.engine, max_lines_per_job=40)
     body = hist(c, f"scope=job&job_id={jid}")
     assert body["total"] == 40 and body["buckets"][0]["start"] == at(60_000)
+    rows = volume_rows(any_app, jid)  # taken off per second; none left at zero
+    assert [r[3] for r in rows] == [1] * 40 and rows[0][2] - rows[-1][2] == -39
 
 
 def test_service_log_and_a_running_job_reach_now(c):

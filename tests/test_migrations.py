@@ -44,3 +44,33 @@ def test_runner_rows_move_from_line_counters_to_their_tables(database_url):
         keys = set(conn.execute(sa.text("SELECT key FROM line_counters")).scalars())
         assert "j1" in keys and not [k for k in keys if k.startswith(("runner:", "lease:"))]
     engine.dispose()
+
+
+def test_log_volume_is_counted_from_the_lines_and_the_marks_go(database_url):
+    """A database of before 0007 (rolled up in part by the histogram's first requests)
+    gets every line counted into ``log_volume``: the write path only adds from then on."""
+    from alembic import command
+    from quaero.migrate import alembic_config
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0006_bounds")
+        command.downgrade(alembic_config(conn), "0006_bounds")  # a shared one, at head
+        conn.execute(sa.text("INSERT INTO jobs (id, name, definition, status, created_at) "
+                             "VALUES ('j7', 'demo', 'demo', 'completed', '2026-11-30 00:00:00')"))
+        conn.execute(sa.text(
+            "INSERT INTO log_entries (id, job_id, step_name, level, message, timestamp, "
+            "line_number) VALUES (1, 'j7', 'build', 20, 'a', '2026-11-30 00:00:00.100', 1), "
+            "(2, 'j7', 'build', 20, 'b', '2026-11-30 00:00:00.900', 2), "
+            "(3, 'j7', NULL, 40, 'c', '2026-11-30 00:00:01.000', 3), "
+            "(4, NULL, NULL, 20, 'd', '2026-11-30 00:00:02.500', 1)"))
+        conn.execute(sa.text("INSERT INTO log_volume_marks (key, last_id) VALUES ('j7', 1)"))
+        conn.execute(sa.text("INSERT INTO log_volume (key, step_name, level, second, count) "
+                             "VALUES ('j7', 'build', 20, 1795996800, 1)"))
+    init_db(engine)
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.text(
+            "SELECT key, step_name, level, second, count FROM log_volume")).all()) == [
+            ("j7", "", 40, 1795996801, 1), ("j7", "build", 20, 1795996800, 2),
+            ("service", "", 20, 1795996802, 1)]
+        assert "log_volume_marks" not in sa.inspect(conn).get_table_names()
+    engine.dispose()
