@@ -13,10 +13,8 @@ from datetime import datetime, timedelta
 import gevent
 import sqlalchemy as sa
 from gevent.event import AsyncResult, Event
-from sqlalchemy.dialects import postgresql, sqlite
 
-from .models import (ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, counts_t, line_dict, log_t,
-                     volume_t)
+from .models import ID_KEY, LEVEL_NAMES, SEARCH_KEY, SERVICE_KEY, counters_t, iso, log_t
 
 log = logging.getLogger("quaero.ingest")
 
@@ -48,77 +46,83 @@ def _key(line):
     return line["job_id"] or SERVICE_KEY
 
 
-# The write path's statements, built once: building one costs more than running it on
-# SQLite (a one-line POST spent a fifth of its time constructing these).
-_BUMP = (counters_t.update().where(counters_t.c.key == sa.bindparam("counter"))
-         .values(value=counters_t.c.value + sa.bindparam("by")).returning(counters_t.c.value))
-# a job's (or the service log's) line counter, and its first and last line id
-_BUMP_KEY = (counters_t.update().where(counters_t.c.key == sa.bindparam("counter"))
-             .values(value=counters_t.c.value + sa.bindparam("by"),
-                     first_id=sa.func.coalesce(counters_t.c.first_id, sa.bindparam("first")),
-                     last_id=sa.bindparam("last"))
-             .returning(counters_t.c.value))
-_INSERT = log_t.insert()
-
-
-def _upsert_statement(insert, table, *keys):
-    stmt = insert(table)
-    return stmt.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
-                                      set_={"count": table.c.count + stmt.excluded["count"]})
-
-
-# log_counts: lines per (job, step, level); log_volume: the same per second as well
-_UPSERT_COUNTS = {d: _upsert_statement(i, counts_t, "key", "step_name", "level")
-                  for d, i in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))}
-_UPSERT_VOLUME = {d: _upsert_statement(i, volume_t, "key", "step_name", "level", "second")
-                  for d, i in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))}
+# The write path's statements, as the driver's own SQL: run on the DB-API cursor of the
+# transaction's connection. Building, cache-keying and executing them through SQLAlchemy
+# cost more than SQLite ran them (a one-line POST spent a fifth of its time there); the
+# driver's errors are the writer's to sort (``driver_errors``).
+_SQL = {
+    # the global id counter
+    'bump': 'UPDATE line_counters SET value = value + ? WHERE "key" = ? RETURNING value',
+    # a job's (or the service log's) line counter, and its first and last line id
+    "bump_key": ("UPDATE line_counters SET value = value + ?, "
+                 'first_id = coalesce(first_id, ?), last_id = ? WHERE "key" = ? RETURNING value'),
+    # log_counts: lines per (job, step, level); log_volume: the same per second as well
+    "counts": ('INSERT INTO log_counts ("key", step_name, level, count) VALUES (?, ?, ?, ?) '
+               'ON CONFLICT ("key", step_name, level) '
+               "DO UPDATE SET count = log_counts.count + excluded.count"),
+    "volume": ('INSERT INTO log_volume ("key", step_name, level, second, count) '
+               'VALUES (?, ?, ?, ?, ?) ON CONFLICT ("key", step_name, level, second) '
+               "DO UPDATE SET count = log_volume.count + excluded.count"),
+    "insert": ("INSERT INTO log_entries (id, job_id, step_name, level, message, timestamp, "
+               "line_number, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+}
+_SQL = {"sqlite": _SQL, "postgresql": {k: v.replace("?", "%s") for k, v in _SQL.items()}}
 _EPOCH = datetime(1970, 1, 1)
 _SECOND = timedelta(seconds=1)
 
 
-def _upsert_counts(conn, volume):
+def driver_errors(engine):
+    """The database-unavailable errors of ``engine``'s driver, raised unwrapped by the
+    statements ``write_lines`` runs on the DB-API cursor."""
+    dbapi = engine.dialect.loaded_dbapi
+    return (dbapi.OperationalError, dbapi.InterfaceError)
+
+
+def _upsert_counts(cur, sql, volume):
     """Add a batch's lines, ``{(key, step, level, second): n}``, to ``log_volume`` and
     (summed over the seconds) to ``log_counts``: one statement each, rows in key order
     (so that concurrent writers lock them in the same order)."""
     counts = Counter()
     for (k, s, lv, _), n in volume.items():
         counts[(k, s, lv)] += n
-    conn.execute(_UPSERT_COUNTS[conn.dialect.name],
-                 [{"key": k, "step_name": s, "level": lv, "count": n}
-                  for (k, s, lv), n in sorted(counts.items())])
-    conn.execute(_UPSERT_VOLUME[conn.dialect.name],
-                 [{"key": k, "step_name": s, "level": lv, "second": sec, "count": n}
-                  for (k, s, lv, sec), n in sorted(volume.items())])
+    cur.executemany(sql["counts"], [(k, s, lv, n) for (k, s, lv), n in sorted(counts.items())])
+    cur.executemany(sql["volume"], [(k, s, lv, sec, n)
+                                    for (k, s, lv, sec), n in sorted(volume.items())])
 
 
 _COPY = ("COPY log_entries (id, job_id, step_name, level, message, timestamp, line_number, "
          "source) FROM STDIN")
 
 
-_INSERT_SQLITE = ("INSERT INTO log_entries (id, job_id, step_name, level, message, timestamp, "
-                  "line_number, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-
-
-def _insert(conn, rows):
+def _insert(cur, sqlite, sql, rows):
     """On PostgreSQL, COPY inside the same transaction (psycopg's executemany waits on
-    the socket once per row under gevent). On SQLite, the DB-API's executemany on the
-    same connection (and so in the same transaction) with tuples: SQLAlchemy's per-row
-    parameter processing cost as much as SQLite's insert. Timestamps go in as
-    SQLAlchemy stores them there (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
-    dbapi = conn.connection.driver_connection
-    if conn.dialect.name == "sqlite":
-        dbapi.executemany(_INSERT_SQLITE, [
+    the socket once per row under gevent). On SQLite, the DB-API's executemany with
+    tuples: SQLAlchemy's per-row parameter processing cost as much as SQLite's insert.
+    Timestamps go in as SQLAlchemy stores them there (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
+    if sqlite:
+        cur.executemany(sql["insert"], [
             (r["id"], r["job_id"], r["step_name"], r["level"], r["message"],
              r["timestamp"].isoformat(" ", "microseconds"), r["line_number"], r["source"])
             for r in rows])
         return
-    if conn.dialect.name != "postgresql":
-        conn.execute(_INSERT, rows)
-        return
-    with dbapi.cursor() as cur, cur.copy(_COPY) as copy:
-        for r in rows:
-            copy.write_row((r["id"], r["job_id"], r["step_name"], r["level"], r["message"],
-                            r["timestamp"], r["line_number"], r["source"]))
+    with cur.copy(_COPY) as copy:  # one buffer: psycopg's write_row was a third of a batch
+        copy.write("".join([
+            f"{r['id']}\t{_copy_text(r['job_id'])}\t{_copy_text(r['step_name'])}\t{r['level']}\t"
+            f"{_copy_text(r['message'])}\t{r['timestamp'].isoformat(' ')}\t{r['line_number']}\t"
+            f"{_copy_text(r['source'])}\n" for r in rows]))
+
+
+# COPY's text format: a backslash, tab, newline or carriage return in a value is escaped;
+# None is \N. Most values have none (str.translate with this table cost 5x the tests).
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value):
+    if value is None:
+        return "\\N"
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
 
 
 _INDEX_SQLITE = sa.text("INSERT INTO log_fts(rowid, message) SELECT id, message FROM log_entries "
@@ -157,7 +161,18 @@ def write_lines(conn, lines):
     Last, the lines are counted into ``log_counts`` and ``log_volume`` (the histogram's
     per-second counts), so both are true at every commit.
     """
-    last_id = conn.execute(_BUMP, {"counter": ID_KEY, "by": len(lines)}).scalar_one()
+    dialect = conn.dialect.name
+    sql = _SQL[dialect]
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        return _write(cur, dialect == "sqlite", sql, lines)
+    finally:
+        cur.close()
+
+
+def _write(cur, sqlite, sql, lines):
+    cur.execute(sql["bump"], (len(lines), ID_KEY))
+    last_id = cur.fetchone()[0]
     first_id = last_id - len(lines) + 1
     per_key, first_of, last_of = Counter(), {}, {}
     for i, line in enumerate(lines):
@@ -168,11 +183,11 @@ def write_lines(conn, lines):
     next_line = {}
     for key in sorted(per_key):
         n = per_key[key]
-        value = conn.execute(_BUMP_KEY, {"counter": key, "by": n, "first": first_of[key],
-                                         "last": last_of[key]}).scalar()
-        if value is None:
+        cur.execute(sql["bump_key"], (n, first_of[key], last_of[key], key))
+        row = cur.fetchone()
+        if row is None:
             raise _JobGone(key)
-        next_line[key] = value - n
+        next_line[key] = row[0] - n
     rows = []
     volume = Counter()
     for i, line in enumerate(lines):
@@ -184,9 +199,23 @@ def write_lines(conn, lines):
                      "line_number": next_line[key], "source": line.get("source")})
         volume[(key, line["step_name"] or "", line["level"],
                 (line["timestamp"] - _EPOCH) // _SECOND)] += 1
-    _insert(conn, rows)
-    _upsert_counts(conn, volume)
+    _insert(cur, sqlite, sql, rows)
+    _upsert_counts(cur, sql, volume)
     return rows
+
+
+def _line_dicts(rows):
+    """``models.line_dict`` of each row; a batch's lines mostly share one timestamp
+    object (the request's), formatted once."""
+    out, last, text = [], None, None
+    for r in rows:
+        ts = r["timestamp"]
+        if ts is not last:
+            last, text = ts, iso(ts)
+        out.append({"id": r["id"], "timestamp": text, "level": LEVEL_NAMES[r["level"]],
+                    "message": r["message"], "job_id": r["job_id"], "step_name": r["step_name"],
+                    "line_number": r["line_number"], "source": r["source"]})
+    return out
 
 
 class Ingestor:
@@ -209,6 +238,7 @@ class Ingestor:
         self.known_targets = set()
         self._indexes = engine.dialect.name == "sqlite"  # PostgreSQL's index is its own
         self._written = self._indexed = 0  # last line id written / indexed, as last seen
+        self._down = (sa.exc.OperationalError, sa.exc.InterfaceError) + driver_errors(engine)
 
     # -- producers --------------------------------------------------------------------
 
@@ -312,7 +342,7 @@ class Ingestor:
                         keep.append(u)
                 units = keep
                 continue
-            except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            except self._down as exc:
                 self._database_down(units, exc)
                 return
             except Exception as exc:
@@ -331,10 +361,7 @@ class Ingestor:
 
     def _published(self, units, rows):
         try:
-            self.bus.publish_lines([line_dict(r["id"], r["job_id"], r["step_name"], r["level"],
-                                              r["message"], r["timestamp"], r["line_number"],
-                                              r["source"])
-                                    for r in rows])
+            self.bus.publish_lines(_line_dicts(rows))
         except Exception:  # committed all the same: streams catch up from the database
             log.exception("publishing committed lines failed")
         i = 0

@@ -34,7 +34,8 @@ def post_logs():
         level = item.get("level")
         if not isinstance(level, str):
             raise APIError(400, f"logs[{i}].level is required")
-        level = LEVEL_ALIASES.get(level.lower(), level.lower())
+        level = level.lower()
+        level = LEVEL_ALIASES.get(level, level)
         if level not in LEVELS:
             raise APIError(400, f"logs[{i}].level must be one of debug, info, warn, error")
         if "message" not in item:

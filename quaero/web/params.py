@@ -121,10 +121,11 @@ def clean_text(value, name, max_len=None):
         raise Invalid(f"{name} must be a string")
     if "\x00" in value:
         value = value.replace("\x00", "\ufffd")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates from JSON escapes
-        value = value.encode("utf-8", "replace").decode("utf-8")
+    if not value.isascii():  # (isascii is a flag: most values skip the encoding test)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates from JSON escapes
+            value = value.encode("utf-8", "replace").decode("utf-8")
     if max_len is not None and not 0 < len(value) <= max_len:
         raise Invalid(f"{name} must be 1 to {max_len} characters")
     return value
