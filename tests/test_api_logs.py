@@ -137,6 +137,23 @@ def test_nul_and_surrogates_are_stored_safely(c):
     assert msg.startswith("a\ufffdb") and "\x00" not in msg
 
 
+@pytest.mark.parametrize("message", [
+    "tab\there", "new\nline", "carriage\rreturn", "back\\slash", "\\N", "\\.", "\\t literal",
+    "ends with a backslash \\", "\u00e9t\u00e9 \u2603 \U0001f600", "\x0b\x0c\x08 other controls"])
+def test_messages_come_back_exactly(c, message):
+    # PostgreSQL writes lines with COPY's text format: its special characters must be
+    # escaped, and a message that looks like COPY's NULL (\N) is text, not NULL
+    job = new_job(c)
+    assert post(c, {"level": "info", "message": message, "job_id": job, "step": "build",
+                    "source": "s\tr\\c"},
+                {"level": "warn", "message": message}).status_code == 201
+    lines = c.get(f"/api/logs?scope=job&job_id={job}").json["logs"]
+    assert [(ln["message"], ln["source"], ln["step_name"]) for ln in lines] == [
+        (message, "s\tr\\c", "build")]
+    svc = c.get("/api/logs?scope=service&level=warn").json["logs"]
+    assert svc[-1]["message"] == message and svc[-1]["job_id"] is None
+
+
 def _fill(c, job, n, **extra):
     lines = [{"level": ("debug", "info", "warn", "error")[i % 4], "message": f"m{i}",
               "job_id": job, "step": ("build", "test")[i % 2], **extra} for i in range(n)]
