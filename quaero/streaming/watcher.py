@@ -66,6 +66,8 @@ def watch(hub):
     """The watcher greenlet's loop, until the hub shuts down."""
     while not hub.shutting_down:
         gevent.sleep(hub.watch_interval)
+        if hub.shutting_down:  # closed while asleep: its engine may be disposed already
+            return
         try:
             recount = time.monotonic() >= hub.recount_at
             if recount:
