@@ -14,7 +14,7 @@ import gevent
 import sqlalchemy as sa
 from gevent.event import AsyncResult, Event
 
-from .models import ID_KEY, LEVEL_NAMES, SEARCH_KEY, SERVICE_KEY, counters_t, iso, log_t
+from .models import ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, iso, line_dict, log_t
 
 log = logging.getLogger("quaero.ingest")
 
@@ -205,16 +205,14 @@ def _write(cur, sqlite, sql, lines):
 
 
 def _line_dicts(rows):
-    """``models.line_dict`` of each row; a batch's lines mostly share one timestamp
+    """:func:`~quaero.models.line_dict` of each row; a batch's lines mostly share one timestamp
     object (the request's), formatted once."""
     out, last, text = [], None, None
     for r in rows:
         ts = r["timestamp"]
         if ts is not last:
             last, text = ts, iso(ts)
-        out.append({"id": r["id"], "timestamp": text, "level": LEVEL_NAMES[r["level"]],
-                    "message": r["message"], "job_id": r["job_id"], "step_name": r["step_name"],
-                    "line_number": r["line_number"], "source": r["source"]})
+        out.append(line_dict(**r, when=text))
     return out
 
 

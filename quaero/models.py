@@ -184,8 +184,10 @@ def iso(dt):
     return dt.isoformat(timespec="milliseconds") + "Z"
 
 
-def line_dict(id, job_id, step_name, level, message, timestamp, line_number, source=None):
-    return {"id": id, "timestamp": iso(timestamp), "level": LEVEL_NAMES[level],
+def line_dict(id, job_id, step_name, level, message, timestamp, line_number, source=None,
+              when=None):
+    """A log line as every response has it; ``when``: ``timestamp`` already formatted."""
+    return {"id": id, "timestamp": when or iso(timestamp), "level": LEVEL_NAMES[level],
             "message": message, "job_id": job_id, "step_name": step_name,
             "line_number": line_number, "source": source}
 
