@@ -30,14 +30,10 @@ class Quaero:
         self.bus = RedisBus(cfg["QUAERO_REDIS_URL"]) if cfg["QUAERO_REDIS_URL"] else LocalBus()
         self.ingestor = Ingestor(engine, self.bus, self.metrics, cfg["QUAERO_LOG_BUFFER_LINES"])
         # gunicorn's post_worker_init sizes the cap again from the worker's own connections
-        connections = int(cfg.get("QUAERO_WORKER_CONNECTIONS")
-                          or os.environ.get("QUAERO_WORKER_CONNECTIONS") or 1000)
         self.hub = StreamHub(app, engine, self.bus, self.metrics,
-                             stream_cap(connections, cfg["QUAERO_MAX_STREAMS"]),
+                             stream_cap(cfg["QUAERO_WORKER_CONNECTIONS"], cfg["QUAERO_MAX_STREAMS"]),
                              cfg["QUAERO_WATCH_INTERVAL"])
-        # tests shorten the "retry later" delays (0.1: 0.5-1.5 s at the cap)
-        self.hub.retry_scale = float(cfg.get("QUAERO_STREAM_RETRY_SCALE")
-                                     or os.environ.get("QUAERO_STREAM_RETRY_SCALE") or 1)
+        self.hub.retry_scale = float(cfg["QUAERO_STREAM_RETRY_SCALE"])
         self.pruner = Pruner(engine, cfg["QUAERO_RETENTION_DAYS"],
                              cfg["QUAERO_MAX_LINES_PER_JOB"], cfg["QUAERO_PRUNE_INTERVAL"])
         self.log_handler = IngestHandler(self.ingestor)

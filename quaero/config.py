@@ -29,6 +29,11 @@ class Config:
         self.QUAERO_RUNNER_STALE = float(os.environ.get("QUAERO_RUNNER_STALE", "30"))
         # Streams
         self.QUAERO_MAX_STREAMS = _int("QUAERO_MAX_STREAMS", 10000)
+        # the stream cap leaves a reserve of the worker's connections (gunicorn's default
+        # 1000 when run without gunicorn.conf.py; post_worker_init reads gunicorn's own)
+        self.QUAERO_WORKER_CONNECTIONS = _int("QUAERO_WORKER_CONNECTIONS", 1000)
+        # scales the "retry later" delays of refused streams (tests: 0.1)
+        self.QUAERO_STREAM_RETRY_SCALE = float(os.environ.get("QUAERO_STREAM_RETRY_SCALE") or 1)
         self.QUAERO_STREAM_LIFETIME = _int("QUAERO_STREAM_LIFETIME", 1800)  # seconds
         self.QUAERO_STREAM_BUFFER_BYTES = _int("QUAERO_STREAM_BUFFER_BYTES", 4 << 20)
         self.QUAERO_PING_INTERVAL = float(os.environ.get("QUAERO_PING_INTERVAL", "5"))
