@@ -12,6 +12,7 @@ is sent as a last line. ``python -m quaero exec``/``pipe`` (``quaero.producer``)
     logging.getLogger().addHandler(QuaeroHandler("http://127.0.0.1:5000", source="billing"))
 """
 import logging
+import signal
 import sys
 import threading
 import time
@@ -24,6 +25,15 @@ RETRY_STATUSES = frozenset((429, 502, 503, 504))
 MAX_BATCH_LINES = 2000
 MAX_BATCH_CHARS = 4 * 1024 * 1024    # well under the server's 32 MiB body limit
 MAX_MESSAGE_CHARS = 16384            # at most 64 KiB of UTF-8: the server's line limit
+
+
+def leave_signals_to_the_main_thread():
+    """Called first in a background thread: Ctrl-C and SIGTERM go to the main thread. The
+    kernel may deliver a process signal to any thread that does not block it, and then a
+    main thread waiting in a system call (``exec`` waiting for its command) is not woken to
+    run its handler."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 class LineSender:
@@ -79,6 +89,7 @@ class LineSender:
     # -- the sender thread ----------------------------------------------------------------
 
     def _run(self):
+        leave_signals_to_the_main_thread()
         try:
             self._send_until_closed()
         finally:

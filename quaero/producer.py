@@ -18,7 +18,7 @@ import time
 
 import httpx
 
-from .client import MAX_MESSAGE_CHARS, LineSender, now_iso
+from .client import MAX_MESSAGE_CHARS, LineSender, leave_signals_to_the_main_thread, now_iso
 from .models import LEVEL_NAMES, LEVELS
 from .runner import line_level
 
@@ -53,8 +53,11 @@ def pump(stream, default_level, sender, echo=None):
 
 
 def _reader(stream, default_level, sender, echo):
-    thread = threading.Thread(target=pump, args=(stream, default_level, sender, echo),
-                              daemon=True)
+    def read():
+        leave_signals_to_the_main_thread()
+        pump(stream, default_level, sender, echo)
+
+    thread = threading.Thread(target=read, daemon=True)
     thread.start()
     return thread
 
