@@ -396,6 +396,41 @@ def test_cancel_kills_the_whole_process_group(tmp_path, database_url):
         app.extensions["quaero"].close()
 
 
+def test_concurrent_cancels_of_a_running_job_stop_it_once(tmp_path, database_url, caplog):
+    """20 cancels at once of a job this process runs: the first stops it (202), the others
+    find it cancelled (409, as a cancel of an ended job); it ends and is announced once."""
+    caplog.set_level("INFO", logger="quaero.jobs")
+    app = make_app(database_url, tmp_path, QUAERO_KILL_GRACE=1)
+    try:
+        c = app.test_client()
+        define(tmp_path, "long", """
+            [[steps]]
+            name = "long"
+            run = "echo up; sleep 300"
+        """)
+        job_id = start(c, "long")["id"]
+        wait_for(lambda: "up" in [ln["message"] for ln in job_lines(c, job_id)],
+                 what="the step to run")
+        from gevent.event import Event
+        go = Event()
+
+        def cancel():
+            go.wait()
+            return c.post(f"/api/jobs/{job_id}/cancel")
+        calls = [gevent.spawn(cancel) for _ in range(20)]
+        go.set()
+        gevent.joinall(calls, raise_error=True)
+        answers = [g.value for g in calls]
+        assert sorted(r.status_code for r in answers) == [202] + [409] * 19
+        assert {r.json["error"] for r in answers if r.status_code == 409} == {"job is cancelled"}
+        assert wait_job(c, job_id)["status"] == "cancelled"
+        announced = [r for r in caplog.records
+                     if r.name == "quaero.jobs" and "was cancelled" in r.getMessage()]
+        assert len(announced) == 1
+    finally:
+        app.extensions["quaero"].close()
+
+
 def test_cancel_pending_and_python_steps(tmp_path, sqlite_url):
     app = make_app(sqlite_url, tmp_path, QUAERO_MAX_RUNNING=1)
     try:

@@ -105,17 +105,24 @@ class Runner:
         return job
 
     def cancel(self, job_id, wait=3.0):
-        """Stop a job this process runs: True if it took charge (the job ends
-        ``cancelled``), False if the caller should settle it (pending, or not ours)."""
+        """Stop a job this process runs: True if this call took charge (the job ends
+        ``cancelled``), False if the caller should settle it: pending, or not ours, or
+        already stopping or ending (then once it ended, so that the caller finds it ended
+        instead of cancelling it under the runner's own transition)."""
         self.on_first_use()
         rj = self._running.get(job_id)
-        if rj is None or rj.finishing:
+        if rj is None:
             return False
-        self._stop(rj, "cancel")
-        rj.done.wait(timeout=wait)
+        took_charge = rj.stop_reason is None and not rj.finishing
+        if took_charge:
+            self._stop(rj, "cancel")
         if has_app_context() and current_app._get_current_object() is self.app:
-            db.session.rollback()  # the caller reads the job again: not from its stale copy
-        return True
+            # The caller reads the job again, not its stale copy; and its pooled connection
+            # goes back while it waits: 20 cancels waiting on theirs left the runner none
+            # to record the end with, and each gave up after ``wait`` and cancelled the job.
+            db.session.rollback()
+        rj.done.wait(timeout=wait)
+        return took_charge
 
     # -- lifecycle ----------------------------------------------------------------------
 

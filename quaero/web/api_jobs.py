@@ -119,12 +119,14 @@ def patch_step(job_id, step_name):
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id):
+    """202 for the one request that ends the job, 409 for a job that has ended: checked
+    first, and again under the job's row lock (concurrent cancels pass the first check)."""
     job = jobops.get_job(job_id)
     if job.status not in ("pending", "running"):
         raise APIError(409, f"job is {job.status}")
     runner = _runner()
     if runner is None or not runner.cancel(job_id):
-        jobops.set_job_status(job_id, "cancelled", reason="cancelled by request")
+        jobops.set_job_status(job_id, "cancelled", reason="cancelled by request", if_open=True)
     return jsonify(job_json(jobops.get_job(job_id))), 202
 
 
