@@ -63,6 +63,13 @@ def post_worker_init(worker):
     gevent.spawn(watch)
 
 
+def pre_request(worker, req):
+    """Let the app have a refused request's connection closed instead of its unread body
+    drained (quaero.web.params.close_unread_body)."""
+    if req.body is not None:
+        req.body.quaero_request = req
+
+
 def when_ready(server):
     """Without a token Quaero is open: refuse to listen beyond loopback."""
     if _token:

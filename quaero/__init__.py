@@ -14,7 +14,8 @@ class Quaero:
     built here, and :meth:`start` for the background work of each worker process."""
 
     def __init__(self, app, engine):
-        from .bus import LocalBus, RedisBus
+        from .bus import LocalBus, RedisBus, deployment_channel
+        from .disk import DiskGuard
         from .ingest import Ingestor
         from .metrics import Metrics
         from .retention import Pruner
@@ -27,8 +28,12 @@ class Quaero:
         self.engine = engine
         self._started_pid = None
         self.metrics = Metrics()
-        self.bus = RedisBus(cfg["QUAERO_REDIS_URL"]) if cfg["QUAERO_REDIS_URL"] else LocalBus()
-        self.ingestor = Ingestor(engine, self.bus, self.metrics, cfg["QUAERO_LOG_BUFFER_LINES"])
+        self.bus = (RedisBus(cfg["QUAERO_REDIS_URL"],
+                             cfg["QUAERO_REDIS_CHANNEL"] or deployment_channel(engine))
+                    if cfg["QUAERO_REDIS_URL"] else LocalBus())
+        self.disk = DiskGuard(engine, cfg["QUAERO_MIN_FREE_BYTES"])
+        self.ingestor = Ingestor(engine, self.bus, self.metrics, cfg["QUAERO_LOG_BUFFER_LINES"],
+                                 timeout=cfg["QUAERO_INGEST_TIMEOUT"], disk=self.disk)
         # gunicorn's post_worker_init sizes the cap again from the worker's own connections
         self.hub = StreamHub(app, engine, self.bus, self.metrics,
                              stream_cap(cfg["QUAERO_WORKER_CONNECTIONS"], cfg["QUAERO_MAX_STREAMS"]),
@@ -81,7 +86,7 @@ class Quaero:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_conn, _record):
+def _sqlite_pragmas(dbapi_conn, record):
     cur = dbapi_conn.cursor()
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
                    "busy_timeout=10000"):
@@ -89,6 +94,47 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
     from .queries import register_sqlite_functions
     register_sqlite_functions(dbapi_conn)
+    _yield_during_reads(dbapi_conn, record)
+
+
+SQLITE_SLICE = 0.02  # seconds a SQLite read may hold the worker before others get a turn
+
+
+def _yield_during_reads(dbapi_conn, record):
+    """SQLite runs in this thread and blocks gevent's hub while it works: a long read (a
+    1,000,000-line download, a search scanning unindexed lines) froze every stream of the
+    worker for seconds. Its progress handler lets other greenlets run every SQLITE_SLICE
+    while a statement runs outside a transaction (reads; never while this connection
+    holds the write lock, which another greenlet's write would then wait on in vain).
+    An exception thrown into the read while it waits (a ``gevent.Timeout``, a kill)
+    interrupts the statement and is raised again from it (``_reraise_interrupt``)."""
+    import time
+
+    import gevent
+    last = [time.monotonic()]
+
+    def progress():
+        now = time.monotonic()
+        if now - last[0] >= SQLITE_SLICE and not dbapi_conn.in_transaction:
+            try:
+                gevent.sleep(0.0001)  # a timer, so that the loop polls sockets too
+            except BaseException as exc:
+                record.info["interrupted_by"] = exc
+                return 1
+            last[0] = time.monotonic()
+        return 0
+
+    dbapi_conn.set_progress_handler(progress, 10000)
+
+
+def _reraise_interrupt(context):
+    """``handle_error``: a SQLite statement interrupted by its progress handler raises
+    what interrupted it (see ``_yield_during_reads``)."""
+    conn = context.connection
+    if conn is not None and not conn.invalidated:
+        exc = conn.info.pop("interrupted_by", None)
+        if exc is not None:
+            raise exc
 
 
 def create_app(config=None):
@@ -107,14 +153,17 @@ def create_app(config=None):
     app.config.from_object(Config(app.instance_path))
     app.config.update(config or {})
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        # connect_timeout: a server that accepts but does not answer fails the connect
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
-            "pool_pre_ping": True, "pool_size": 5, "max_overflow": 15, "pool_timeout": 10}
+            "pool_pre_ping": True, "pool_size": 5, "max_overflow": 15, "pool_timeout": 10,
+            "connect_args": {"connect_timeout": 5}}
 
     db.init_app(app)
     with app.app_context():
         engine = db.engine
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "handle_error", _reraise_interrupt)
     init_db(engine)
     from flask_migrate import Migrate
     from .migrate import MIGRATIONS

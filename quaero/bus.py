@@ -69,6 +69,15 @@ def redact(url):
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def deployment_channel(engine):
+    """The Redis channel of the deployment whose database is ``engine``'s: named for a
+    random id the database keeps (``models.DEPLOYMENT_KEY``), so two deployments that share
+    one Redis (pub/sub ignores the database number) never see each other's messages,
+    while every worker and host of one deployment meets on it."""
+    from .models import deployment_id
+    return f"quaero:{deployment_id(engine):x}:bus"
+
+
 class RedisBus(LocalBus):
     """The local bus, bridged to other processes and hosts through Redis pub/sub.
 
@@ -80,14 +89,14 @@ class RedisBus(LocalBus):
     database watcher covers the time Redis is away.
     """
 
-    CHANNEL = "quaero:bus"
     MAX_INLINE_BYTES = 1 << 20  # bigger batches travel as an id range, read from the database
     MAX_QUEUED = 10000
 
-    def __init__(self, url):
+    def __init__(self, url, channel):
         super().__init__()
         import uuid
         self.url = url
+        self.channel = channel
         self.origin = uuid.uuid4().hex
         self._outbox = deque()
         self._wake = None
@@ -138,7 +147,7 @@ class RedisBus(LocalBus):
                 message = self._outbox[0]
                 data = self._encode(message)
                 try:
-                    client.publish(self.CHANNEL, data)
+                    client.publish(self.channel, data)
                     self._outbox.popleft()
                 except Exception as exc:
                     self._down(exc)
@@ -161,7 +170,7 @@ class RedisBus(LocalBus):
         while True:
             try:
                 pubsub = self._client().pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.CHANNEL)
+                pubsub.subscribe(self.channel)
                 self._connected, self._last_error, delay = True, None, 0.2
                 self._ever_connected = True
                 log.info("redis bus connected to %s", redact(self.url))

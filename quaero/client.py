@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from datetime import datetime, timezone
 
@@ -43,10 +44,10 @@ class LineSender:
     like a batch) and returns fields added to every line, e.g. the job it created."""
 
     def __init__(self, url, token=None, fields=None, prepare=None, max_lines=10000,
-                 interval=0.1, max_backoff=5.0):
+                 interval=0.1, max_backoff=5.0, transport=None):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(base_url=url.rstrip("/"), headers=headers,
-                                   timeout=httpx.Timeout(10.0, connect=2.0))
+                                   timeout=httpx.Timeout(10.0, connect=2.0), transport=transport)
         self.fields = dict(fields or {})
         self.prepare = prepare
         self.max_lines = max_lines
@@ -126,8 +127,11 @@ class LineSender:
         return batch
 
     def _deliver(self, batch):
-        """Post ``batch`` until it is stored or refused; False once closing gave up."""
-        while not self._attempt(lambda: self._post(batch)):
+        """Post ``batch`` until it is stored or refused; False once closing gave up. Every
+        attempt carries the batch's one ``Idempotency-Key``: a resend after an answer that
+        was lost (a timeout while the server committed) is not stored twice."""
+        key = uuid.uuid4().hex
+        while not self._attempt(lambda: self._post(batch, key)):
             if self._gave_up():
                 self._abandon(batch)
                 return False
@@ -138,8 +142,8 @@ class LineSender:
             self.dropped += len(batch) + len(self._lines)
             self._lines.clear()
 
-    def _post(self, batch):
-        r = self.client.post("/api/logs", json={"logs": batch})
+    def _post(self, batch, key):
+        r = self.client.post("/api/logs", json={"logs": batch}, headers={"Idempotency-Key": key})
         if r.status_code in RETRY_STATUSES:
             raise httpx.TransportError(f"{r.status_code} from the server")
         if r.status_code >= 400:   # refused for good (a deleted job...): counted, not retried
@@ -153,7 +157,8 @@ class LineSender:
             note = {**self.fields, "level": "warn", "timestamp": now_iso(),
                     "message": f"quaero: {self.dropped} lines were dropped (the server was "
                                f"slow or away{': ' + self.last_error if self.last_error else ''})"}
-            self._attempt(lambda: self._post([note]))
+            key = uuid.uuid4().hex
+            self._attempt(lambda: self._post([note], key))
 
     def _attempt(self, action):
         try:

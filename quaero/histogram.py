@@ -105,8 +105,17 @@ def _shape(rows, t0, width, n):
     for b, level, c in rows:
         counts[min(max(int(b), 0), n - 1)][LEVEL_NAMES[level]] += int(c)
         total += int(c)
-    return {"buckets": [{"start": iso(t0 + i * width), "end": iso(t0 + (i + 1) * width),
+    return {"buckets": [{"start": _edge(t0, i, width), "end": _edge(t0, i + 1, width),
                          "counts": counts[i]} for i in range(n)], "total": total}
+
+
+def _edge(t0, i, width):
+    """The time ``t0 + i * width``; the last time Python can write where it would pass it
+    (lines stored before timestamps were limited to 1970-2200 may be dated 9999-12-31)."""
+    try:
+        return iso(t0 + i * width)
+    except OverflowError:
+        return iso(datetime.max)
 
 
 def log_histogram(engine, f, buckets=DEFAULT_BUCKETS, until=None):

@@ -14,7 +14,7 @@ import gevent
 import sqlalchemy as sa
 from gevent.event import AsyncResult, Event
 
-from .models import ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, iso, line_dict, log_t
+from .models import ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, iso, line_dict, log_t, utcnow
 
 log = logging.getLogger("quaero.ingest")
 
@@ -28,18 +28,52 @@ class IngestError(Exception):
         self.message = message
 
 
+class KeyTaken(Exception):
+    """Another request with the same ``Idempotency-Key`` committed first: answer from its
+    record (``idempotency_t``)."""
+
+
 class _JobGone(Exception):
     def __init__(self, key):
         self.key = key
 
 
-class _Unit:
-    """One producer's lines: committed together or not at all."""
-    __slots__ = ("lines", "result")
+class _KeyConflict(Exception):
+    def __init__(self, unit):
+        self.unit = unit
 
-    def __init__(self, lines, result=None):
+
+class _Stalled(Exception):
+    """The database did not answer within the batch's deadline (raised by a timer)."""
+
+
+class _Unit:
+    """One producer's lines: committed together or not at all. ``deadline`` (monotonic):
+    past it the producer has been answered 503 and the unit is never committed."""
+    __slots__ = ("lines", "result", "key", "deadline")
+
+    def __init__(self, lines, result=None, key=None, deadline=None):
         self.lines = lines
         self.result = result  # AsyncResult for acknowledged writes, None for fire-and-forget
+        self.key = key        # (Idempotency-Key, body digest) or None
+        self.deadline = deadline
+
+
+def accepted_body(n, first_id, last_id):
+    """The JSON body of an acknowledged ``POST /api/logs`` (also what its idempotency
+    record replays, byte for byte)."""
+    return f'{{"accepted":{n},"first_id":{first_id},"last_id":{last_id}}}'
+
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+def disk_full(exc):
+    """Whether a database error says its disk is full (SQLite's SQLITE_FULL, PostgreSQL's
+    ``disk_full``, SQLSTATE 53100)."""
+    orig = getattr(exc, "orig", None) or exc
+    return (getattr(orig, "sqlite_errorcode", None) == 13
+            or getattr(orig, "sqlstate", None) == "53100")
 
 
 def _key(line):
@@ -63,6 +97,10 @@ _SQL = {
     "volume": ('INSERT INTO log_volume ("key", step_name, level, second, count) '
                'VALUES (?, ?, ?, ?, ?) ON CONFLICT ("key", step_name, level, second) '
                "DO UPDATE SET count = log_volume.count + excluded.count"),
+    # an idempotency record, unless the key is taken (a record older than a day is gone)
+    "key_stale": 'DELETE FROM idempotency_keys WHERE "key" = ? AND created_at < ?',
+    "key": ('INSERT INTO idempotency_keys ("key", digest, status, response, created_at) '
+            'VALUES (?, ?, 201, ?, ?) ON CONFLICT ("key") DO NOTHING'),
     "insert": ("INSERT INTO log_entries (id, job_id, step_name, level, message, timestamp, "
                "line_number, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
 }
@@ -170,6 +208,26 @@ def write_lines(conn, lines):
         cur.close()
 
 
+def record_keys(conn, keyed, now):
+    """Record each ``(key, digest, response)`` of ``keyed`` in the open transaction
+    ``conn``; returns the index of the first key another transaction holds, or None."""
+    dialect = conn.dialect.name
+    sql = _SQL[dialect]
+    when = now.isoformat(" ", "microseconds") if dialect == "sqlite" else now
+    stale = (now - IDEMPOTENCY_TTL).isoformat(" ", "microseconds") if dialect == "sqlite" \
+        else now - IDEMPOTENCY_TTL
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.executemany(sql["key_stale"], [(key, stale) for key, _, _ in keyed])
+        for i, (key, digest, response) in enumerate(keyed):
+            cur.execute(sql["key"], (key, digest, response, when))
+            if cur.rowcount == 0:
+                return i
+    finally:
+        cur.close()
+    return None
+
+
 def _write(cur, sqlite, sql, lines):
     cur.execute(sql["bump"], (len(lines), ID_KEY))
     last_id = cur.fetchone()[0]
@@ -219,11 +277,16 @@ def _line_dicts(rows):
 class Ingestor:
     """Group-commit writer. ``submit`` blocks its caller until its lines are committed."""
 
-    def __init__(self, engine, bus, metrics, max_pending_records=10000):
+    def __init__(self, engine, bus, metrics, max_pending_records=10000, timeout=10.0,
+                 disk=None):
         self.engine = engine
         self.bus = bus
         self.metrics = metrics
         self.max_pending_records = max_pending_records
+        # An acknowledged write is answered within this (seconds): committed, or 503 and
+        # never committed later (its unit is withdrawn, or its transaction cut off)
+        self.timeout = timeout
+        self.disk = disk            # DiskGuard: the database's free space, as last seen
         self._units = deque()
         self._pending_records = 0
         self._wake = Event()
@@ -240,12 +303,18 @@ class Ingestor:
 
     # -- producers --------------------------------------------------------------------
 
-    def submit(self, lines, timeout=60):
+    def submit(self, lines, timeout=None, key=None):
         """Commit ``lines`` (validated dicts) all together; return ``(first_id, last_id)``.
+        ``key``: ``(Idempotency-Key, body digest)``, recorded with the lines.
 
-        Raises :class:`IngestError` if nothing was stored."""
+        Raises :class:`IngestError` if nothing was stored, :class:`KeyTaken` if another
+        request with ``key`` was stored first."""
+        problem = self.disk.problem() if self.disk is not None else None
+        if problem is not None:
+            raise IngestError(507, f"the database's disk is {problem}; nothing was stored")
+        timeout = self.timeout if timeout is None else timeout
         result = AsyncResult()
-        unit = _Unit(lines, result)
+        unit = _Unit(lines, result, key, time.monotonic() + timeout)
         self._units.append(unit)
         self._kick()
         try:
@@ -253,7 +322,7 @@ class Ingestor:
         except gevent.Timeout:
             try:
                 self._units.remove(unit)  # still waiting: withdrawn, nothing stored
-            except ValueError:  # being written now: its outcome is the answer
+            except ValueError:  # being written now, its transaction bounded by the deadline
                 return result.get()
             raise IngestError(503, "the database is too slow to answer; retry") from None
 
@@ -299,13 +368,10 @@ class Ingestor:
             while self._units:
                 if self._written - self._indexed > MAX_UNINDEXED:
                     self._index_chunk()  # sustained load: keep what searches scan bounded
-                batch, n = [], 0
-                while self._units and (not batch or n + len(self._units[0].lines) <= MAX_LINES_PER_TXN):
-                    unit = self._units.popleft()
-                    batch.append(unit)
-                    n += len(unit.lines)
+                batch = self._next_batch()
                 try:
-                    self._commit(batch)
+                    if batch:
+                        self._commit(batch)
                 except Exception:  # never let the writer die; the units were answered
                     log.exception("ingest writer failed")
             # quiet for INDEX_AFTER_QUIET: index what was written, a chunk at a time,
@@ -313,6 +379,26 @@ class Ingestor:
             while (self._indexes and self._written > self._indexed
                    and not self._wake.wait(INDEX_AFTER_QUIET) and self._index_chunk()):
                 pass
+
+    def _next_batch(self):
+        """The queued units for one transaction: at most MAX_LINES_PER_TXN lines (or one
+        unit), none past its deadline (answered 503 already), and no two with one
+        idempotency key (the second waits for the next transaction, then replays)."""
+        batch, n, keys = [], 0, set()
+        now = time.monotonic()
+        while self._units and (not batch or n + len(self._units[0].lines) <= MAX_LINES_PER_TXN):
+            unit = self._units[0]
+            if unit.deadline is not None and unit.deadline <= now:
+                self._units.popleft()
+                self._fail(unit, IngestError(503, "the database is too slow to answer; retry"))
+                continue
+            if unit.key is not None:
+                if unit.key[0] in keys:
+                    break
+                keys.add(unit.key[0])
+            batch.append(self._units.popleft())
+            n += len(unit.lines)
+        return batch
 
     def _index_chunk(self):
         """Index one chunk; True if there may be more."""
@@ -324,13 +410,51 @@ class Ingestor:
             return False
         return self._indexed != before and self._indexed < self._written
 
+    def _transaction(self, units, lines):
+        """Write ``lines`` (and the units' idempotency records) in one transaction. The
+        statements before COMMIT are cut off at the units' earliest deadline (the
+        connection is dropped, so the database rolls them back): a producer that was
+        answered 503 never finds its lines committed later. COMMIT itself is awaited."""
+        deadlines = [u.deadline for u in units if u.deadline is not None]
+        budget = (min(deadlines) - time.monotonic()) if deadlines else self.timeout
+        timer = gevent.Timeout(max(budget, 0.001), _Stalled())
+        timer.start()
+        conn = None
+        try:
+            try:
+                conn = self.engine.connect()
+                trans = conn.begin()
+                rows = write_lines(conn, lines)
+                keyed, owners, i = [], [], 0
+                for u in units:
+                    n = len(u.lines)
+                    if u.key is not None:
+                        keyed.append((u.key[0], u.key[1],
+                                      accepted_body(n, rows[i]["id"], rows[i + n - 1]["id"])))
+                        owners.append(u)
+                    i += n
+                if keyed:
+                    taken = record_keys(conn, keyed, utcnow())
+                    if taken is not None:
+                        raise _KeyConflict(owners[taken])
+            except _Stalled:
+                if conn is not None:
+                    conn.invalidate()
+                raise
+            finally:
+                timer.close()
+            trans.commit()
+            return rows
+        finally:
+            if conn is not None:
+                conn.close()
+
     def _commit(self, units):
         while units:
             lines = [line for u in units for line in u.lines]
             started = time.perf_counter()
             try:
-                with self.engine.begin() as conn:
-                    rows = write_lines(conn, lines)
+                rows = self._transaction(units, lines)
             except _JobGone as gone:
                 keep = []
                 for u in units:
@@ -340,8 +464,22 @@ class Ingestor:
                         keep.append(u)
                 units = keep
                 continue
+            except _KeyConflict as conflict:
+                self._fail(conflict.unit, KeyTaken())
+                units = [u for u in units if u is not conflict.unit]
+                continue
+            except _Stalled:
+                log.warning("the database did not answer in time; %d lines not stored",
+                            len(lines))
+                self._database_down(units, None, "the database did not answer in time; retry")
+                return
             except self._down as exc:
-                self._database_down(units, exc)
+                if disk_full(exc):
+                    self._disk_full(units)
+                else:
+                    log.warning("database unavailable, ingest paused: %s",
+                                exc.__class__.__name__)
+                    self._database_down(units, exc, "database unavailable")
                 return
             except Exception as exc:
                 if len(units) > 1:  # isolate the unit that broke the batch
@@ -351,6 +489,8 @@ class Ingestor:
                 log.error("ingest failed: %r", exc)
                 self._fail(units[0], IngestError(500, "could not store the lines"))
                 return
+            if self.disk is not None:
+                self.disk.note_written()
             self.metrics.ingest_seconds.observe(time.perf_counter() - started)
             self.metrics.lines_ingested.inc(len(rows))
             self._written = max(self._written, rows[-1]["id"])
@@ -377,14 +517,20 @@ class Ingestor:
         else:
             self._pending_records -= len(unit.lines)
 
-    def _database_down(self, units, exc):
-        """Refuse acknowledged writes (503); keep fire-and-forget lines (bounded) and
-        retry them after a pause."""
-        log.warning("database unavailable, ingest paused: %s", exc.__class__.__name__)
+    def _disk_full(self, units):
+        log.error("the database's disk is full: ingest refused (507) until space is freed")
+        if self.disk is not None:
+            self.disk.note_full()
+        self._database_down(units, None, "the database's disk is full; nothing was stored",
+                            status=507)
+
+    def _database_down(self, units, exc, message, status=503):
+        """Refuse acknowledged writes; keep fire-and-forget lines (bounded) and retry them
+        after a pause."""
         retry = []
         for u in units:
             if u.result is not None:
-                u.result.set_exception(IngestError(503, "database unavailable"))
+                u.result.set_exception(IngestError(status, message))
             else:
                 retry.append(u)
         self._units.extendleft(reversed(retry))

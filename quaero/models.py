@@ -36,6 +36,7 @@ def step_name_problem(name):
 SERVICE_KEY = "service"
 ID_KEY = "__id__"
 SEARCH_KEY = "__search__"  # SQLite: the last line id in the search index (log_fts)
+DEPLOYMENT_KEY = "__deployment__"  # value: this database's random id (the bus channel)
 
 
 class Base(DeclarativeBase):
@@ -135,7 +136,19 @@ class LogVolume(db.Model):
     count = sa.Column(sa.BigInteger, nullable=False)
 
 
+class IdempotencyKey(db.Model):
+    """An acknowledged ``POST /api/logs`` with an ``Idempotency-Key``: its body's digest and
+    its answer, written in the transaction that stored its lines (``ingest``)."""
+    __tablename__ = "idempotency_keys"
+    key = sa.Column(sa.String(128), primary_key=True)
+    digest = sa.Column(sa.String(64), nullable=False)   # sha256 of the request body
+    status = sa.Column(sa.SmallInteger, nullable=False)
+    response = sa.Column(sa.Text, nullable=False)         # the JSON body answered
+    created_at = sa.Column(sa.DateTime, nullable=False, index=True)
+
+
 log_t = LogEntry.__table__
+idempotency_t = IdempotencyKey.__table__
 counts_t = LogCount.__table__
 counters_t = LineCounter.__table__
 volume_t = LogVolume.__table__
@@ -165,14 +178,22 @@ def init_db(engine):
     safe to run concurrently and repeatedly."""
     from .migrate import upgrade
     upgrade(engine)
-    for key in (ID_KEY, SERVICE_KEY):
+    import secrets
+    for key, value in ((ID_KEY, 0), (SERVICE_KEY, 0), (DEPLOYMENT_KEY, secrets.randbits(62))):
         with engine.begin() as conn:
             exists = conn.execute(sa.select(counters_t.c.key).where(counters_t.c.key == key)).first()
             if not exists:
                 try:
-                    conn.execute(counters_t.insert().values(key=key, value=0))
+                    conn.execute(counters_t.insert().values(key=key, value=value))
                 except sa.exc.IntegrityError:  # another process won the race
                     pass
+
+
+def deployment_id(engine):
+    """This database's random id, made by ``init_db`` (one per deployment)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(counters_t.c.value)
+                            .where(counters_t.c.key == DEPLOYMENT_KEY)).scalar_one()
 
 
 # --- formats -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@ database, without touching the shared database server."""
 import socket
 
 import gevent
+import gevent.event
 from gevent.server import StreamServer
 
 
@@ -12,6 +13,8 @@ class TCPProxy:
         self.port = None
         self.server = None
         self.pairs = set()
+        self.flowing = gevent.event.Event()  # cleared: a frozen peer (accepts, never answers)
+        self.flowing.set()
 
     def start(self):
         listener = socket.socket()
@@ -24,6 +27,7 @@ class TCPProxy:
         return self
 
     def _handle(self, client, _addr):
+        self.flowing.wait()
         try:
             upstream = socket.create_connection(self.target, timeout=5)
         except OSError:
@@ -38,6 +42,7 @@ class TCPProxy:
                     data = src.recv(65536)
                     if not data:
                         break
+                    self.flowing.wait()
                     dst.sendall(data)
             except OSError:
                 pass
@@ -61,6 +66,14 @@ class TCPProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def freeze(self):
+        """Stop passing bytes either way, connections left open: a database stopped with
+        SIGSTOP (or behind a dead route), as its clients see it."""
+        self.flowing.clear()
+
+    def thaw(self):
+        self.flowing.set()
 
     def restore(self):
         self.start()

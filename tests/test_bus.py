@@ -15,7 +15,7 @@ def test_redact_hides_only_the_password():
 
 def test_a_redis_that_does_not_answer_is_logged_once_loudly(caplog):
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"  # nobody listens there
-    bus = RedisBus(url)
+    bus = RedisBus(url, "quaero:test:bus")
     caplog.set_level(logging.DEBUG, logger="quaero.bus")
     assert bus.health().startswith("error") or bus.health() == "not connected yet"
     for i in range(5):  # the publisher fails too, on every message

@@ -10,6 +10,8 @@ def init_app(app):
     from . import (api_histogram, api_jobs, api_logs, api_search, auth, openapi, ops, otlp,
                    stream, views)
     auth.init_app(app)  # first: the loopback rule and the token come before anything else
+    from .params import close_unread_body
+    app.after_request(close_unread_body)
     for module in (api_logs, api_histogram, api_jobs, api_search, stream, openapi, otlp):
         app.register_blueprint(module.bp)
     app.register_blueprint(ops.bp)

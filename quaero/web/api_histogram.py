@@ -9,7 +9,8 @@ from ..errors import Invalid
 from ..histogram import DEFAULT_BUCKETS, MAX_BUCKETS, log_histogram
 from ..models import Job, db, utcnow
 from ..queries import LineFilter
-from .params import MAX_JOB_IDS, check_jobs_exist, parse_int, parse_level, parse_q, parse_query
+from .params import (MAX_JOB_IDS, check_jobs_exist, db_deadline, parse_int, parse_level, parse_q,
+                     parse_query)
 
 bp = Blueprint("histogram", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
 
@@ -40,10 +41,11 @@ def histogram():
         f, _limit = parse_query(request.args)
     buckets = parse_buckets(request.args.get("buckets"))
     until = None
-    with db.engine.connect() as conn:
-        check_jobs_exist(conn, f.job_ids)
-        if f.job_ids:
-            running = conn.execute(sa.select(sa.func.count()).select_from(Job).where(
-                Job.id.in_(f.job_ids), Job.status == "running")).scalar()
-            until = utcnow() if running else None
-    return jsonify(log_histogram(db.engine, f, buckets, until=until))
+    with db_deadline():
+        with db.engine.connect() as conn:
+            check_jobs_exist(conn, f.job_ids)
+            if f.job_ids:
+                running = conn.execute(sa.select(sa.func.count()).select_from(Job).where(
+                    Job.id.in_(f.job_ids), Job.status == "running")).scalar()
+                until = utcnow() if running else None
+        return jsonify(log_histogram(db.engine, f, buckets, until=until))

@@ -1,16 +1,19 @@
 """The logs API: ingest (``POST /api/logs``), the polling reads and the text download.
 The stream is in ``stream.py`` beside it."""
+import hashlib
+import re
 from datetime import datetime, timezone
 
+import gevent
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..errors import APIError
-from ..ingest import IngestError
-from ..models import LEVELS, LEVEL_ALIASES, Job, Step, db
+from ..ingest import IDEMPOTENCY_TTL, IngestError, KeyTaken, accepted_body
+from ..models import LEVELS, LEVEL_ALIASES, Job, Step, db, idempotency_t, utcnow
 from ..queries import LineFilter, count_matches, select_lines
-from .params import (MAX_NAME, check_jobs_exist, clean_text, json_body, parse_int, parse_query,
-                     parse_timestamp)
+from .params import (MAX_NAME, check_jobs_exist, clean_text, db_reading, json_object,
+                     parse_int, parse_query, parse_timestamp, read_body)
 
 bp = Blueprint("logs", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
 
@@ -20,7 +23,14 @@ MAX_LINES_PER_REQUEST = 10000
 
 @bp.post("/logs")
 def post_logs():
-    data = json_body()
+    key = idempotency_key()
+    body = read_body()
+    digest = hashlib.sha256(body).hexdigest() if key else None
+    if key:
+        replay = _answered(key, digest)
+        if replay is not None:
+            return replay
+    data = json_object(body)
     items = data.get("logs")
     if not isinstance(items, list) or not items:
         raise APIError(400, "logs must be a non-empty list")
@@ -60,10 +70,46 @@ def post_logs():
                       "source": source or None})
     _check_targets(wanted)
     try:
-        first_id, last_id = current_app.extensions["quaero"].ingestor.submit(lines)
+        first_id, last_id = current_app.extensions["quaero"].ingestor.submit(
+            lines, key=(key, digest) if key else None)
     except IngestError as exc:
         raise APIError(exc.status, exc.message) from None
-    return jsonify(accepted=len(lines), first_id=first_id, last_id=last_id), 201
+    except KeyTaken:  # the same key, sent again while the first was being stored
+        replay = _answered(key, digest)
+        if replay is None:
+            raise APIError(409, "a request with this Idempotency-Key is in progress; "
+                                "retry") from None
+        return replay
+    return Response(accepted_body(len(lines), first_id, last_id), 201,
+                    mimetype="application/json")
+
+
+_KEY = re.compile(r"[\x21-\x7e]{1,128}\Z")
+_RECORD = (sa.select(idempotency_t.c.digest, idempotency_t.c.status, idempotency_t.c.response)
+           .where(idempotency_t.c.key == sa.bindparam("key"),
+                  idempotency_t.c.created_at >= sa.bindparam("since")))
+
+
+def idempotency_key():
+    """The request's ``Idempotency-Key`` (1-128 visible ASCII characters), or None."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _KEY.match(key):
+        raise APIError(400, "Idempotency-Key must be 1 to 128 visible ASCII characters")
+    return key
+
+
+def _answered(key, digest):
+    """The recorded answer to an earlier request with ``key`` (seen in the last 24 hours),
+    a 409 if that request had another body, or None."""
+    with db_reading() as conn:
+        row = conn.execute(_RECORD, {"key": key, "since": utcnow() - IDEMPOTENCY_TTL}).first()
+    if row is None:
+        return None
+    if row.digest != digest:
+        raise APIError(409, "this Idempotency-Key was used for a request with another body")
+    return Response(row.response, row.status, mimetype="application/json")
 
 
 _TARGETS = (sa.select(Job.id, Step.name).outerjoin(Step, Step.job_id == Job.id)
@@ -75,12 +121,13 @@ def _check_targets(wanted):
     """404 for a job or step that does not exist. Targets seen before are not asked
     again (``Ingestor.known_targets``): the writer refuses a job removed since."""
     known = current_app.extensions["quaero"].ingestor.known_targets
-    job_ids = {j for j, s in wanted if j and (j, s) not in known}
-    if not job_ids:
+    unknown = {(j, s) for j, s in wanted if j and (j, s) not in known}
+    if not unknown:
         return
+    job_ids = {j for j, _ in unknown}
     if any(len(j) > 32 for j in job_ids):
         raise APIError(404, "job not found")
-    with db.engine.connect() as conn:  # no transaction held while the writer commits
+    with db_reading() as conn:  # no transaction held while the writer commits
         rows = conn.execute(_TARGETS, {"job_ids": list(job_ids)}).all()
     jobs_found = {j for j, _ in rows}
     steps_found = {(j, s) for j, s in rows}
@@ -88,9 +135,7 @@ def _check_targets(wanted):
         known.clear()
     known.update(steps_found)
     known.update((j, None) for j in jobs_found)
-    for job_id, step in wanted:
-        if job_id is None:
-            continue
+    for job_id, step in unknown:  # (a known target was found before: it needs no check)
         if job_id not in jobs_found:
             raise APIError(404, f"job {job_id} not found")
         if step is not None and (job_id, step) not in steps_found:
@@ -102,7 +147,7 @@ def get_logs():
     f, limit = parse_query(request.args)
     after = parse_int(request.args.get("after"), "after")
     before = parse_int(request.args.get("before"), "before")
-    with db.engine.connect() as conn:
+    with db_reading() as conn:
         check_jobs_exist(conn, f.job_ids)
         lines, more = select_lines(conn, f, after=after, before=before, limit=limit)
         total, capped = count_matches(conn, f)
@@ -120,7 +165,7 @@ def get_logs():
 def job_logs_txt(job_id):
     f = LineFilter(job_ids=(job_id,), min_level=LEVELS["debug"])
     engine = db.engine
-    with engine.connect() as conn:
+    with db_reading() as conn:
         check_jobs_exist(conn, f.job_ids)
 
     def pages():
@@ -133,6 +178,7 @@ def job_logs_txt(job_id):
                 after = lines[-1]["id"]
             if not more:
                 return
+            gevent.sleep(0)  # formatting a page holds the worker: let others run between
 
     return Response(pages(), mimetype="text/plain", headers={
         "Content-Disposition": f'attachment; filename="job-{job_id}.log"'})

@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify, request
 from ..errors import Invalid
 from ..models import Job, db
 from ..queries import LineFilter, select_lines
-from .params import MAX_JOB_IDS, check_jobs_exist, parse_int, parse_level, parse_q
+from .params import MAX_JOB_IDS, check_jobs_exist, db_reading, parse_int, parse_level, parse_q
 
 bp = Blueprint("search", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
 
@@ -29,7 +29,7 @@ def search():
     before = parse_int(args.get("before"), "before")
     f = LineFilter(job_ids=job_ids, everywhere=not job_ids, q=q,
                    min_level=parse_level(args.get("level"), default="debug"))
-    with db.engine.connect() as conn:
+    with db_reading() as conn:
         check_jobs_exist(conn, job_ids)
         lines, more = select_lines(conn, f, before=before, limit=limit)
         ids = {line["job_id"] for line in lines if line["job_id"]}

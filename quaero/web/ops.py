@@ -7,9 +7,12 @@ API token both, like everything else, answer loopback clients only (auth.py)."""
 import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify
 
+from ..deadline import DatabaseLate, reading
 from ..metrics import exposition
 from ..models import db
 from .auth import require_metrics_token
+
+HEALTH_DB_TIMEOUT = 1.5  # seconds: a probe answers within 2 s, whatever the database does
 
 bp = Blueprint("ops", __name__)
 
@@ -19,11 +22,16 @@ def healthz():
     state = current_app.extensions["quaero"]
     checks = {}
     try:
-        with db.engine.connect() as conn:
+        with reading(db.engine, HEALTH_DB_TIMEOUT) as conn:
             conn.execute(sa.text("SELECT 1"))
         checks["database"] = "ok"
+    except DatabaseLate:
+        checks["database"] = f"error: no answer within {HEALTH_DB_TIMEOUT:g} s"
     except Exception as exc:
         checks["database"] = f"error: {exc.__class__.__name__}"
+    disk = state.disk.problem()
+    if disk is not None:
+        checks["disk"] = disk
     bridge = getattr(state.bus, "health", None)
     if bridge is not None:
         checks["redis"] = bridge()

@@ -2,9 +2,11 @@
 import re
 from datetime import datetime, timezone
 
+import gevent
 import sqlalchemy as sa
-from flask import request
+from flask import current_app, request
 
+from ..deadline import reading, within
 from ..errors import Invalid, JobNotFound, TooLarge
 from ..models import LEVELS, LEVEL_ALIASES, Job
 from ..queries import MAX_Q, LineFilter
@@ -16,6 +18,17 @@ LIMIT_MAX = {"job": 5000, "service": 500}
 DEFAULT_LIMIT = 100
 _INT = re.compile(r"[0-9]+\Z")
 _BIG = 2 ** 62  # ids beyond this cannot exist; keeps parameters inside BIGINT
+
+
+def db_reading():
+    """A database connection for a request's reads, cut off at ``QUAERO_DB_TIMEOUT``."""
+    from ..models import db
+    return reading(db.engine, current_app.config["QUAERO_DB_TIMEOUT"])
+
+
+def db_deadline():
+    """The request's database work must end within ``QUAERO_DB_TIMEOUT`` (else 503)."""
+    return within(current_app.config["QUAERO_DB_TIMEOUT"])
 
 
 def parse_int(value, name):
@@ -93,22 +106,75 @@ def check_jobs_exist(conn, job_ids):
         raise JobNotFound()
 
 
+READ_CHUNK = 1 << 20
+
+
 def read_body():
     """The body, at most MAX_CONTENT_LENGTH bytes: werkzeug refuses a larger Content-Length,
-    but cuts a chunked body at the limit without a word, so look for one byte more."""
-    data = request.get_data(cache=False)
-    if (request.content_length is None and len(data) >= request.max_content_length
+    but cuts a chunked body at the limit without a word, so look for one byte more. Read a
+    chunk at a time, letting the worker's other requests run in between: a socket that
+    always has data never makes a read wait, so one big body would hold the worker."""
+    limit = request.max_content_length
+    stream = request.stream  # werkzeug's, bounded by Content-Length and the limit
+    chunks, size = [], 0
+    while True:
+        chunk = stream.read(READ_CHUNK)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        gevent.sleep(0)
+    data = b"".join(chunks)
+    if (request.content_length is None and limit is not None and size >= limit
             and request.environ.get("wsgi.input_terminated")
             and request.environ["wsgi.input"].read(1)):
-        raise TooLarge(f"request body too large: at most {request.max_content_length} "
-                       "bytes per request")
+        raise TooLarge(f"request body too large: at most {limit} bytes per request")
     return data
+
+
+DRAIN_MOST = 1 << 20  # bytes of a refused request's body read before the connection closes
+
+
+def close_unread_body(response):
+    """``after_request``: a refused request (401, 413, ...) is refused on its headers and its
+    body is not read. Left unread, gunicorn would drain it before the next request on the
+    connection: 2 GB sent as fast as loopback allows never makes a read wait, and the
+    worker served nobody else until it was killed. Read at most DRAIN_MOST of it, a chunk
+    at a time (so a client that sent a small body still reads its answer), then have
+    gunicorn close the connection (``quaero_request``: gunicorn.conf.py's pre_request)."""
+    if response.status_code < 400:
+        return response
+    environ = request.environ
+    if not (request.content_length or environ.get("wsgi.input_terminated")
+            or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()):
+        return response
+    raw = environ.get("wsgi.input")
+    drained = 0
+    try:
+        while drained < DRAIN_MOST:
+            chunk = raw.read(65536)
+            if not chunk:
+                return response
+            drained += len(chunk)
+            gevent.sleep(0)
+    except Exception:  # a broken or malformed body: the connection cannot go on
+        pass
+    req = getattr(raw, "quaero_request", None)
+    if req is not None:
+        req.must_close = True
+    response.headers["Connection"] = "close"
+    return response
 
 
 def json_body():
     """The request's JSON object, or a 400 (a body over MAX_CONTENT_LENGTH is a 413 first)."""
+    return json_object(read_body())
+
+
+def json_object(body):
+    """``body`` as a JSON object, or a 400."""
     try:
-        data = loads(read_body())
+        data = loads(body)
     except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise Invalid("body must be a JSON object") from None
     if not isinstance(data, dict):
@@ -131,7 +197,13 @@ def clean_text(value, name, max_len=None):
     return value
 
 
+EARLIEST = datetime(1970, 1, 1)
+LATEST = datetime(2200, 1, 1)
+
+
 def parse_timestamp(value, now):
+    """An ISO 8601 time, as UTC without a zone, from 1970 to 2200 (a line dated 9999-12-31
+    broke every histogram that covered it), or a 400."""
     if value is None:
         return now
     if not isinstance(value, str) or len(value) > 64:
@@ -142,4 +214,6 @@ def parse_timestamp(value, now):
             ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
     except (ValueError, OverflowError):
         raise Invalid("timestamp must be an ISO 8601 string") from None
+    if not EARLIEST <= ts < LATEST:
+        raise Invalid("timestamp must be between 1970-01-01 and 2200-01-01")
     return ts
