@@ -539,6 +539,43 @@ def test_two_runners_on_one_database_never_run_a_job_twice(tmp_path, database_ur
         b.extensions["quaero"].close()
 
 
+def test_a_claim_starts_the_job_after_the_end_that_made_room(tmp_path, pg_database):
+    """A claim waits for its turn (the claim lock on PostgreSQL); a job that ends meanwhile
+    makes room for it. The claimed job's started_at is not older than that end: taken
+    before the wait, it said three jobs ran at once under a bound of two (the two-runner
+    test failed 2 runs in 30 so)."""
+    from tests.conftest import _reset_pg
+    from quaero import jobs as jobops
+    from quaero.runner.leases import CLAIM_LOCK, Leases
+    _reset_pg(pg_database)
+    app = make_app(pg_database, tmp_path)
+    engine = app.extensions["quaero"].engine
+    try:
+        with app.app_context():
+            first = jobops.create_job("first", ["a"], definition="d").id
+            second = jobops.create_job("second", ["a"], definition="d").id
+        leases = Leases(engine, "host", 30.0)
+        leases.begin(os.getpid())
+        assert leases.claim(first, 1)
+        with engine.connect() as holder:       # another claim holds the claim lock
+            holder.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK})
+            claim = gevent.spawn(leases.claim, second, 1)
+            waiting = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                              "AND NOT granted")
+            wait_for(lambda: holder.execute(waiting).scalar() == 1, what="the claim to wait")
+            with app.app_context():
+                jobops.set_job_status(first, "completed")
+            holder.commit()
+        assert claim.get(timeout=20) is True
+        with engine.connect() as conn:
+            times = dict(conn.execute(sa.text(
+                "SELECT id, started_at FROM jobs WHERE id = :s UNION ALL "
+                "SELECT id, finished_at FROM jobs WHERE id = :f"), {"s": second, "f": first}).all())
+        assert times[second] >= times[first]
+    finally:
+        app.extensions["quaero"].close()
+
+
 @pytest.mark.parametrize("text, level", [
     ("ERROR: boom", "error"),
     ("\x1b[31mERROR: boom\x1b[0m", "error"),

@@ -85,8 +85,12 @@ class Leases:
 
     def claim(self, job_id, max_running):
         """Atomically move a pending job to running, if the bound allows, and take its
-        lease; one process wins."""
-        now = utcnow()
+        lease; one process wins.
+
+        ``started_at`` is read once the claim has won, not before: the claim may wait (the
+        claim lock, the database) while a job ends and makes room for it, and a time read
+        before that wait said the job started before the end that let it start (three
+        jobs at once, by their times, under a bound of two)."""
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK})
@@ -96,9 +100,11 @@ class Leases:
                       .scalar_subquery())
             n = conn.execute(jobs_t.update().where(
                 jobs_t.c.id == job_id, jobs_t.c.status == "pending", others < max_running)
-                .values(status="running", started_at=now)).rowcount
+                .values(status="running")).rowcount
             if n != 1:
                 return False
+            conn.execute(jobs_t.update().where(jobs_t.c.id == job_id)
+                         .values(started_at=utcnow()))
             conn.execute(leases_t.delete().where(leases_t.c.job_id == job_id))
             conn.execute(leases_t.insert().values(job_id=job_id, runner_id=self.runner_id))
         return True
