@@ -112,13 +112,16 @@
 
   /**
    * Alpine component for one histogram. `o.query()` returns the histogram's query string
-   * (or null: nothing to draw); `o.live()` true refreshes every 5 s. Picking a range
+   * (or null: nothing to draw); `o.live()` true refreshes every 5 s, and once more when it
+   * turns false (the job ended: its last lines came after the last tick). Picking a range
    * dispatches `volume-range` with `{start, end}` (ms) on the component's element.
    */
   function logVolume(o) {
     var timer = null;
     var pending = null;
     var last = null;
+    var wasLive = false;   // o.live() at the last watch
+    var asked = 0;         // refreshes asked for: only the newest one's answer is drawn
     var data = [];
     return {
       total: 0,
@@ -130,21 +133,31 @@
         timer = setInterval(function () { if (o.live && o.live()) self.refresh(); }, 5000);
       },
       destroy: function () { if (timer) clearInterval(timer); if (pending) clearTimeout(pending); },
-      /** From `x-effect="watch(query())"`: a changed query redraws (typing is debounced). */
+      /** From `x-effect="watch(query())"`: a changed query redraws (typing is debounced),
+       * and so does the end of `o.live()`, read here so that the effect runs again when it
+       * changes: the lines committed between the last 5-s tick and a job's end were
+       * otherwise never counted (the job page said 5,070 lines and 21 warnings of 5,071
+       * and 22 until reloaded). */
       watch: function (q) {
         var self = this;
-        if (q === last) return;
+        var live = !!(o.live && o.live());
+        var ended = wasLive && !live;
+        wasLive = live;
+        if (q === last && !ended) return;
         var first = last === null;
         last = q;
         if (pending) clearTimeout(pending);
-        pending = setTimeout(function () { pending = null; self.refresh(); }, first ? 0 : 300);
+        pending = setTimeout(function () { pending = null; self.refresh(); }, first || ended ? 0 : 300);
       },
       refresh: function () {
         var self = this;
+        var n = ++asked;
         var q = o.query();
         if (!q) { data = []; this.total = 0; this.redraw(); return Promise.resolve(); }
         return H.apiFetch("/api/logs/histogram?" + q).then(function (res) {
-          if (!res.ok) return;
+          // an older answer (a tick's, asked before the job's last lines) comes after a
+          // newer one: the newer one stands
+          if (!res.ok || n !== asked) return;
           data = res.body.buckets || [];
           self.total = res.body.total || 0;
           self.redraw();

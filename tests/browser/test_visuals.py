@@ -102,6 +102,25 @@ def test_job_page_timeline_volume_folding_in_each_shape_and_scheme(live, shaped)
     assert page.errors == []
 
 
+def test_the_volume_counts_the_last_lines_once_the_job_ended(live, page):
+    """Lines committed just before the job ends (after the volume's last 5-s refresh) are
+    in the page's counts once it ended, without a reload."""
+    job = new_job(live, "ending", steps=("s",))
+    set_status(live, job, "running", step="s")
+    post(live, [{"level": "info", "message": f"line {i}", "job_id": job, "step": "s"}
+                for i in range(20)])
+    page.goto(f"{live.server.url}/jobs/{job}")
+    label = page.locator("#job-vol-label")
+    expect(label).to_have_text(re.compile(r"^20 lines from "))
+    post(live, [{"level": "warn", "message": "the last word", "job_id": job, "step": "s"}])
+    set_status(live, job, "completed", step="s")
+    set_status(live, job, "completed")
+    expect(page.locator(".badge").first).to_have_text("completed")
+    expect(label).to_have_text(re.compile(r"^21 lines from .*, 1 warnings$"))
+    expect(page.locator(".linecount")).to_have_text("21 of 21 lines shown")
+    assert page.errors == []
+
+
 def test_picking_a_time_on_the_volume_shows_the_lines_from_then(live, page):
     job = new_job(live, "timed", steps=("s",))
     t = "2026-11-20T10:%02d:00.000Z"

@@ -42,6 +42,68 @@ test("bisectTime finds the first line at or after a time in log2 probes", async 
   assert.equal(await Vol.bisectTime(probe, 1e12 + 5e6, 3001), null);
 });
 
+// logVolume with just enough DOM to draw into, and a fetch whose answers the test releases
+function volumeHarness(live) {
+  const node = () => ({ setAttribute() {}, appendChild() {}, textContent: "" });
+  const asked = [];
+  const saved = { document: globalThis.document, fetch: globalThis.fetch };
+  globalThis.document = { createElementNS: node, createDocumentFragment: node };
+  globalThis.fetch = (url) => new Promise((resolve) => asked.push({ url, answer: (lines, warn) => resolve({
+    status: 200, ok: true,
+    json: () => Promise.resolve({ total: lines, buckets: [{ start: "2026-01-01T00:00:00.000Z",
+      end: "2026-01-01T00:00:10.000Z", counts: { debug: 0, info: lines - warn, warn, error: 0 } }] })
+  }) }));
+  const v = Vol.logVolume({ query: () => "scope=job&job_id=j", live: () => live.now });
+  v.$refs = { svg: node() };
+  const restore = () => { globalThis.document = saved.document; globalThis.fetch = saved.fetch; };
+  return { v, asked, restore };
+}
+
+const until = async (ok) => {
+  for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 5));
+  assert.ok(ok());
+};
+
+test("the log volume is drawn once more when the job ends: its last lines are counted", async () => {
+  const live = { now: true };
+  const { v, asked, restore } = volumeHarness(live);
+  try {
+    v.watch("scope=job&job_id=j");                 // the page opens on the running job
+    await until(() => asked.length === 1);
+    asked[0].answer(5070, 21);
+    await until(() => v.total === 5070);
+    assert.match(v.label, /^5070 lines .*, 21 warnings$/);
+    live.now = false;                               // a warning, then the job ends
+    v.watch("scope=job&job_id=j");                  // the page's effect: the job changed
+    await until(() => asked.length === 2);
+    asked[1].answer(5071, 22);
+    await until(() => v.total === 5071);
+    assert.match(v.label, /^5071 lines .*, 22 warnings$/);
+    v.watch("scope=job&job_id=j");                  // ended already: nothing more to ask
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(asked.length, 2);
+  } finally {
+    restore();
+  }
+});
+
+test("an older histogram answer that arrives last does not replace a newer one", async () => {
+  const { v, asked, restore } = volumeHarness({ now: true });
+  try {
+    v.refresh();                                    // a 5-s tick, before the last lines
+    v.refresh();                                    // the job's end
+    assert.equal(asked.length, 2);
+    asked[1].answer(5071, 22);
+    await until(() => v.total === 5071);
+    asked[0].answer(5070, 21);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(v.total, 5071);
+    assert.match(v.label, /22 warnings$/);
+  } finally {
+    restore();
+  }
+});
+
 test("timeline bars on the job's time axis, running steps to now", () => {
   const job = { steps: [
     { name: "a", status: "completed", started_at: "2026-01-01T00:00:00.000Z", finished_at: "2026-01-01T00:00:10.000Z" },
