@@ -30,9 +30,11 @@ def within(seconds):
         if exc is not timer:
             raise
         raise DatabaseLate(seconds) from None
-    except sa.exc.OperationalError as exc:
-        # SQLite: the timer fired inside its progress handler, which interrupts the query
-        if "interrupted" in str(exc.orig) and not timer.pending:
+    except sa.exc.DBAPIError:
+        # the timer fired, and the driver said so in its own words: SQLite's progress
+        # handler interrupts the query; the pool's pre-ping of psycopg fails on the
+        # connection the timer cut off (which it then invalidates)
+        if not timer.pending:
             raise DatabaseLate(seconds) from None
         raise
     finally:

@@ -437,9 +437,11 @@ class Ingestor:
                     taken = record_keys(conn, keyed, utcnow())
                     if taken is not None:
                         raise _KeyConflict(owners[taken])
-            except _Stalled:
-                if conn is not None:
-                    conn.invalidate()
+            except Exception as exc:
+                if not timer.pending:  # the deadline passed (the driver may say it otherwise)
+                    if conn is not None and not conn.invalidated:
+                        conn.invalidate()
+                    raise _Stalled() from exc
                 raise
             finally:
                 timer.close()

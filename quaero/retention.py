@@ -13,8 +13,9 @@ import gevent
 import sqlalchemy as sa
 
 from .histogram import second_of
-from .models import (FINISHED, SERVICE_KEY, Job, counters_t, counts_t, log_t, utcnow,
-                     volume_t)
+from .ingest import IDEMPOTENCY_TTL
+from .models import (FINISHED, SERVICE_KEY, Job, counters_t, counts_t, idempotency_t, log_t,
+                     utcnow, volume_t)
 
 log = logging.getLogger("quaero.retention")
 
@@ -117,6 +118,20 @@ def prune_once(engine, retention_days=None, max_lines_per_job=None):
     return jobs_deleted, lines_deleted
 
 
+def forget_keys(engine):
+    """Remove idempotency records past their day (``POST /api/logs``), a chunk per
+    transaction; returns how many went."""
+    cutoff, gone = utcnow() - IDEMPOTENCY_TTL, 0
+    while True:
+        with engine.begin() as conn:
+            keys = sa.select(idempotency_t.c.key).where(
+                idempotency_t.c.created_at < cutoff).limit(CHUNK).scalar_subquery()
+            n = conn.execute(idempotency_t.delete().where(idempotency_t.c.key.in_(keys))).rowcount
+        gone += n
+        if n < CHUNK:
+            return gone
+
+
 class Pruner:
     """A greenlet per process; on PostgreSQL only one process prunes at a time."""
 
@@ -127,14 +142,10 @@ class Pruner:
         self.interval = interval
         self.stopped = False
 
-    @property
-    def enabled(self):
-        return bool(self.retention_days or self.max_lines_per_job)
-
     def start(self):
-        """This process's pruning greenlet (the app's ``start()`` calls it once)."""
-        if self.enabled:
-            gevent.spawn(self._run)
+        """This process's pruning greenlet (the app's ``start()`` calls it once); it runs
+        even with retention off, for the idempotency records."""
+        gevent.spawn(self._run)
 
     def _run(self):
         while not self.stopped:
@@ -159,6 +170,7 @@ class Pruner:
                 lock_conn.commit()
 
     def _prune(self):
+        forget_keys(self.engine)
         jobs, lines = prune_once(self.engine, self.retention_days, self.max_lines_per_job)
         if jobs or lines:
             log.info("retention pruned %d jobs and %d lines", jobs, lines)

@@ -5,6 +5,7 @@ import json
 import socket
 import subprocess
 import time
+from datetime import datetime
 
 import gevent
 import httpx
@@ -114,12 +115,19 @@ def test_the_same_key_sent_at_once_stores_once(any_app):
     assert _lines(any_app) == ["once", "twice?"]
 
 
-def test_records_older_than_a_day_are_forgotten(client, app):
+def test_records_older_than_a_day_are_forgotten(any_app):
+    from quaero.retention import forget_keys
+    client, engine = any_app.test_client(), any_app.extensions["quaero"].engine
+    for key in ("old", "older", "new"):
+        assert client.post("/api/logs", json=BODY, headers={"Idempotency-Key": key}).status_code == 201
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE idempotency_keys SET created_at = :t WHERE key <> 'new'"),
+                     {"t": datetime(2000, 1, 1)})
     assert client.post("/api/logs", json=BODY, headers={"Idempotency-Key": "old"}).status_code == 201
-    with app.extensions["quaero"].engine.begin() as conn:
-        conn.execute(sa.text("UPDATE idempotency_keys SET created_at = '2000-01-01 00:00:00'"))
-    assert client.post("/api/logs", json=BODY, headers={"Idempotency-Key": "old"}).status_code == 201
-    assert len(_lines(app)) == 4
+    assert len(_lines(any_app)) == 8
+    assert forget_keys(engine) == 1  # "older" ("old" was recorded again)
+    with engine.connect() as conn:
+        assert sorted(conn.execute(sa.text("SELECT key FROM idempotency_keys")).scalars()) == ["new", "old"]
 
 
 # --- a stalled database: answered within the bound, never committed later -----------------
@@ -429,7 +437,7 @@ def test_a_long_sqlite_read_lets_other_greenlets_run(app, client):
     finally:
         stop.append(1)
         t.join()
-    assert max(gaps) < 0.25, f"the worker froze {max(gaps):.2f} s"
+    assert max(gaps) < 1.0, f"the worker froze {max(gaps):.2f} s"  # unbounded: 6.4 s per 1M lines
 
 
 # --- producers resend with the batch's key --------------------------------------------------
