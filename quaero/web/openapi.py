@@ -30,7 +30,9 @@ TOO_LONG = {"414": {"description": "request line over 8190 bytes: refused by the
 def _errors(*codes):
     text = {400: "bad request", 401: "authentication required", 404: "not found",
             405: "method not allowed", 409: "conflict with the current state",
-            413: "request too large", 503: "unavailable (database, stream cap, shutdown)"}
+            413: "request too large",
+            503: "unavailable (database away or not answering in time, stream cap, shutdown)",
+            507: "the database's disk is full or below its free-space floor; nothing stored"}
     return {str(c): _error(text[c]) for c in codes}
 
 
@@ -244,16 +246,24 @@ PATHS = {
 def _ingest(max_body):
     """``POST /api/logs``, whose limits depend on the server's body limit."""
     op = _op("Ingest log lines", {
-        "201": {"description": "committed", **_json(_ref("IngestResult"))},
-        **_errors(400, 401, 404, 503),
+        "201": {"description": "committed (or, for a repeated Idempotency-Key, the first "
+                               "request's answer, nothing stored again)",
+                **_json(_ref("IngestResult"))},
+        **_errors(400, 401, 404, 503, 507),
+        "409": _error("this Idempotency-Key was used in the last 24 hours for another body"),
         "413": _error(f"a message over 65,536 bytes of UTF-8, more than 10,000 lines, or a body "
                       f"over {max_body} bytes; nothing of the request is stored")},
+        [{"name": "Idempotency-Key", "in": "header", "required": False,
+          "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,128}$"},
+          "description": "a request repeated with a key seen in the last 24 hours answers "
+                         "the first request's status and body and stores nothing more"}],
         body=_ref("IngestRequest"))
     op["description"] = (
         f"All or nothing. A request body (on every endpoint) is at most {max_body} bytes "
         "(QUAERO_MAX_BODY_BYTES; 32 MiB by default) and is refused with 413 before it is "
         "parsed: 10,000 lines of 64 KiB do not fit in one request, so send large batches "
-        "in several requests.")
+        "in several requests. Answered within QUAERO_INGEST_TIMEOUT (8 s): committed, or 503 "
+        "and never committed later. Timestamps from 1970-01-01 to 2200-01-01.")
     return op
 
 
