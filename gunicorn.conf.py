@@ -2,6 +2,13 @@
 import ipaddress
 import os
 
+from quaero.config import ConfigError, export_file_settings
+
+try:
+    export_file_settings()  # QUAERO_CONFIG's settings, where the environment has none
+except ConfigError as exc:
+    raise SystemExit(f"quaero: {exc}") from None
+
 _token = os.environ.get("QUAERO_API_TOKEN")
 _host = os.environ.get("QUAERO_HOST", "127.0.0.1")
 _port = os.environ.get("QUAERO_PORT", "5000")

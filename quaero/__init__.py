@@ -6,7 +6,10 @@ SQLAlchemy or gevent."""
 import logging
 import os
 
+from ._version import __version__
+
 log = logging.getLogger("quaero")
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class Quaero:
@@ -43,6 +46,7 @@ class Quaero:
                              cfg["QUAERO_MAX_LINES_PER_JOB"], cfg["QUAERO_PRUNE_INTERVAL"])
         self.log_handler = IngestHandler(self.ingestor)
         self.runner = Runner(app, self)
+        self.version = __version__  # what /healthz reports
         for part in (self.bus, self.ingestor, self.hub, self.runner):
             part.on_first_use = self.start
         self._loggers = [logging.getLogger("quaero")]
@@ -143,15 +147,17 @@ def create_app(config=None):
 
     from .config import Config
     from .models import db, init_db
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    app = Flask(__name__, instance_path=os.path.join(root, "instance"),
-                template_folder=os.path.join(root, "templates"),
-                static_folder=os.path.join(root, "static"))
+    # templates/ and static/ are the package's (in a checkout, links to the repository's
+    # folders; in a wheel, copies). The instance folder is Flask's choice: the checkout's
+    # instance/, or <prefix>/var/quaero-instance for an installed package.
+    app = Flask(__name__, template_folder=os.path.join(PACKAGE_DIR, "templates"),
+                static_folder=os.path.join(PACKAGE_DIR, "static"))
     if config and config.get("INSTANCE_PATH"):
         app.instance_path = config["INSTANCE_PATH"]
     os.makedirs(app.instance_path, exist_ok=True)
     app.config.from_object(Config(app.instance_path))
     app.config.update(config or {})
+    app.jinja_env.globals["quaero_version"] = __version__  # the pages' footer
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         # connect_timeout: a server that accepts but does not answer fails the connect
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {

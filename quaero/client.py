@@ -3,9 +3,10 @@
 :class:`LineSender` is the one batching sender: callers ``add`` lines and never wait; a
 background thread posts them to ``POST /api/logs`` in batches, keeps at most ``max_lines``
 waiting (beyond that lines are dropped and counted), and resends a batch after a network
-error or a 429/502/503/504 with growing pauses, until ``close``. A count of dropped lines
-is sent as a last line. ``python -m quaero exec``/``pipe`` (``quaero.producer``) and
-:class:`QuaeroHandler` both use it::
+error or a 429/502/503/504 with growing pauses, until ``close``; a ``prepare`` refused
+with another 4xx (a 401: no or a wrong token) is not asked again, and what is added after
+it is dropped. A count of dropped lines is sent as a last line. ``quaero exec``/``pipe``
+(``quaero.producer``) and :class:`QuaeroHandler` both use it::
 
     import logging
     from quaero.client import QuaeroHandler
@@ -23,6 +24,10 @@ from datetime import datetime, timezone
 import httpx
 
 RETRY_STATUSES = frozenset((429, 502, 503, 504))
+TOKEN_MISSING = ("this server needs an API token: pass it with --token or the "
+                 "QUAERO_API_TOKEN environment variable")
+TOKEN_WRONG = ("the server refused the API token given (--token or QUAERO_API_TOKEN): "
+               "it is not the server's QUAERO_API_TOKEN")
 MAX_BATCH_LINES = 2000
 MAX_BATCH_CHARS = 4 * 1024 * 1024    # well under the server's 32 MiB body limit
 MAX_MESSAGE_CHARS = 16384            # at most 64 KiB of UTF-8: the server's line limit
@@ -56,6 +61,7 @@ class LineSender:
         self.dropped = 0
         self.sent = 0
         self.last_error = None
+        self.refused = None              # the 4xx that refused ``prepare`` (a 401: the token)
         self._backoff = interval
         self._lines = deque()
         self._wake = threading.Condition()
@@ -66,7 +72,8 @@ class LineSender:
     def add(self, line):
         """Queue ``line`` (a dict for ``POST /api/logs``); never waits. False if dropped."""
         with self._wake:
-            if len(self._lines) >= self.max_lines or self._deadline is not None:
+            if (len(self._lines) >= self.max_lines or self._deadline is not None
+                    or self.refused is not None):
                 self.dropped += 1
                 return False
             self._lines.append(line)
@@ -165,6 +172,12 @@ class LineSender:
             action()
             self._backoff = self.interval
             return True
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            self.last_error = f"{status} {exc.response.text[:300]}"
+            if status < 500 and status not in RETRY_STATUSES:
+                self.refused = status    # asking again will not help
+                return False
         except httpx.HTTPError as exc:
             self.last_error = f"{exc.__class__.__name__}: {exc}"
         delay = self._backoff
@@ -176,7 +189,8 @@ class LineSender:
         return False
 
     def _gave_up(self):
-        return self._deadline is not None and time.monotonic() >= self._deadline
+        return self.refused is not None or (
+            self._deadline is not None and time.monotonic() >= self._deadline)
 
 
 def now_iso():

@@ -1,70 +1,191 @@
-"""Configuration: defaults, overridden by ``QUAERO_*`` environment variables."""
+"""Configuration: defaults, overridden by a TOML file (``QUAERO_CONFIG``), overridden by
+``QUAERO_*`` environment variables.
+
+The file holds any setting by its environment name (``QUAERO_PORT = 5077``); a key that is
+not a setting, or a value of the wrong kind, stops the start with one line naming them
+(:class:`ConfigError`). Light: ``quaero serve`` checks the file before the server starts.
+"""
+import collections
 import os
+import tomllib
+
+# Every setting, by kind: what the file may hold, and how a value is checked.
+SETTINGS = {
+    **dict.fromkeys(("QUAERO_HOST", "QUAERO_DATABASE_URL", "QUAERO_REDIS_URL",
+                     "QUAERO_REDIS_CHANNEL", "QUAERO_API_TOKEN", "QUAERO_METRICS_TOKEN",
+                     "QUAERO_SECRET_KEY", "QUAERO_JOBS_DIR", "QUAERO_ACCESS_LOG",
+                     "QUAERO_URL"), "text"),
+    "QUAERO_LOG_LEVEL": ("debug", "info", "warning", "error", "critical"),
+    "QUAERO_PORT": "port",
+    **dict.fromkeys(("QUAERO_WORKERS",), "positive integer"),
+    **dict.fromkeys(("QUAERO_WORKER_CONNECTIONS", "QUAERO_MAX_RUNNING", "QUAERO_MAX_STREAMS",
+                     "QUAERO_STREAM_LIFETIME", "QUAERO_STREAM_BUFFER_BYTES",
+                     "QUAERO_MAX_LINES_PER_JOB", "QUAERO_LOG_BUFFER_LINES",
+                     "QUAERO_MIN_FREE_BYTES", "QUAERO_MAX_BODY_BYTES"), "integer"),
+    **dict.fromkeys(("QUAERO_KILL_GRACE", "QUAERO_RUNNER_POLL", "QUAERO_RUNNER_HEARTBEAT",
+                     "QUAERO_RUNNER_STALE", "QUAERO_STREAM_RETRY_SCALE",
+                     "QUAERO_STREAM_STALL_SECONDS", "QUAERO_PING_INTERVAL",
+                     "QUAERO_BATCH_INTERVAL", "QUAERO_WATCH_INTERVAL", "QUAERO_RETENTION_DAYS",
+                     "QUAERO_PRUNE_INTERVAL", "QUAERO_INGEST_TIMEOUT", "QUAERO_DB_TIMEOUT",
+                     "QUAERO_FLUSH_TIMEOUT"), "number"),
+    "QUAERO_CAPTURE_ROOT_LOGGER": "boolean",
+}
+_TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
 
 
-def _int(name, default):
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+class ConfigError(ValueError):
+    """Settings that cannot be used; its message is one line naming each of them."""
+
+
+def _problem(name, value):
+    """Why ``value`` (text) is no good for setting ``name``, or None (empty is unset)."""
+    kind = SETTINGS[name]
+    if value == "":
+        return None
+    try:
+        if kind == "port" and not 0 <= int(value) <= 65535:
+            return "is not a port number"
+        if kind == "positive integer" and int(value) < 1:
+            return "is not a positive integer"
+        if kind == "integer":
+            int(value)
+        if kind == "number":
+            float(value)
+    except ValueError:
+        return f"is not {'a number' if kind == 'number' else 'an integer'}"
+    if kind == "boolean" and value.lower() not in _TRUE + _FALSE:
+        return "is not true or false"
+    if isinstance(kind, tuple) and value.lower() not in kind:
+        return "is not one of " + ", ".join(kind)
+    return None
+
+
+def _as_text(value):
+    """A TOML value as the environment would give it."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise TypeError
+
+
+def file_settings(path=None):
+    """The settings of the TOML file ``path`` (default: ``QUAERO_CONFIG``, none if unset),
+    as text; :class:`ConfigError` names every key and value that is no good."""
+    path = path or os.environ.get("QUAERO_CONFIG")
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not TOML: {exc}") from None
+    settings, problems = {}, []
+    for key, value in data.items():
+        if key not in SETTINGS:
+            problems.append(f"{key} is not a setting")
+            continue
+        try:
+            settings[key] = _as_text(value)
+        except TypeError:
+            problems.append(f"{key} = {value!r} is not a single value")
+            continue
+        why = _problem(key, settings[key])
+        if why:
+            problems.append(f"{key} = {value!r} {why}")
+    if problems:
+        raise ConfigError(f"config file {path}: " + "; ".join(problems))
+    return settings
+
+
+def environment():
+    """Where settings are read: the environment, over the config file's settings."""
+    return collections.ChainMap(os.environ, file_settings())
+
+
+def check_settings():
+    """:class:`ConfigError` unless the config file and every setting in the environment
+    are good; returns :func:`environment`."""
+    env = environment()
+    problems = [f"{name}={os.environ[name]!r} {why}" for name in SETTINGS
+                if name in os.environ and (why := _problem(name, os.environ[name]))]
+    if problems:
+        raise ConfigError("environment: " + "; ".join(problems))
+    return env
+
+
+def export_file_settings():
+    """Put the config file's settings into ``os.environ`` where it has none, for readers of
+    the environment itself (gunicorn.conf.py, and the workers it forks)."""
+    for name, value in check_settings().maps[1].items():
+        os.environ.setdefault(name, value)
 
 
 class Config:
     """Settings read once, when the app is created."""
 
     def __init__(self, instance_path):
-        db_url = os.environ.get("QUAERO_DATABASE_URL") or (
+        env = check_settings()
+
+        def _int(name, default):
+            value = env.get(name)
+            return int(value) if value not in (None, "") else default
+
+        db_url = env.get("QUAERO_DATABASE_URL") or (
             "sqlite:///" + os.path.join(instance_path, "quaero.db")
         )
         self.SQLALCHEMY_DATABASE_URI = db_url
-        self.QUAERO_REDIS_URL = os.environ.get("QUAERO_REDIS_URL") or None
+        self.QUAERO_REDIS_URL = env.get("QUAERO_REDIS_URL") or None
         # the bus's Redis channel; unset: one derived from the database's own deployment id,
         # so deployments sharing a Redis never see each other's lines
-        self.QUAERO_REDIS_CHANNEL = os.environ.get("QUAERO_REDIS_CHANNEL") or None
-        self.QUAERO_API_TOKEN = os.environ.get("QUAERO_API_TOKEN") or None
+        self.QUAERO_REDIS_CHANNEL = env.get("QUAERO_REDIS_CHANNEL") or None
+        self.QUAERO_API_TOKEN = env.get("QUAERO_API_TOKEN") or None
         # /metrics needs this (or the API token) as a Bearer token when either is set
-        self.QUAERO_METRICS_TOKEN = os.environ.get("QUAERO_METRICS_TOKEN") or None
-        self.QUAERO_JOBS_DIR = os.environ.get("QUAERO_JOBS_DIR", "jobs")
+        self.QUAERO_METRICS_TOKEN = env.get("QUAERO_METRICS_TOKEN") or None
+        self.QUAERO_JOBS_DIR = env.get("QUAERO_JOBS_DIR", "jobs")
         self.QUAERO_MAX_RUNNING = _int("QUAERO_MAX_RUNNING", 4)
         # Runner: SIGTERM-to-SIGKILL grace on cancel, how often it looks for pending jobs,
         # its heartbeat, and when another process's running job counts as abandoned
-        self.QUAERO_KILL_GRACE = float(os.environ.get("QUAERO_KILL_GRACE", "5"))
-        self.QUAERO_RUNNER_POLL = float(os.environ.get("QUAERO_RUNNER_POLL", "1"))
-        self.QUAERO_RUNNER_HEARTBEAT = float(os.environ.get("QUAERO_RUNNER_HEARTBEAT", "5"))
-        self.QUAERO_RUNNER_STALE = float(os.environ.get("QUAERO_RUNNER_STALE", "30"))
+        self.QUAERO_KILL_GRACE = float(env.get("QUAERO_KILL_GRACE", "5"))
+        self.QUAERO_RUNNER_POLL = float(env.get("QUAERO_RUNNER_POLL", "1"))
+        self.QUAERO_RUNNER_HEARTBEAT = float(env.get("QUAERO_RUNNER_HEARTBEAT", "5"))
+        self.QUAERO_RUNNER_STALE = float(env.get("QUAERO_RUNNER_STALE", "30"))
         # Streams
         self.QUAERO_MAX_STREAMS = _int("QUAERO_MAX_STREAMS", 10000)
         # the stream cap leaves a reserve of the worker's connections (gunicorn's default
         # 1000 when run without gunicorn.conf.py; post_worker_init reads gunicorn's own)
         self.QUAERO_WORKER_CONNECTIONS = _int("QUAERO_WORKER_CONNECTIONS", 1000)
         # scales the "retry later" delays of refused streams (tests: 0.1)
-        self.QUAERO_STREAM_RETRY_SCALE = float(os.environ.get("QUAERO_STREAM_RETRY_SCALE") or 1)
+        self.QUAERO_STREAM_RETRY_SCALE = float(env.get("QUAERO_STREAM_RETRY_SCALE") or 1)
         self.QUAERO_STREAM_LIFETIME = _int("QUAERO_STREAM_LIFETIME", 1800)  # seconds
         self.QUAERO_STREAM_BUFFER_BYTES = _int("QUAERO_STREAM_BUFFER_BYTES", 4 << 20)
         # a stream whose client's socket takes nothing for this long is dropped (it resumes)
-        self.QUAERO_STREAM_STALL_SECONDS = float(os.environ.get("QUAERO_STREAM_STALL_SECONDS")
+        self.QUAERO_STREAM_STALL_SECONDS = float(env.get("QUAERO_STREAM_STALL_SECONDS")
                                                  or 10)
-        self.QUAERO_PING_INTERVAL = float(os.environ.get("QUAERO_PING_INTERVAL", "5"))
-        self.QUAERO_BATCH_INTERVAL = float(os.environ.get("QUAERO_BATCH_INTERVAL", "0.15"))
+        self.QUAERO_PING_INTERVAL = float(env.get("QUAERO_PING_INTERVAL", "5"))
+        self.QUAERO_BATCH_INTERVAL = float(env.get("QUAERO_BATCH_INTERVAL", "0.15"))
         # How often each process reads the database for lines and job changes made by
         # other processes (what keeps streams complete without Redis, or while it is down)
-        self.QUAERO_WATCH_INTERVAL = float(os.environ.get("QUAERO_WATCH_INTERVAL", "0.5"))
+        self.QUAERO_WATCH_INTERVAL = float(env.get("QUAERO_WATCH_INTERVAL", "0.5"))
         # Retention (0: keep everything)
-        self.QUAERO_RETENTION_DAYS = float(os.environ.get("QUAERO_RETENTION_DAYS", "0"))
+        self.QUAERO_RETENTION_DAYS = float(env.get("QUAERO_RETENTION_DAYS", "0"))
         self.QUAERO_MAX_LINES_PER_JOB = _int("QUAERO_MAX_LINES_PER_JOB", 0)
-        self.QUAERO_PRUNE_INTERVAL = float(os.environ.get("QUAERO_PRUNE_INTERVAL", "60"))
+        self.QUAERO_PRUNE_INTERVAL = float(env.get("QUAERO_PRUNE_INTERVAL", "60"))
         # Service log: also capture the root logger's records
-        self.QUAERO_CAPTURE_ROOT_LOGGER = os.environ.get("QUAERO_CAPTURE_ROOT_LOGGER", "") in (
-            "1", "true", "yes")
+        self.QUAERO_CAPTURE_ROOT_LOGGER = env.get("QUAERO_CAPTURE_ROOT_LOGGER", "").lower() in _TRUE
         # Lines from Quaero's own logging and job steps kept while the database is away;
         # beyond this they are dropped and counted (quaero_service_log_lines_dropped_total)
         self.QUAERO_LOG_BUFFER_LINES = _int("QUAERO_LOG_BUFFER_LINES", 10000)
         # An acknowledged write (POST /api/logs, /v1/logs) is committed or refused with 503
         # within this many seconds, and a refused one is never committed later
-        self.QUAERO_INGEST_TIMEOUT = float(os.environ.get("QUAERO_INGEST_TIMEOUT") or 8)
+        self.QUAERO_INGEST_TIMEOUT = float(env.get("QUAERO_INGEST_TIMEOUT") or 8)
         # Reads that wait longer than this for the database answer 503 (/healthz: 1.5 s)
-        self.QUAERO_DB_TIMEOUT = float(os.environ.get("QUAERO_DB_TIMEOUT") or 10)
+        self.QUAERO_DB_TIMEOUT = float(env.get("QUAERO_DB_TIMEOUT") or 10)
         # SQLite: ingest answers 507 while the database's volume has less free space
         self.QUAERO_MIN_FREE_BYTES = _int("QUAERO_MIN_FREE_BYTES", 64 << 20)
-        self.SECRET_KEY = os.environ.get("QUAERO_SECRET_KEY") or os.urandom(32).hex()
+        self.SECRET_KEY = env.get("QUAERO_SECRET_KEY") or os.urandom(32).hex()
         # Request bodies: 10,000 lines of 64 KiB is the contract's maximum batch,
         # but a body that large is refused before parsing.
         self.MAX_CONTENT_LENGTH = _int("QUAERO_MAX_BODY_BYTES", 32 << 20)

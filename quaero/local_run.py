@@ -16,6 +16,9 @@ from .models import FINISHED, LEVELS as LEVEL_VALUES
 def run_local(definition, level, printer, detach):
     """Create the app here, start the job on its runner, print from the bus. Returns the
     job's final status, or ``None`` when Ctrl-C ended the run."""
+    hub = gevent.get_hub()
+    # Ctrl-C still raises KeyboardInterrupt in the command; the hub need not print it.
+    hub.NOT_ERROR = tuple(hub.NOT_ERROR) + (KeyboardInterrupt,)
     app = create_app()
     state = app.extensions["quaero"]
     runner = state.runner

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "migrations")
+# the package's migrations/: in a checkout a link to the repository's folder, in a wheel a copy
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 _LOCK = 0x51554145  # "QUAE"
 
 

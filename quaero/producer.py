@@ -4,10 +4,11 @@ output as a job's lines, over HTTP only.
 One reader thread per pipe copies each line through (so the output still shows where it
 did) and hands it to :class:`quaero.client.LineSender` (never waits: a bounded buffer, a
 drop count), whose thread creates the job, posts the lines in batches and resends them
-when the server is back. Levels are read as the runner reads them (``runner.line_level``:
-stdout ``info``, stderr ``warn``, unless a line starts with a level word). The job ends
-``completed``/``failed`` by the exit status, or ``cancelled`` after Ctrl-C/SIGTERM, which
-are passed on to the command. The process runs without gevent (see ``__main__``).
+when the server is back. Levels are read as the runner reads them (``levels.line_level``:
+stdout ``info``, stderr ``warn``, unless a line starts with a level word). ``exec``'s job
+ends ``completed``/``failed`` by the exit status, or ``cancelled`` after Ctrl-C/SIGTERM,
+which are passed on to the command; ``pipe``'s by ``--status`` or by the exit status of a
+command run once the input has ended. Plain threads, no gevent: this is the client side.
 """
 import os
 import signal
@@ -18,9 +19,9 @@ import time
 
 import httpx
 
-from .client import MAX_MESSAGE_CHARS, LineSender, leave_signals_to_the_main_thread, now_iso
-from .models import LEVEL_NAMES, LEVELS
-from .runner import line_level
+from .client import (MAX_MESSAGE_CHARS, TOKEN_MISSING, TOKEN_WRONG, LineSender,
+                     leave_signals_to_the_main_thread, now_iso)
+from .levels import LEVEL_NAMES, LEVELS, line_level
 
 FLUSH_TIMEOUT = float(os.environ.get("QUAERO_FLUSH_TIMEOUT", "10"))
 MAX_READ = 65536
@@ -73,13 +74,8 @@ def run_exec(url, token, command, name=None, step="run"):
     sender = LineSender(url, token, {"source": name}, prepare=job_creator(name, step),
                         max_lines=BUFFER_LINES)
     stopped = []
-    try:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                process_group=0)
-    except OSError as exc:
-        sender.add({"level": "error", "message": f"quaero exec: cannot run {command[0]}: {exc}",
-                    "timestamp": now_iso()})
-        print(f"quaero exec: cannot run {command[0]}: {exc}", file=sys.stderr)
+    proc = _start(command, sender, "exec", process_group=0)
+    if proc is None:
         finish(sender, url, token, "failed")
         return 127
 
@@ -91,13 +87,30 @@ def run_exec(url, token, command, name=None, step="run"):
             pass
 
     _on_stop_signals(forward)
+    code = _wait_copying(proc, sender)
+    finish(sender, url, token, "cancelled" if stopped else "completed" if code == 0 else "failed")
+    return code
+
+
+def _start(command, sender, verb, **popen):
+    """``command`` started with its output piped, or None (said, and sent) if it cannot be."""
+    try:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    except OSError as exc:
+        message = f"quaero {verb}: cannot run {command[0]}: {exc}"
+        sender.add({"level": "error", "message": message, "timestamp": now_iso()})
+        print(message, file=sys.stderr)
+        return None
+
+
+def _wait_copying(proc, sender):
+    """Copy ``proc``'s stdout (``info``) and stderr (``warn``) through and into ``sender``
+    until it exits; its exit status as a shell gives it (128 + N after signal N)."""
     readers = [_reader(proc.stdout, LEVELS["info"], sender, sys.stdout.buffer),
                _reader(proc.stderr, LEVELS["warn"], sender, sys.stderr.buffer)]
     status = proc.wait()
     for reader in readers:
         reader.join()
-    finish(sender, url, token,
-           "cancelled" if stopped else "completed" if status == 0 else "failed")
     return status if status >= 0 else 128 - status
 
 
@@ -105,8 +118,13 @@ class _Stopped(Exception):
     pass
 
 
-def run_pipe(url, token, job_id=None, name=None, step="pipe"):
-    """Standard input into a job (a new one unless ``job_id``), copied to standard output."""
+def run_pipe(url, token, job_id=None, name=None, step="pipe", status=None, check=None):
+    """Standard input into a job (a new one unless ``job_id``), copied to standard output.
+
+    The job then ends ``status`` (``completed``/``failed``; for a new job ``completed``
+    unless told, an existing one is left as it is unless told), or, when ``check`` (a
+    command) is given, by its exit status: it runs once the input has ended. Returns the
+    exit status to use: ``check``'s, else 1 for ``failed``, else 0."""
     if job_id:
         sender = LineSender(url, token, {"job_id": job_id, "source": name or "pipe"},
                             max_lines=BUFFER_LINES)
@@ -114,6 +132,7 @@ def run_pipe(url, token, job_id=None, name=None, step="pipe"):
         name = (name or "pipe")[:200]
         sender = LineSender(url, token, {"source": name}, prepare=job_creator(name, step),
                             max_lines=BUFFER_LINES)
+        status = status or "completed"
     stopped = []
 
     def stop(signum, _frame):
@@ -127,16 +146,32 @@ def run_pipe(url, token, job_id=None, name=None, step="pipe"):
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    finish(sender, url, token, None if job_id else "cancelled" if stopped else "completed")
-    return 128 + stopped[0] if stopped else 0
+    if stopped:
+        finish(sender, url, token, None if job_id else "cancelled")
+        return 128 + stopped[0]
+    code = 1 if status == "failed" else 0
+    if check:
+        code = _run_check(check, sender)
+        status = "completed" if code == 0 else "failed"
+    finish(sender, url, token, status)
+    return code
+
+
+def _run_check(command, sender):
+    """``pipe -- COMMAND``: its output shows and goes into the job; its exit status."""
+    proc = _start(command, sender, "pipe")
+    return 127 if proc is None else _wait_copying(proc, sender)
 
 
 def finish(sender, url, token, status, timeout=FLUSH_TIMEOUT):
     """Deliver what is left (at most ``timeout`` seconds), then end the job ``status``."""
     deadline = time.monotonic() + timeout
     if not sender.close(timeout):
+        why = sender.last_error
+        if sender.refused == 401:
+            why = TOKEN_WRONG if token else TOKEN_MISSING
         print(f"quaero: {sender.dropped} lines not delivered to {url}"
-              f"{' (' + sender.last_error + ')' if sender.last_error else ''}", file=sys.stderr)
+              f"{' (' + why + ')' if why else ''}", file=sys.stderr)
     job_id = sender.fields.get("job_id")
     if status is None or job_id is None:
         return

@@ -206,13 +206,23 @@ def test_run_on_a_server_and_list_jobs(jobs_dir, server_factory):
     assert cli.wait() == 1 and any("no job definition named 'nope'" in x for x in cli.err)
 
 
-def test_run_in_process_without_a_server(jobs_dir, tmp_path):
-    url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
-    cli = CLI("run", "hello", "--level", "debug", env={
-        "QUAERO_URL": url, "QUAERO_JOBS_DIR": str(jobs_dir),
-        "QUAERO_DATABASE_URL": f"sqlite:///{tmp_path}/local.db"})
+def test_run_without_a_server_runs_nothing_unless_told_local(jobs_dir, tmp_path):
+    define(tmp_path, "touch", f"""
+        [[steps]]
+        name = "mark"
+        run = "touch {tmp_path}/ran"
+    """)
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens there (a mistyped --url)
+    env = {"QUAERO_URL": url, "QUAERO_JOBS_DIR": str(jobs_dir),
+           "QUAERO_DATABASE_URL": f"sqlite:///{tmp_path}/local.db"}
+    cli = CLI("run", "touch", env=env)
+    assert cli.wait() == 1
+    assert any(f"cannot reach the Quaero server at {url}" in x and "--local" in x
+               for x in cli.err), cli.err
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "local.db").exists()
+    cli = CLI("run", "hello", "--level", "debug", "--local", env=env)
     assert cli.wait() == 0
-    assert any("running the job in this process" in x for x in cli.err)
+    assert any("started in this process" in x for x in cli.err)
     text = "\n".join(cli.out)
     assert "[greet] hello from greet" in text and "DEBUG [greet] [debug] hidden" in text
     assert "[count] count 3" in text

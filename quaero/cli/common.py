@@ -9,10 +9,12 @@ import click
 import httpx
 from httpx_sse import SSEError, connect_sse
 
+from ..client import TOKEN_MISSING, TOKEN_WRONG
+from ..levels import NAMES as LEVELS
+
 DEFAULT_URL = "http://127.0.0.1:5000"
-TOKEN_HINT = "pass the API token with --token or the QUAERO_API_TOKEN environment variable"
-LEVELS = ("debug", "info", "warn", "error")
-LEVEL_RANK = {name: i for i, name in enumerate(LEVELS)}
+CONNECT_ATTEMPTS = 3        # a stream's first connection: tries before saying there is no server
+RETRY_FOR = 60.0            # seconds a stream keeps reconnecting to a server that went away
 EXIT = {"completed": 0, "failed": 1, "cancelled": 2, "deleted": 3}
 COLORS = {"debug": {"dim": True}, "warn": {"fg": "yellow"}, "error": {"fg": "red", "bold": True}}
 
@@ -42,11 +44,20 @@ def default_url():
     return f"http://{host}:{port}"
 
 
-def _failure(prefix, response):
+def _failure(prefix, response, settings):
+    """A refusal as one line; a 401 says whether a token was missing or wrong."""
     text = f"{prefix}: {response.status_code} {_error_text(response)}"
     if response.status_code == 401:
-        text += f" ({TOKEN_HINT})"
+        text += f" ({TOKEN_WRONG if settings.token else TOKEN_MISSING})"
     return click.ClickException(text)
+
+
+class Unreachable(click.ClickException):
+    """No Quaero server answers at the URL (nothing listens, no such host)."""
+
+
+def unreachable(settings, exc):
+    return Unreachable(f"cannot reach the Quaero server at {settings.url}: {_describe(exc)}")
 
 
 def _error_text(response):
@@ -60,12 +71,12 @@ def api_call(settings, method, path, **kwargs):
     try:
         with settings.client() as client:
             r = client.request(method, path, **kwargs)
-    except httpx.ConnectError:
-        raise
+    except httpx.ConnectError as exc:
+        raise unreachable(settings, exc) from None
     except httpx.HTTPError as exc:
         raise click.ClickException(f"{settings.url}: {exc.__class__.__name__}: {exc}") from None
     if r.status_code >= 400:
-        raise _failure(f"{method} {path}", r)
+        raise _failure(f"{method} {path}", r, settings)
     return r.json() if r.content else None
 
 
@@ -120,13 +131,19 @@ class Printer:
 
 # --- following a stream ------------------------------------------------------------------
 
-def follow(settings, params, printer, after=None, max_wait=None, verbose=False):
+def follow(settings, params, printer, after=None, max_wait=None, verbose=False,
+           retry_for=RETRY_FOR):
     """Print a stream's lines until ``end``; resume after drops with ``Last-Event-ID``.
 
-    Returns the ``end`` payload (job scope), or never returns (service scope)."""
+    A server that cannot be reached is said at once; with no answer to the first
+    ``CONNECT_ATTEMPTS`` tries, or to any try for ``retry_for`` seconds after a stream was
+    open (a restart), it gives up (a ``ClickException``). Returns the ``end`` payload (job
+    scope), or never returns (service scope)."""
     last_id = after
     retry = 1.0
     failures = 0
+    connected = False
+    failing_since = None
     deadline = None if max_wait is None else time.monotonic() + max_wait
     while True:
         headers = settings.headers()
@@ -142,9 +159,12 @@ def follow(settings, params, printer, after=None, max_wait=None, verbose=False):
                     if response.status_code != 200:
                         response.read()
                         if response.status_code < 500:
-                            raise _failure("stream", response)
+                            raise _failure("stream", response, settings)
                         raise _Retry(f"{response.status_code} {_error_text(response)}")
-                    failures = 0
+                    if failures:
+                        printer.note(f"stream back after {failures} failed "
+                                     f"attempt{'s' if failures > 1 else ''}")
+                    failures, failing_since, connected = 0, None, True
                     for sse in source.iter_sse():
                         if sse.retry:
                             retry = max(sse.retry / 1000.0, 0.1)
@@ -163,8 +183,20 @@ def follow(settings, params, printer, after=None, max_wait=None, verbose=False):
                 printer.note(f"stream closed by the server; resuming after line {last_id}")
         except (httpx.TransportError, SSEError, _Retry) as exc:
             failures += 1
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if not connected and isinstance(exc, httpx.ConnectError) \
+                    and failures >= CONNECT_ATTEMPTS:
+                raise unreachable(settings, exc) from None
+            if now - failing_since >= retry_for:
+                raise click.ClickException(
+                    f"gave up: no stream from {settings.url} for {retry_for:g} s "
+                    f"({_describe(exc)})") from None
             if failures == 1 or failures % 10 == 0:
-                printer.note(f"stream interrupted ({_describe(exc)}); reconnecting")
+                what = ("cannot reach the Quaero server at " + settings.url
+                        if isinstance(exc, httpx.ConnectError) else "stream interrupted")
+                then = f"reconnecting for at most {retry_for:g} s" if connected else "trying again"
+                printer.note(f"{what} ({_describe(exc)}); {then}")
         if deadline is not None and time.monotonic() > deadline:
             raise click.ClickException("gave up waiting for the stream")
         time.sleep(min(retry * min(failures, 5), 10.0) if failures else 0.05)

@@ -37,7 +37,7 @@ def healthz():
         checks["redis"] = bridge()
     ok = all(v == "ok" for v in checks.values())
     extra = {} if state.hub is None else {"streams": state.hub.health()}
-    return jsonify(status="ok" if ok else "unavailable", checks=checks, **extra), 200 if ok else 503
+    return jsonify(status="ok" if ok else "unavailable", version=state.version, checks=checks, **extra), 200 if ok else 503
 
 
 @bp.get("/metrics")

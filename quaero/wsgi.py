@@ -1,0 +1,11 @@
+"""The server's WSGI entry: ``gunicorn quaero.wsgi:app`` (what ``quaero serve`` runs, with
+the package's gunicorn.conf.py); the repository's ``wsgi.py`` is this one."""
+from gevent import monkey
+
+monkey.patch_all()  # before anything imports socket, ssl or threading
+
+from quaero import create_app  # noqa: E402
+from quaero.cli import cli  # noqa: E402
+
+app = create_app()
+app.cli.add_command(cli, "quaero")  # `flask --app wsgi quaero run demo` = `quaero run demo`
