@@ -30,7 +30,7 @@ CASES = [("level=info", ""), ("level=debug", "&level=debug"), ("level=error", "&
 
 
 def load(app, n_lines):
-    from quaero.ingest import write_lines
+    from quaero.storage import write_lines
     from quaero.jobs import create_job
     from quaero.models import db, utcnow
     with app.app_context():

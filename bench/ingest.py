@@ -96,7 +96,7 @@ def run_floor(db_url, seconds):
     """write_lines straight into the database, one 500-line transaction at a time."""
     import tempfile
     from quaero import create_app
-    from quaero.ingest import write_lines
+    from quaero.storage import write_lines
     from quaero.models import LEVELS, utcnow
     from quaero.jobs import create_job as make_job
     app = create_app({"SQLALCHEMY_DATABASE_URI": db_url,

@@ -93,7 +93,7 @@ def build(url):
         conn.execute(counts_t.insert(), [{"key": k, "step_name": "", "level": lv, "count": n}
                                          for k, lv, n in rows])
     if engine.dialect.name == "sqlite":
-        from quaero.ingest import index_behind
+        from quaero.storage import index_behind
         with engine.begin() as conn:  # what the writer does when idle, all at once
             index_behind(conn, chunk=LINES)
         with engine.begin() as conn:

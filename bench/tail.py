@@ -56,7 +56,7 @@ def level_of(i):
 
 
 def load(app, n_lines, name="tail-bench"):
-    from quaero.ingest import write_lines
+    from quaero.storage import write_lines
     from quaero.jobs import create_job
     from quaero.models import db, utcnow
     with app.app_context():

@@ -3,7 +3,7 @@
 Counting a million lines per request is too slow (a GROUP BY over the lines takes
 ~200 ms on PostgreSQL, ~400 ms on SQLite), so the write path counts lines into
 ``log_volume`` (lines per job, step, level and second) in the transaction that stores
-them (``ingest.write_lines``), retention takes them off in the transaction that deletes
+them (``storage.write_lines``), retention takes them off in the transaction that deletes
 them, and a job's rows go with it. The answer is then one ``GROUP BY`` over a computed
 bucket expression on those few rows. A filter the per-second counts cannot answer (``q``,
 ``source``), or a small log whose buckets would be under a second wide, is counted from
@@ -36,7 +36,7 @@ def bucket_plan(first, last, buckets):
 # --- the second of a line -------------------------------------------------------------
 
 def second_of(dialect):
-    """The Unix second of a line's timestamp, as ``ingest.write_lines`` counts it into
+    """The Unix second of a line's timestamp, as ``storage.write_lines`` counts it into
     ``log_volume`` (retention takes deleted lines off with it)."""
     ts = log_t.c.timestamp
     if dialect == "postgresql":

@@ -7,14 +7,15 @@ publishes the lines on the bus and acknowledges the producers.
 """
 import logging
 import time
-from collections import Counter, deque
-from datetime import datetime, timedelta
+from collections import deque
 
 import gevent
 import sqlalchemy as sa
 from gevent.event import AsyncResult, Event
 
-from .models import ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, iso, line_dict, log_t, utcnow
+from .models import iso, line_dict, utcnow
+from .storage import (INDEX_AFTER_QUIET, MAX_UNINDEXED, JobGone, driver_errors, index_behind,
+                      line_key, record_keys, write_lines)
 
 log = logging.getLogger("quaero.ingest")
 
@@ -31,11 +32,6 @@ class IngestError(Exception):
 class KeyTaken(Exception):
     """Another request with the same ``Idempotency-Key`` committed first: answer from its
     record (``idempotency_t``)."""
-
-
-class _JobGone(Exception):
-    def __init__(self, key):
-        self.key = key
 
 
 class _KeyConflict(Exception):
@@ -65,201 +61,12 @@ def accepted_body(n, first_id, last_id):
     return f'{{"accepted":{n},"first_id":{first_id},"last_id":{last_id}}}'
 
 
-IDEMPOTENCY_TTL = timedelta(hours=24)
-
-
 def disk_full(exc):
     """Whether a database error says its disk is full (SQLite's SQLITE_FULL, PostgreSQL's
     ``disk_full``, SQLSTATE 53100)."""
     orig = getattr(exc, "orig", None) or exc
     return (getattr(orig, "sqlite_errorcode", None) == 13
             or getattr(orig, "sqlstate", None) == "53100")
-
-
-def _key(line):
-    return line["job_id"] or SERVICE_KEY
-
-
-# The write path's statements, as the driver's own SQL: run on the DB-API cursor of the
-# transaction's connection. Building, cache-keying and executing them through SQLAlchemy
-# cost more than SQLite ran them (a one-line POST spent a fifth of its time there); the
-# driver's errors are the writer's to sort (``driver_errors``).
-_SQL = {
-    # the global id counter
-    'bump': 'UPDATE line_counters SET value = value + ? WHERE "key" = ? RETURNING value',
-    # a job's (or the service log's) line counter, and its first and last line id
-    "bump_key": ("UPDATE line_counters SET value = value + ?, "
-                 'first_id = coalesce(first_id, ?), last_id = ? WHERE "key" = ? RETURNING value'),
-    # log_counts: lines per (job, step, level); log_volume: the same per second as well
-    "counts": ('INSERT INTO log_counts ("key", step_name, level, count) VALUES (?, ?, ?, ?) '
-               'ON CONFLICT ("key", step_name, level) '
-               "DO UPDATE SET count = log_counts.count + excluded.count"),
-    "volume": ('INSERT INTO log_volume ("key", step_name, level, second, count) '
-               'VALUES (?, ?, ?, ?, ?) ON CONFLICT ("key", step_name, level, second) '
-               "DO UPDATE SET count = log_volume.count + excluded.count"),
-    # an idempotency record, unless the key is taken (a record older than a day is gone)
-    "key_stale": 'DELETE FROM idempotency_keys WHERE "key" = ? AND created_at < ?',
-    "key": ('INSERT INTO idempotency_keys ("key", digest, status, response, created_at) '
-            'VALUES (?, ?, 201, ?, ?) ON CONFLICT ("key") DO NOTHING'),
-    "insert": ("INSERT INTO log_entries (id, job_id, step_name, level, message, timestamp, "
-               "line_number, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
-}
-_SQL = {"sqlite": _SQL, "postgresql": {k: v.replace("?", "%s") for k, v in _SQL.items()}}
-_EPOCH = datetime(1970, 1, 1)
-_SECOND = timedelta(seconds=1)
-
-
-def driver_errors(engine):
-    """The database-unavailable errors of ``engine``'s driver, raised unwrapped by the
-    statements ``write_lines`` runs on the DB-API cursor."""
-    dbapi = engine.dialect.loaded_dbapi
-    return (dbapi.OperationalError, dbapi.InterfaceError)
-
-
-def _upsert_counts(cur, sql, volume):
-    """Add a batch's lines, ``{(key, step, level, second): n}``, to ``log_volume`` and
-    (summed over the seconds) to ``log_counts``: one statement each, rows in key order
-    (so that concurrent writers lock them in the same order)."""
-    counts = Counter()
-    for (k, s, lv, _), n in volume.items():
-        counts[(k, s, lv)] += n
-    cur.executemany(sql["counts"], [(k, s, lv, n) for (k, s, lv), n in sorted(counts.items())])
-    cur.executemany(sql["volume"], [(k, s, lv, sec, n)
-                                    for (k, s, lv, sec), n in sorted(volume.items())])
-
-
-_COPY = ("COPY log_entries (id, job_id, step_name, level, message, timestamp, line_number, "
-         "source) FROM STDIN")
-
-
-def _insert(cur, sqlite, sql, rows):
-    """On PostgreSQL, COPY inside the same transaction (psycopg's executemany waits on
-    the socket once per row under gevent). On SQLite, the DB-API's executemany with
-    tuples: SQLAlchemy's per-row parameter processing cost as much as SQLite's insert.
-    Timestamps go in as SQLAlchemy stores them there (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
-    if sqlite:
-        cur.executemany(sql["insert"], [
-            (r["id"], r["job_id"], r["step_name"], r["level"], r["message"],
-             r["timestamp"].isoformat(" ", "microseconds"), r["line_number"], r["source"])
-            for r in rows])
-        return
-    with cur.copy(_COPY) as copy:  # one buffer: psycopg's write_row was a third of a batch
-        copy.write("".join([
-            f"{r['id']}\t{_copy_text(r['job_id'])}\t{_copy_text(r['step_name'])}\t{r['level']}\t"
-            f"{_copy_text(r['message'])}\t{r['timestamp'].isoformat(' ')}\t{r['line_number']}\t"
-            f"{_copy_text(r['source'])}\n" for r in rows]))
-
-
-# COPY's text format: a backslash, tab, newline or carriage return in a value is escaped;
-# None is \N. Most values have none (str.translate with this table cost 5x the tests).
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_text(value):
-    if value is None:
-        return "\\N"
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        return value.translate(_COPY_ESCAPES)
-    return value
-
-
-_INDEX_SQLITE = sa.text("INSERT INTO log_fts(rowid, message) SELECT id, message FROM log_entries "
-                        "WHERE id > :after AND id <= :upto")
-INDEX_CHUNK = 20000
-MAX_UNINDEXED = 200000
-INDEX_AFTER_QUIET = 0.25  # seconds without a write
-
-
-def index_behind(conn, chunk=INDEX_CHUNK):
-    """SQLite: put the next ``chunk`` committed lines into the search index (``log_fts``)
-    in the open transaction ``conn``; returns the last id indexed. Indexing in the write
-    transaction halves ingest (a trigram per character); behind it, in big chunks while
-    the writer has been idle for a moment, it costs a third as much, and searches scan what it has not
-    reached. The first statement is a write, so the transaction holds SQLite's write lock
-    before it reads the mark: processes never index the same lines twice."""
-    mark = conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY)
-                        .values(value=counters_t.c.value).returning(counters_t.c.value)).scalar()
-    upto = conn.execute(sa.select(sa.func.max(sa.text("id"))).select_from(
-        sa.select(log_t.c.id).where(log_t.c.id > mark).order_by(log_t.c.id).limit(chunk)
-        .subquery())).scalar()
-    if upto is None:
-        return mark
-    conn.execute(_INDEX_SQLITE, {"after": mark, "upto": upto})
-    conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY).values(value=upto))
-    return upto
-
-
-def write_lines(conn, lines):
-    """Insert ``lines`` in the open transaction ``conn``; returns the stored rows.
-
-    The global id counter is locked first: its row lock is held until commit, so a reader
-    never sees id N+1 before id N has committed. Then each job's counter (sorted), which
-    also records the job's first and last line id. Nothing else takes the id row, so
-    this order cannot deadlock with a delete (which locks a job's counter, then its row).
-    Last, the lines are counted into ``log_counts`` and ``log_volume`` (the histogram's
-    per-second counts), so both are true at every commit.
-    """
-    dialect = conn.dialect.name
-    sql = _SQL[dialect]
-    cur = conn.connection.driver_connection.cursor()
-    try:
-        return _write(cur, dialect == "sqlite", sql, lines)
-    finally:
-        cur.close()
-
-
-def record_keys(conn, keyed, now):
-    """Record each ``(key, digest, response)`` of ``keyed`` in the open transaction
-    ``conn``; returns the index of the first key another transaction holds, or None."""
-    dialect = conn.dialect.name
-    sql = _SQL[dialect]
-    when = now.isoformat(" ", "microseconds") if dialect == "sqlite" else now
-    stale = (now - IDEMPOTENCY_TTL).isoformat(" ", "microseconds") if dialect == "sqlite" \
-        else now - IDEMPOTENCY_TTL
-    cur = conn.connection.driver_connection.cursor()
-    try:
-        cur.executemany(sql["key_stale"], [(key, stale) for key, _, _ in keyed])
-        for i, (key, digest, response) in enumerate(keyed):
-            cur.execute(sql["key"], (key, digest, response, when))
-            if cur.rowcount == 0:
-                return i
-    finally:
-        cur.close()
-    return None
-
-
-def _write(cur, sqlite, sql, lines):
-    cur.execute(sql["bump"], (len(lines), ID_KEY))
-    last_id = cur.fetchone()[0]
-    first_id = last_id - len(lines) + 1
-    per_key, first_of, last_of = Counter(), {}, {}
-    for i, line in enumerate(lines):
-        key = _key(line)
-        per_key[key] += 1
-        first_of.setdefault(key, first_id + i)
-        last_of[key] = first_id + i
-    next_line = {}
-    for key in sorted(per_key):
-        n = per_key[key]
-        cur.execute(sql["bump_key"], (n, first_of[key], last_of[key], key))
-        row = cur.fetchone()
-        if row is None:
-            raise _JobGone(key)
-        next_line[key] = row[0] - n
-    rows = []
-    volume = Counter()
-    for i, line in enumerate(lines):
-        key = _key(line)
-        next_line[key] += 1
-        rows.append({"id": first_id + i, "job_id": line["job_id"],
-                     "step_name": line["step_name"], "level": line["level"],
-                     "message": line["message"], "timestamp": line["timestamp"],
-                     "line_number": next_line[key], "source": line.get("source")})
-        volume[(key, line["step_name"] or "", line["level"],
-                (line["timestamp"] - _EPOCH) // _SECOND)] += 1
-    _insert(cur, sqlite, sql, rows)
-    _upsert_counts(cur, sql, volume)
-    return rows
 
 
 def _line_dicts(rows):
@@ -457,10 +264,10 @@ class Ingestor:
             started = time.perf_counter()
             try:
                 rows = self._transaction(units, lines)
-            except _JobGone as gone:
+            except JobGone as gone:
                 keep = []
                 for u in units:
-                    if any(_key(line) == gone.key for line in u.lines):
+                    if any(line_key(line) == gone.key for line in u.lines):
                         self._fail(u, IngestError(404, f"job {gone.key} not found"))
                     else:
                         keep.append(u)

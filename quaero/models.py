@@ -126,7 +126,7 @@ class LogCount(db.Model):
 
 class LogVolume(db.Model):
     """Lines per (job or service, step, level, second of their timestamp): the log-volume
-    histogram reads these. Kept by the write path (``ingest.write_lines``) in the same
+    histogram reads these. Kept by the write path (``storage.write_lines``) in the same
     transaction as ``log_counts``, taken down by retention, dropped with the job."""
     __tablename__ = "log_volume"
     key = sa.Column(sa.String(32), primary_key=True)  # job id or SERVICE_KEY

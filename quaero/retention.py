@@ -13,7 +13,7 @@ import gevent
 import sqlalchemy as sa
 
 from .histogram import second_of
-from .ingest import IDEMPOTENCY_TTL
+from .storage import IDEMPOTENCY_TTL
 from .models import (FINISHED, SERVICE_KEY, Job, counters_t, counts_t, idempotency_t, log_t,
                      utcnow, volume_t)
 

@@ -291,7 +291,7 @@ def test_a_far_future_timestamp_is_a_400_and_old_ones_do_not_break_the_histogram
                                                  "timestamp": "9999-12-31T00:00:00Z"}]})
     assert r.status_code == 400 and "timestamp" in r.json["error"]
     from datetime import datetime
-    from quaero.ingest import write_lines
+    from quaero.storage import write_lines
     with app.extensions["quaero"].engine.begin() as conn:  # stored before the limit existed
         write_lines(conn, [{"job_id": None, "step_name": None, "level": 20, "message": m,
                             "timestamp": t, "source": None}
@@ -407,7 +407,7 @@ def test_two_deployments_on_one_redis_never_see_each_others_lines(tmp_path):
 
 def test_a_long_sqlite_read_lets_other_greenlets_run(app, client):
     from datetime import datetime
-    from quaero.ingest import write_lines
+    from quaero.storage import write_lines
     job = _job(client, "big", ["s"])
     now = datetime(2026, 12, 1)
     with app.extensions["quaero"].engine.begin() as conn:

@@ -62,7 +62,7 @@ def collect(stream, want_last, timeout=20, out=None):
 
 def test_ids_become_visible_in_commit_order(pg_url):
     """A reader that resumes from "id > last" never skips a line that committed late."""
-    from quaero.ingest import write_lines
+    from quaero.storage import write_lines
     from quaero.models import init_db, utcnow
     engine = sa.create_engine(pg_url, pool_size=12)
     init_db(engine)

@@ -221,7 +221,7 @@ def test_sqlite_index_behind_the_writer(app):
     writer then indexes them, and the index alone finds them."""
     from datetime import datetime
 
-    from quaero.ingest import index_behind, write_lines
+    from quaero.storage import index_behind, write_lines
     c = app.test_client()
     engine = app.extensions["quaero"].engine
     job = new_job(c)
@@ -255,3 +255,104 @@ def test_sqlite_index_behind_the_writer(app):
     # deleted lines leave the index
     assert c.delete(f"/api/jobs/{job}").status_code in (200, 204)
     assert indexed('"beh"') == [] and indexed('"fre"') == []
+
+
+# -- case folding beyond ASCII: one rule, str.lower of both sides, on both databases ---------
+
+FOLDING = ["Élan ÉCOLE", "ÄRGER mit Äpfeln", "ΟΔΟΣ closed", "σοφία", "ΣΙΣΥΦΟΣ",
+           "İSTANBUL office", "istanbul depot", "KABİNE", "Straße gesperrt", "STRASSE frei",
+           "GROẞE Datei"]
+
+
+FOLDING_CASES = [
+    ("école", ["Élan ÉCOLE"]),
+    ("ÉLAN", ["Élan ÉCOLE"]),
+    ("äpfeln", ["ÄRGER mit Äpfeln"]),
+    ("Ärger", ["ÄRGER mit Äpfeln"]),
+    ("οδος", ["ΟΔΟΣ closed"]),                  # a final Σ lowers to ς ...
+    ("ΟΔΟΣ", ["ΟΔΟΣ closed"]),
+    ("οδοσ", []),                                # ... not σ
+    ("σοφ", ["σοφία"]),
+    ("ΣΟΦΊΑ", ["σοφία"]),
+    ("σισυφος", ["ΣΙΣΥΦΟΣ"]),
+    ("σ", ["σοφία", "ΣΙΣΥΦΟΣ"]),
+    ("ς", ["ΟΔΟΣ closed", "ΣΙΣΥΦΟΣ"]),
+    ("İSTANBUL", ["İSTANBUL office"]),           # İ lowers to i + U+0307 ...
+    ("istanbul", ["istanbul depot"]),           # ... so "istanbul" is not in it
+    ("STANBUL", ["İSTANBUL office", "istanbul depot"]),
+    ("kabi", ["KABİNE"]),                        # "i" ends q: the i of İ
+    ("kabine", []),
+    ("straße", ["Straße gesperrt"]),
+    ("STRASSE", ["STRASSE frei"]),               # no folding beyond lower: ß is not ss
+    ("ß", ["Straße gesperrt", "GROẞE Datei"]),
+    ("GROẞE", ["GROẞE Datei"]),                  # ẞ lowers to ß
+    ("große", ["GROẞE Datei"]),
+]
+
+
+@pytest.mark.parametrize("q, expected", FOLDING_CASES)
+def test_q_folds_case_as_str_lower_on_both_databases(c, any_app, q, expected):
+    """The rule: a line matches when ``q.lower()`` is in ``message.lower()`` (Python's
+    str.lower), on SQLite (its trigram index included) and PostgreSQL alike."""
+    assert sorted(m for m in FOLDING if q.lower() in m.lower()) == sorted(expected)
+    job = new_job(c)
+    last = post(c, *[{"level": "info", "message": m, "job_id": job} for m in FOLDING])["last_id"]
+    wait_indexed(any_app, last)
+    r = c.get("/api/logs", query_string={"scope": "job", "job_id": job, "q": q})
+    assert sorted(messages(r)) == sorted(expected)
+    assert r.json["meta"]["total_count"] == len(expected)
+    assert sorted(messages(c.get("/api/search", query_string={"q": q}))) == sorted(expected)
+    f = LineFilter(job_ids=(job,), q=q)
+    assert sorted(m for m in FOLDING if f.matches(
+        {"level": "info", "message": m, "job_id": job, "step_name": None})) == sorted(expected)
+
+
+def wait_indexed(app, last_id, timeout=10):
+    """SQLite: until the search index holds every line up to ``last_id`` (the writer
+    fills it when idle), so that a search goes through the index, not the scan after it."""
+    import time
+    engine = app.extensions["quaero"].engine
+    if engine.dialect.name != "sqlite":
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as conn:
+            mark = conn.exec_driver_sql(
+                "SELECT value FROM line_counters WHERE key = '__search__'").scalar()
+        if mark is not None and mark >= last_id:
+            return
+        assert time.monotonic() < deadline, f"search index at {mark}, lines up to {last_id}"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def c_locale_pg(pg_database):
+    """A PostgreSQL database whose own locale folds only ASCII (LC_CTYPE C)."""
+    from tests.conftest import _pg_admin
+    name = pg_database.rsplit("/", 1)[1] + "_c"
+    with _pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\' '
+                     "LC_COLLATE 'C' LC_CTYPE 'C'")
+    yield pg_database.rsplit("/", 1)[0] + "/" + name
+    with _pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_q_folds_case_the_same_whatever_the_postgresql_locale(c_locale_pg, tmp_path):
+    """The database's own locale does not decide: a database created with LC_CTYPE C
+    (whose lower() and ILIKE fold only ASCII) answers as every other."""
+    from tests.conftest import make_app
+    app = make_app(c_locale_pg, tmp_path)
+    try:
+        c = app.test_client()
+        job = new_job(c)
+        post(c, *[{"level": "info", "message": m, "job_id": job} for m in FOLDING])
+        wrong = {}
+        for q, expected in FOLDING_CASES:
+            r = c.get("/api/logs", query_string={"scope": "job", "job_id": job, "q": q})
+            if sorted(messages(r)) != sorted(expected):
+                wrong[q] = messages(r)
+        assert wrong == {}
+    finally:
+        app.extensions["quaero"].close()

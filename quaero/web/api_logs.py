@@ -9,7 +9,8 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..errors import APIError
-from ..ingest import IDEMPOTENCY_TTL, IngestError, KeyTaken, accepted_body
+from ..ingest import IngestError, KeyTaken, accepted_body
+from ..storage import IDEMPOTENCY_TTL
 from ..models import LEVELS, LEVEL_ALIASES, Job, Step, db, idempotency_t, utcnow
 from ..queries import LineFilter, count_matches, select_lines
 from .params import (MAX_NAME, check_jobs_exist, clean_text, db_reading, json_object,
@@ -151,6 +152,11 @@ def get_logs():
         check_jobs_exist(conn, f.job_ids)
         lines, more = select_lines(conn, f, after=after, before=before, limit=limit)
         total, capped = count_matches(conn, f)
+        if not lines and after is not None:
+            from ..queries import newest_id
+            # an id beyond the newest (a database restored from a backup): a client that
+            # resumed from it would wait for good; it resumes from the newest instead
+            after = min(after, newest_id(conn))
     if lines:
         last_id = lines[-1]["id"]
     else:
