@@ -4,6 +4,7 @@ search, the text download) goes through :func:`select_lines` or :func:`tail_line
 that ``total_count`` and ``log_counts`` never scan a job's lines; text search uses the
 databases' own indexes (SQLite FTS5 trigram, PostgreSQL pg_trgm)."""
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -44,14 +45,20 @@ class LineFilter:
         return self.everywhere or line["job_id"] is None
 
 
-# Text search. The database's trigram index narrows the candidates (SQLite: the FTS5
-# table ``log_fts``; PostgreSQL: a pg_trgm GIN index), then the exact test decides: the
-# message contains ``q`` ignoring case, as ``LineFilter.matches`` says. On SQLite that
-# test is ``quaero_contains`` (Python's ``str.lower``, registered on every connection),
-# so both databases and the live grep fold case alike. A ``q`` shorter than a trigram
-# cannot use the index: it is a scan, newest first, that stops at the page's end.
+# Text search. The rule: a line matches when ``q.lower()`` is in ``message.lower()``
+# (Python's str.lower: Unicode's full lowercase mapping, "İ" to "i̇" and a final "Σ" to
+# "ς"; nothing more, so "ß" is not "ss"), as ``LineFilter.matches`` says for the live grep.
+# The database's trigram index narrows the candidates, then the exact test decides.
+# SQLite: the exact test is ``quaero_contains`` (str.lower, registered on every
+# connection); the FTS5 table ``log_fts`` folds case by its own, older tables, so only the
+# trigrams it surely holds as str.lower has them are asked of it (``_fts_query``).
+# PostgreSQL: ``lower(message COLLATE "und-x-icu")`` is the same mapping whatever the
+# database's locale (ILIKE folded by that locale: only ASCII under C), with a pg_trgm GIN
+# index on it (migration 0009). A ``q`` with no such trigram (shorter than one, say) is a
+# scan, newest first, that stops at the page's end.
 TRIGRAM = 3
 MAX_Q = 200
+ICU_ROOT = "und-x-icu"  # PostgreSQL's ICU root locale; the index of migration 0009 uses it
 _fts_t = sa.table("log_fts", sa.column("rowid"), sa.column("log_fts"))
 
 
@@ -64,33 +71,85 @@ def register_sqlite_functions(dbapi_conn):
 
 
 def not_search_index(obj, name, type_, reflected, compare_to):
-    """Alembic's ``include_object``: the text indexes live only in their migration (an
+    """Alembic's ``include_object``: the text indexes live only in their migrations (an
     FTS5 table and its shadow tables, a GIN index): autogenerate must leave them be."""
-    return not (reflected and name and (name.startswith("log_fts") or name == "ix_log_message_trgm"))
+    return not (reflected and name and (
+        name.startswith("log_fts") or name in ("ix_log_message_trgm", "ix_log_message_lower_trgm")))
 
 
 def _like_pattern(q):
     return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _fts_query(q, most=16):
-    """Lines holding every trigram of ``q`` (the index keeps no positions: the exact test
-    follows). A long ``q`` asks for ``most`` of them, spread along it."""
-    grams = list(dict.fromkeys(q[i:i + TRIGRAM].lower() for i in range(len(q) - TRIGRAM + 1)))
+_LAST_CASED = 0x1FFFF  # no letter above has a lowercase (Unicode 15: the last is U+1E921)
+
+
+@functools.cache
+def _fts_folds_otherwise():
+    """What the FTS5 trigram index may hold otherwise than str.lower has it, asked of the
+    SQLite library itself (its case tables are its own, and older): ``(letters, pieces)``.
+    ``letters``: lowercase letters x = c.lower() of a letter c the index folds to something
+    else than x (Cherokee, letters newer than its tables, ...): a line with c there has not
+    the trigram. ``pieces``: lowercases longer than their letter ("İ" is "i" + U+0307; the
+    index keeps "İ"): a trigram that may cut one is not the index's either."""
+    import sqlite3
+    con = sqlite3.connect(":memory:")
+    try:
+        con.execute("CREATE VIRTUAL TABLE t USING fts5(m, tokenize='trigram', detail=none)")
+        pairs = [(c, c.lower()) for c in map(chr, range(0x41, _LAST_CASED + 1))
+                 if c.lower() != c and not 0xD800 <= ord(c) < 0xE000]
+        pairs.append(("\u03a3", "\u03c2"))   # a final sigma lowers to ς
+        pieces = {low for _, low in pairs if len(low) > 1}
+        con.executemany("INSERT INTO t(rowid, m) VALUES (?, ?)",
+                        [(i, "\x02\x02" + c) for i, (c, _) in enumerate(pairs)])
+        letters = {low for i, (c, low) in enumerate(pairs) if len(low) == 1 and con.execute(
+            "SELECT 1 FROM t WHERE rowid = ? AND t MATCH ?",
+            (i, '"\x02\x02' + low.replace('"', '""') + '"')).fetchone() is None}
+    finally:
+        con.close()
+    return frozenset(letters), tuple(sorted(pieces))
+
+
+def _fts_trigrams(folded):
+    """The trigrams of ``folded`` (``q.lower()``) that the index holds for every line whose
+    ``message.lower()`` contains it."""
+    letters, pieces = _fts_folds_otherwise()
+    n = len(folded)
+    safe = [ch not in letters for ch in folded]
+    for piece in pieces:  # wherever a piece could stand, cut by q's ends or not
+        k = len(piece)
+        for start in range(1 - k, n):
+            lo, hi = max(start, 0), min(start + k, n)
+            if all(folded[p] == piece[p - start] for p in range(lo, hi)):
+                safe[lo:hi] = [False] * (hi - lo)
+    return list(dict.fromkeys(folded[i:i + TRIGRAM] for i in range(n - TRIGRAM + 1)
+                              if all(safe[i:i + TRIGRAM])))
+
+
+def _fts_query(folded, most=16):
+    """Lines holding every such trigram of ``folded`` (the index keeps no positions: the
+    exact test follows), or None when there is none. A long ``q`` asks for ``most`` of
+    them, spread along it."""
+    grams = _fts_trigrams(folded)
+    if not grams:
+        return None
     if len(grams) > most:
         grams = [grams[i * (len(grams) - 1) // (most - 1)] for i in range(most)]
     return " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
 
 
 def _text_condition(q, dialect):
+    folded = q.lower()
     if dialect == "postgresql":
-        # a short q cannot use the trigram index: keep the planner off it
-        col = log_t.c.message if len(q) >= TRIGRAM else log_t.c.message.op("||")("")
-        return col.ilike(_like_pattern(q), escape="\\")
-    exact = sa.func.quaero_contains(log_t.c.message, q.lower()) == 1
-    if len(q) < TRIGRAM:
+        col = sa.func.lower(log_t.c.message.collate(ICU_ROOT))
+        if len(folded) < TRIGRAM:  # the trigram index cannot help: keep the planner off it
+            col = col.op("||")("")
+        return col.like(_like_pattern(folded), escape="\\")
+    exact = sa.func.quaero_contains(log_t.c.message, folded) == 1
+    match = _fts_query(folded)
+    if match is None:
         return exact
-    indexed = sa.select(_fts_t.c.rowid).where(_fts_t.c.log_fts.op("MATCH")(_fts_query(q)))
+    indexed = sa.select(_fts_t.c.rowid).where(_fts_t.c.log_fts.op("MATCH")(match))
     mark = sa.select(counters_t.c.value).where(counters_t.c.key == SEARCH_KEY).scalar_subquery()
     not_yet = sa.select(log_t.c.id).where(log_t.c.id > mark)
     candidates = sa.union_all(indexed, not_yet)
