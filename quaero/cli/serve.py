@@ -35,8 +35,9 @@ def serve(host, port, workers, config_file):
     otherwise. Job definitions come from QUAERO_JOBS_DIR (default: ./jobs)."""
     missing = missing_server_modules()
     if missing:
-        click.echo(f"quaero serve: the server is not installed (no {', '.join(missing)}): "
-                   f"{SERVER_EXTRA}", err=True)
+        named = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
+        click.echo(f"quaero serve: the server is not installed (no {named}): {SERVER_EXTRA}",
+                   err=True)
         sys.exit(1)
     if config_file is not None:
         os.environ["QUAERO_CONFIG"] = os.path.abspath(config_file)
