@@ -77,6 +77,18 @@ def test_pyproject_pins_are_the_requirements():
     assert project["scripts"] == {"quaero": "quaero.__main__:main"}
 
 
+@pytest.mark.parametrize("text", ["ERROR: x", "[debug] y", "WARNING z", "<warn> w",
+                                  "\x1b[31mERROR:\x1b[0m red", "err: short", "plain", "Info: x",
+                                  "TRACE ", "NOTE: not a level"])
+def test_the_client_sides_levels_read_lines_as_the_runner_does(text):
+    """``exec``/``pipe`` read levels with quaero.levels (no gevent), the runner with its
+    own copy until it imports that one: they must not drift."""
+    from quaero.levels import LEVELS, line_level
+    from quaero.runner import line_level as runner_line_level
+    for default in (LEVELS["info"], LEVELS["warn"]):
+        assert line_level(text, default) == runner_line_level(text, default)
+
+
 def test_the_servers_files_are_the_repositorys_through_the_package():
     """The package's templates/, static/, migrations/ and gunicorn.conf.py (what a wheel
     ships) are the repository's own, not copies that could drift."""
