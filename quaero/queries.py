@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .models import (LEVEL_NAMES, LEVELS, SEARCH_KEY, SERVICE_KEY, counters_t, counts_t, line_dict,
-                     log_t)
+from .models import (ID_KEY, LEVEL_NAMES, LEVELS, SEARCH_KEY, SERVICE_KEY, counters_t, counts_t,
+                     line_dict, log_t)
 
 
 @dataclass(frozen=True)
@@ -229,6 +229,15 @@ def select_lines(conn, f, *, after=None, before=None, limit=100):
     if after is None:
         rows.reverse()
     return [line_dict(*r) for r in rows], more
+
+
+_NEWEST = sa.select(counters_t.c.value).where(counters_t.c.key == ID_KEY)
+
+
+def newest_id(conn):
+    """The newest committed line id: the id allocator's value (ids become visible in
+    commit order; a line pruned since keeps its id taken)."""
+    return int(conn.execute(_NEWEST).scalar() or 0)
 
 
 def all_lines_between(conn, after, before, limit=None):

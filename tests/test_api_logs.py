@@ -182,6 +182,22 @@ def test_polling_tail_after_before_and_meta(c):
     assert [ln["message"] for ln in r["logs"]] == ["m0", "m1"] and r["meta"]["has_more"] is False
 
 
+def test_after_beyond_the_newest_id_resumes_from_the_newest(c):
+    """Every polling tab open across a restore from a backup holds an id this database
+    never gave: its ``last_id`` is the newest id, so that it resumes and sees new lines."""
+    job = new_job(c)
+    ack = _fill(c, job, 3)
+    for query in (f"scope=job&job_id={job}&level=debug", "scope=service"):
+        r = c.get(f"/api/logs?{query}&after={ack['last_id'] + 1000}").json
+        assert r["logs"] == [] and r["meta"]["has_more"] is False
+        assert r["last_id"] == ack["last_id"]
+    r = c.get(f"/api/logs?scope=job&job_id={job}&level=debug&after={ack['last_id']}").json
+    assert r["last_id"] == ack["last_id"]  # at the newest: as before
+    new = _fill(c, job, 1)
+    r = c.get(f"/api/logs?scope=job&job_id={job}&level=debug&after={ack['last_id']}").json
+    assert [ln["id"] for ln in r["logs"]] == [new["last_id"]]
+
+
 def test_filters_level_and_step(c):
     job = new_job(c)
     _fill(c, job, 40)

@@ -94,6 +94,10 @@ def test_empty_backfill_is_still_sent_with_an_id(api):
     ("scope=service&limit=-5", {}, 400), ("scope=service&after=abc", {}, 400),
     ("scope=service", {"Last-Event-ID": "12x"}, 400),
     ("scope=service", {"Last-Event-ID": "-1"}, 400),
+    # each one given is checked, even beside a valid one (which would win)
+    ("scope=service&after=-5", {"Last-Event-ID": "3"}, 400),
+    ("scope=service&after=abc", {"Last-Event-ID": "3"}, 400),
+    ("scope=service&after=3", {"Last-Event-ID": "-5"}, 400),
     ("scope=job&job_id=doesnotexist", {}, 404),
 ])
 def test_errors_are_json_not_streams(api, query, headers, status):
@@ -216,6 +220,41 @@ def test_resume_across_reconnects_loses_and_repeats_nothing(api):
     first = seen[0]
     assert seen == sorted(set(seen)), "no duplicates, in order"
     assert seen == [i for i in sorted(acked) if i >= first]
+
+
+def test_resume_beyond_the_newest_id_starts_afresh(api):
+    """Every tab open across a restore from a backup resumes with an id this database never
+    gave: its stream starts as a fresh one (the last ``limit`` lines), never silent."""
+    job = new_job(api)
+    ack = post(api, [{"level": "info", "message": f"l{i}", "job_id": job} for i in range(5)])
+    beyond = str(ack["last_id"] + 1000)
+    messages = [f"l{i}" for i in range(5)]
+    for query, headers in [("", {"Last-Event-ID": beyond}), (f"&after={beyond}", {})]:
+        s = stream(api, f"scope=job&job_id={job}&limit=3{query}", headers=headers)
+        try:
+            events = s.events(until=lambda e: e.event == "status")
+            assert [e.event for e in events] == ["logs", "status"]
+            assert [ln["message"] for ln in events[0].json()["logs"]] == messages[-3:]
+            assert events[0].json()["meta"] == {
+                "total_count": len(messages), "displayed_count": 3, "has_more": True}
+            messages.append(f"live{len(messages)}")
+            live = post(api, [{"level": "info", "message": messages[-1], "job_id": job}])
+            ev = s.events(until=lambda e: e.event == "logs", timeout=5)[-1]
+            assert [ln["id"] for ln in ev.json()["logs"]] == [live["last_id"]]
+            assert ev.id == str(live["last_id"])
+        finally:
+            s.close()
+    # a job that ended: not 204 (the id is not one of this database's) but its tail, then end
+    api.patch(f"/api/jobs/{job}", json={"status": "running"})
+    api.patch(f"/api/jobs/{job}", json={"status": "completed"})
+    s = stream(api, f"scope=job&job_id={job}&limit=2", headers={"Last-Event-ID": beyond})
+    try:
+        assert s.status == 200
+        events = s.events(timeout=5)
+        assert [e.event for e in events] == ["logs", "status", "end"]
+        assert [ln["message"] for ln in events[0].json()["logs"]] == messages[-2:]
+    finally:
+        s.close()
 
 
 def test_resume_pages_are_at_most_1000_lines(api):

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from flask import Blueprint, current_app, request
 
 from ..models import FINISHED, Job, db
-from ..queries import select_lines
+from ..queries import newest_id, select_lines
 from ..streaming.session import DB_ERRORS, REFUSALS, StreamSession, refusal, track_writes
 from ..streaming.sink import open_sink
 from ..streaming.subscriber import Subscriber
@@ -42,9 +42,10 @@ def _ended_with_nothing_after(db_conn, f, resume):
 @bp.get("/logs/stream")
 def stream_logs():
     f, limit = parse_query(request.args)
-    resume = parse_int(request.headers.get("Last-Event-ID") or None, "Last-Event-ID")
-    if resume is None:
-        resume = parse_int(request.args.get("after"), "after")
+    # both are checked (a bad one is a 400 even beside a good one); the header wins
+    header = parse_int(request.headers.get("Last-Event-ID") or None, "Last-Event-ID")
+    after = parse_int(request.args.get("after"), "after")
+    resume = after if header is None else header
     state = current_app.extensions["quaero"]
     hub = state.hub
     environ = request.environ
@@ -54,6 +55,10 @@ def stream_logs():
     try:
         with db.engine.connect() as conn:
             check_jobs_exist(conn, f.job_ids)
+            # an id this database never gave (every tab open across a restore from a
+            # backup): nothing after it would ever come; start afresh with the tail
+            if resume is not None and resume > newest_id(conn):
+                resume = None
             if resume is not None and f.job_ids and _ended_with_nothing_after(conn, f, resume):
                 return current_app.response_class(status=204)  # tells an EventSource to stop
     except DB_ERRORS:
