@@ -26,7 +26,11 @@ class Metrics:
         self.events_sent = Counter("quaero_sse_events_sent", "SSE events sent", ["event"], registry=r)
         self.bytes_sent = Counter("quaero_sse_bytes_sent", "SSE bytes sent", registry=r)
         self.slow_dropped = Counter("quaero_sse_slow_clients_dropped",
-                                    "Streams closed because the client fell behind", registry=r)
+                                    "Streams closed because the client's socket took nothing "
+                                    "for QUAERO_STREAM_STALL_SECONDS", registry=r)
+        self.fell_behind = Counter("quaero_sse_streams_fell_behind",
+                                   "Times a stream's queue passed QUAERO_STREAM_BUFFER_BYTES and "
+                                   "it read its backlog from the database", registry=r)
         self.streams_refused = Counter(
             "quaero_sse_streams_refused",
             "Streams answered with only a retry: (stream_cap, shutting_down, database, no_gevent)",

@@ -246,7 +246,8 @@ def test_five_thousand_streams_on_one_worker(server_factory):
 
 def test_slow_reader_is_dropped_without_memory_growth(server_factory):
     buffer_bytes = 1 << 20
-    srv = server_factory(env={"QUAERO_STREAM_BUFFER_BYTES": str(buffer_bytes)})
+    srv = server_factory(env={"QUAERO_STREAM_BUFFER_BYTES": str(buffer_bytes),
+                              "QUAERO_STREAM_STALL_SECONDS": "1"})
     (pid,) = worker_pids(srv)
     job = httpx.post(f"{srv.url}/api/jobs", json={"name": "s", "steps": []}).json()["id"]
     url = f"{srv.url}/api/logs/stream?scope=job&job_id={job}&limit=0"
@@ -279,8 +280,10 @@ def test_slow_reader_is_dropped_without_memory_growth(server_factory):
     posted.set()
     reader.get(timeout=60)
     assert got == acked, "the other stream keeps receiving"
-    metrics = httpx.get(f"{srv.url}/metrics").text
-    assert "quaero_sse_slow_clients_dropped_total 1.0" in metrics
+    deadline = time.monotonic() + 10  # its socket took nothing for a second: dropped
+    while "quaero_sse_slow_clients_dropped_total 1.0" not in httpx.get(f"{srv.url}/metrics").text:
+        assert time.monotonic() < deadline, "the stuck reader was not dropped"
+        gevent.sleep(0.1)
     growth = (peak - base) * 1024
     print(f"worker RSS growth while 50 MB flowed past a stuck reader: {growth / 2**20:.1f} MiB")
     assert growth < buffer_bytes + 16 * 2**20

@@ -41,6 +41,7 @@ class StreamHub:
         self.max_streams = max_streams
         self.watch_interval = watch_interval
         self.interval = app.config["QUAERO_BATCH_INTERVAL"]
+        self.stall = app.config["QUAERO_STREAM_STALL_SECONDS"]
         self.groups = {}                  # LineFilter -> Group
         self.by_key = defaultdict(set)    # job id or None (service) -> filters
         self.by_job = defaultdict(set)    # job id -> connections (status events)
@@ -87,9 +88,10 @@ class StreamHub:
         return None
 
     def held_from(self, conn):
-        """The smallest line id held for this stream (its queue, or its group's pacing
-        window), or None."""
-        ids = [conn.batches[0].first_id] if conn.batches else []
+        """The smallest line id held for this stream (its queue or its backlog, or its
+        group's pacing window), or None."""
+        first = conn.first_held()
+        ids = [] if first is None else [first]
         group = self.groups.get(conn.filter)
         if group is not None and group.pending:
             ids.append(group.pending[0].first_id)
@@ -177,7 +179,7 @@ class StreamHub:
                         continue
                     held = group.held()
                     for conn in group.conns:
-                        conn.total = total - held - conn.queued_lines(newest)
+                        conn.recount(total, held, newest)
 
     def _dispatch(self, lines):
         now = time.monotonic()
@@ -202,7 +204,7 @@ class StreamHub:
         for conn in list(group.conns):
             conn.push(batch)
             if conn.parked and now >= conn.next_logs and small and not (
-                    conn.dropped or conn.out or conn.statuses):
+                    conn.dropped or conn.behind or conn.out or conn.statuses):
                 conn.write_now(now, interval, counts)
             else:
                 conn.wake.set()
@@ -214,8 +216,10 @@ class StreamHub:
             now = time.monotonic()
             self.ping_event = json_event("ping", {"timestamp": iso(utcnow())})
             for group in list(self.groups.values()):
-                for conn in group.conns:
-                    if now >= conn.next_ping or now >= conn.deadline:
+                for conn in list(group.conns):
+                    if conn.stalled(now, self.stall):
+                        conn.drop()
+                    elif now >= conn.next_ping or now >= conn.deadline:
                         conn.wake.set()
             self.flush_metrics()
             gevent.sleep(TICK)
@@ -230,6 +234,8 @@ class StreamHub:
                 m.lines_delivered.inc(n)
             elif key == "slow_dropped":
                 m.slow_dropped.inc(n)
+            elif key == "fell_behind":
+                m.fell_behind.inc(n)
             else:
                 m.events_sent.labels(key).inc(n)
 

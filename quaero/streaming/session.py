@@ -1,5 +1,6 @@
 """One stream's body (:class:`StreamSession`): backfill -> live -> end, in the request's
-greenlet; and the answer for a stream taken later (:func:`refusal`)."""
+greenlet; and the answer for a stream taken later (:func:`refusal`). The stream's state is
+its :class:`~.subscriber.Subscriber`'s, changed only through that class's methods."""
 import random
 import time
 
@@ -7,9 +8,10 @@ import gevent
 from sqlalchemy import exc as sa_exc
 
 from ..models import ENDED
-from ..queries import count_lines, select_lines, tail_lines
+from ..queries import count_lines, newest_id, select_lines, tail_lines
 from . import watcher
-from .sse import encode_json, format_event, json_event, logs_event_parts
+from .sink import Stalled
+from .sse import format_event, json_event
 
 RESUME_PAGE = 1000
 RETRY_MS = 2000
@@ -55,6 +57,7 @@ class StreamSession:
         self.limit, self.resume = limit, resume
         self.interval = cfg["QUAERO_BATCH_INTERVAL"]
         self.ping_every = cfg["QUAERO_PING_INTERVAL"]
+        self.stall = cfg["QUAERO_STREAM_STALL_SECONDS"]
         self.lifetime = cfg["QUAERO_STREAM_LIFETIME"] * random.uniform(0.85, 1.0)
         self.started = time.monotonic()
 
@@ -62,15 +65,16 @@ class StreamSession:
         conn, hub = self.conn, self.hub
         try:
             yield from self.emit([([format_event(retry=RETRY_MS, comment="quaero")], "retry", 0)])
-            conn.sink = self.sink  # the headers are out: from here the sink may write
+            conn.headers_sent(self.sink)  # from here the sink may write
             yield from self.backfill()
             if self.f.job_ids:
                 yield from self.emit(self.initial_statuses())
-            now = time.monotonic()
-            conn.next_logs = now + self.interval  # the backfill counts as a logs event
-            conn.next_ping = now + self.ping_every
-            conn.deadline = self.started + self.lifetime
+            # the backfill counts as a logs event
+            conn.go_live(time.monotonic(), self.interval, self.ping_every,
+                         self.started + self.lifetime)
             yield from self.live()
+        except Stalled:
+            conn.drop()  # its socket took nothing for the stall bound; it resumes later
         except OSError:
             return  # the client is gone (a write to its socket failed)
         except DB_ERRORS:
@@ -93,55 +97,49 @@ class StreamSession:
         if conn.sink is None:
             yield b"".join(parts)
             return
-        conn.writing, conn.backlog = True, 0
-        try:
-            conn.sink.send(conn.sink.frame(parts))
-        finally:
-            conn.writing = False
+        self.send(conn.sink.frame(parts))
 
-    def logs(self, lines):
+    def send(self, parts):
         conn = self.conn
-        return (logs_event_parts([encode_json(lines)], conn.last_id, conn.total,
-                                 conn.displayed, conn.has_more), "logs", len(lines))
+        conn.begin_write(time.monotonic())
+        try:
+            conn.sink.send(parts, self.stall)
+        finally:
+            conn.end_write()
 
     def backfill(self):
         """Events for everything before live: the tail, or every line after ``resume``.
         Every one has an id: an empty tail the newest id visible before it was read."""
         conn, f, resume = self.conn, self.f, self.resume
         with self.engine.connect() as db_conn:
-            conn.total = count_lines(db_conn, f)
+            total = count_lines(db_conn, f)
             if resume is None:
-                newest = watcher.max_id_on(db_conn)
+                newest = newest_id(db_conn)
                 lines, more = tail_lines(db_conn, f, max(self.limit, 1))
                 if self.limit == 0:
                     lines, more = [], bool(lines)
-                conn.last_id = lines[-1]["id"] if lines else newest
+                conn.backfill_from(total, lines[-1]["id"] if lines else newest, more)
                 pages = [lines]
-                conn.has_more = more
         if resume is not None:
-            conn.last_id = resume
+            conn.backfill_from(total, resume, False)
             pages = pages_after(self.engine, f, resume)
         first = True
         for lines in pages:
             if not lines and not first:
                 break
-            if lines:
-                conn.last_id = max(conn.last_id, lines[-1]["id"])
-            conn.displayed += len(lines)
-            conn.total = max(conn.total, conn.displayed)
-            if resume is not None:
-                conn.has_more = conn.total > conn.displayed and resume > 0
-            yield from self.emit([self.logs(lines)])
+            parts = conn.page_parts(lines, resume)
+            yield from self.emit([(parts, "logs", len(lines))])
             first = False
 
     def initial_statuses(self):
         conn = self.conn
-        conn.statuses.clear()  # superseded by the states read now; later ones follow
         jobs, events = watcher.job_states(self.engine, self.f.job_ids), []
+        conn.forget_statuses()  # superseded by the states read now; later ones follow
         for job_id in self.f.job_ids:
             status, payload = jobs.get(job_id, ("deleted", None))
             if payload is not None:
-                event = conn.sent_status[job_id] = json_event("status", payload)
+                event = json_event("status", payload)
+                conn.status_sent(job_id, event)
                 events.append(([event], "status", 0))
             if status in ENDED:
                 conn.push_status(b"", job_id, status)
@@ -150,78 +148,74 @@ class StreamSession:
     def ending(self):
         """All jobs finished: send what committed since, their statuses, then ``end``."""
         conn = self.conn
-        self.hub.unsubscribe(conn)  # the database has every line from here on
-        conn.batches.clear()
-        conn.pending_bytes = 0
+        conn.detach()  # the database has every line from here on
         for lines in pages_after(self.engine, self.f, conn.last_id):
             if not lines:
                 break
             gevent.sleep(max(0.0, conn.next_logs - time.monotonic()))  # keep the pace
-            conn.next_logs = time.monotonic() + self.interval
-            conn.last_id = lines[-1]["id"]
-            conn.displayed += len(lines)
-            conn.total = max(conn.total, conn.displayed)
-            yield from self.emit([self.logs(lines)])
+            conn.logs_sent(time.monotonic(), self.interval)
+            yield from self.emit([(conn.page_parts(lines), "logs", len(lines))])
         events = [([ev], "status", 0) for ev in conn.take_statuses()]
         jobs = [{"id": j, "status": s} for j, s in conn.ended.items()]
         payload = {"job": jobs[-1]} if len(jobs) == 1 else {"job": jobs[-1], "jobs": jobs}
         yield from self.emit(events + [([json_event("end", payload)], "end", 0)])
 
-    def finish_partial(self):
-        """Write the rest of a write the hub began (and counted) on this socket."""
-        conn = self.conn
-        conn.writing, conn.backlog = True, 0
-        try:
-            conn.sink.send(conn.out)
-        finally:
-            conn.writing = False
-        conn.out = []
+    def backlog_page(self):
+        """The next page of what the stream missed while behind (``Subscriber``), read
+        through the resume's query, as ``(parts, lines)`` (``(None, 0)``: nothing)."""
+        after, limit = self.conn.backlog_read(RESUME_PAGE)
+        with self.engine.connect() as db_conn:
+            lines, more = select_lines(db_conn, self.f, after=after, limit=limit)
+        return self.conn.backlog_parts(lines, more)
 
     def live(self):
         conn, hub, f = self.conn, self.hub, self.f
         while not (conn.dropped or conn.broken) and (conn.out or not conn.closing):
-            if conn.out:
-                self.finish_partial()
+            if conn.out:  # the rest of a write the hub began (and counted) on this socket
+                self.send(conn.take_out())
                 continue
             now = time.monotonic()
             events = []
-            if conn.batches and now >= conn.next_logs:
-                parts, count = conn.next_logs_parts()
+            if now >= conn.next_logs and (conn.behind or conn.batches):
+                # behind: the backlog from the database first; the queue waits for it
+                parts, count = self.backlog_page() if conn.behind else conn.next_logs_parts()
                 if parts is not None:
+                    now = time.monotonic()
                     events.append((parts, "logs", count))
-                    conn.next_logs = now + self.interval
+                    conn.logs_sent(now, self.interval)
             if f.job_ids and not conn.running_jobs:
                 yield from self.emit(events)
                 yield from self.ending()
                 return
             # a status never overtakes lines committed before it: those still held
-            # for the pace (here or in the hub's window) go first
+            # for the pace (here, in the backlog or in the hub's window) go first
             if conn.statuses:
                 events += [([ev], "status", 0) for ev in conn.take_statuses(hub.held_from(conn))]
             if now >= conn.next_ping:
                 events.append(([hub.ping_event], "ping", 0))
-                conn.next_ping = now + self.ping_every
+                conn.ping_sent(now, self.ping_every)
             if events:
                 yield from self.emit(events)
                 continue
             if now >= conn.deadline:
                 return  # the client reconnects with Last-Event-ID and loses nothing
             conn.wake.clear()
-            if conn.batches:  # released early for this stream's own pace: wait it out
+            if conn.batches or conn.behind:  # held for this stream's own pace: wait it out
                 conn.wake.wait(conn.next_logs - now)
             else:  # woken by a release, a status, the ticker (ping, lifetime) or a close
-                conn.parked = conn.sink is not None
+                conn.park()
                 conn.wake.wait()
-                conn.parked = False
+                conn.unpark()
 
 
 def track_writes(conn, body):
     """Mark the time the server spends writing each chunk (the generator is suspended
-    until the socket took it): what queues up meanwhile is what a slow client costs."""
+    until the socket took it): a write that does not end is a client that does not read
+    (the hub's ticker drops it)."""
     try:
         for chunk in body:
-            conn.writing, conn.backlog = True, 0
+            conn.begin_write(time.monotonic())
             yield chunk
-            conn.writing = False
+            conn.end_write()
     finally:
         body.close()

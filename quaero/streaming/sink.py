@@ -15,6 +15,10 @@ MAX_PARTS = 512  # parts per sendmsg (IOV_MAX is 1024)
 SEND_BUFFER = 128 << 10
 
 
+class Stalled(OSError):
+    """The client's socket took nothing for the stall bound: it does not read."""
+
+
 def open_sink(environ):
     """A :class:`SocketSink` for this request's socket, or None (plain WSGI fallback)."""
     sock = environ.get("gunicorn.socket")
@@ -68,10 +72,20 @@ class SocketSink:
             return parts
         return advance(parts, sent)
 
-    def send(self, parts):
-        """Blocks this greenlet until all went; OSError when the client is gone."""
+    def send(self, parts, stall=None):
+        """Blocks this greenlet until all went; OSError when the client is gone,
+        :class:`Stalled` when its socket took nothing for ``stall`` seconds. Time this
+        greenlet waited for its turn is not counted against the client: after the wait the
+        socket is tried once more, and any progress starts the bound again."""
         from gevent.socket import wait_write
         while parts:
             parts = self.try_send(parts)
-            if parts:
-                wait_write(self.raw.fileno())
+            if not parts:
+                return
+            try:
+                wait_write(self.raw.fileno(), timeout=stall, timeout_exc=Stalled)
+            except Stalled:
+                rest = self.try_send(parts)
+                if rest is parts:  # nothing taken
+                    raise
+                parts = rest

@@ -9,23 +9,17 @@ import gevent
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..models import (ID_KEY, SERVICE_KEY, Job, counters_t, counts_t, deleted_payload,
-                      status_payload)
-from ..queries import all_lines_between
+from ..models import SERVICE_KEY, Job, counts_t, deleted_payload, status_payload
+from ..queries import all_lines_between, newest_id
 
 log = logging.getLogger("quaero.stream")
 RECOUNT = 5.0  # seconds: how often open streams' total_count is read again (pruning)
 
 
 def max_id(engine):
-    with engine.connect() as conn:
-        return max_id_on(conn)
-
-
-def max_id_on(conn):
     """The newest committed line id (ids become visible in commit order)."""
-    return int(conn.execute(sa.select(counters_t.c.value).where(
-        counters_t.c.key == ID_KEY)).scalar() or 0)
+    with engine.connect() as conn:
+        return newest_id(conn)
 
 
 def totals(engine, filters):
