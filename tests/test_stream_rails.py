@@ -10,7 +10,7 @@ import gevent
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Server
+from tests.conftest import ROOT, Server, _reset_pg
 from tests.sse_client import SSEClient
 from tests.test_stream import assert_refused, ids_of, new_job, post, stream
 
@@ -254,3 +254,42 @@ def test_never_reading_streams_do_not_grow_the_worker(server_factory):
     # copying each 2.3 MB event per stream would be ~900 MB here
     assert r["rss_growth_mb"] < 100, r
     assert rss_bytes(worker) < 400 << 20
+
+
+def test_a_database_that_does_not_answer_refuses_the_stream_in_bounded_time(
+        server_factory, pg_database):
+    """The backfill's read waits for a lock held elsewhere (as for a frozen or unreachable
+    database): past QUAERO_DB_TIMEOUT the stream is told to retry, as when the database is
+    away, instead of hanging."""
+    import psycopg
+    _reset_pg(pg_database)
+    srv = server_factory(env={"QUAERO_DATABASE_URL": pg_database, "QUAERO_DB_TIMEOUT": "1"})
+    assert httpx.post(f"{srv.url}/api/logs", json={"logs": [
+        {"level": "info", "message": "before"}]}).status_code == 201
+    locker = psycopg.connect(pg_database.replace("postgresql+psycopg://", "postgresql://"))
+    try:
+        locker.execute("LOCK TABLE log_entries IN ACCESS EXCLUSIVE MODE")  # until rollback
+        start = time.monotonic()
+        c = SSEClient(f"{srv.url}/api/logs/stream?scope=service", timeout=10)
+        try:
+            assert c.status == 200
+            assert c.headers["content-type"].startswith("text/event-stream")
+            body = c.body()  # until the server closes the stream
+        finally:
+            c.close()
+        took = time.monotonic() - start
+        assert b"database unavailable" in body and b"\nretry: " in body, body
+        assert b"event:" not in body and b"data:" not in body, body
+        assert took < 4, f"refused after {took:.1f} s"
+        assert httpx.get(f"{srv.url}/healthz", timeout=5).json()["streams"]["refused"] == {
+            "database": 1}
+    finally:
+        locker.rollback()
+        locker.close()
+    # the database answers again: so does the stream
+    c = SSEClient(f"{srv.url}/api/logs/stream?scope=service", timeout=10)
+    try:
+        ev = c.events(until=lambda e: e.event == "logs")[-1]
+        assert [ln["message"] for ln in ev.json()["logs"]][-1] == "before"
+    finally:
+        c.close()

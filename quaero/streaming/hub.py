@@ -5,6 +5,7 @@ from collections import defaultdict
 
 import gevent
 
+from ..deadline import within
 from ..models import iso, utcnow
 from . import watcher
 from .pacing import Batch, Group, match_groups
@@ -42,6 +43,7 @@ class StreamHub:
         self.watch_interval = watch_interval
         self.interval = app.config["QUAERO_BATCH_INTERVAL"]
         self.stall = app.config["QUAERO_STREAM_STALL_SECONDS"]
+        self.db_seconds = app.config["QUAERO_DB_TIMEOUT"]
         self.groups = {}                  # LineFilter -> Group
         self.by_key = defaultdict(set)    # job id or None (service) -> filters
         self.by_job = defaultdict(set)    # job id -> connections (status events)
@@ -77,6 +79,13 @@ class StreamHub:
                 "accepting": not self.shutting_down and self.count < self.max_streams,
                 "refused": dict(self.refused)}
 
+    def read(self, query, *args):
+        """``query(engine, *args)``, one of ``watcher``'s reads, cut off at
+        QUAERO_DB_TIMEOUT (``DatabaseLate``): a database that does not answer must not hold
+        the hub's lock, and with it every line published meanwhile, for good."""
+        with within(self.db_seconds):
+            return query(self.engine, *args)
+
     def refuse_reason(self, environ):
         """Why a new stream cannot be taken now, or None."""
         if not _under_gevent(environ):
@@ -101,7 +110,7 @@ class StreamHub:
         if not self._started:
             self.on_first_use()
         if self.delivered is None:
-            self.delivered = watcher.max_id(self.engine)
+            self.delivered = self.read(watcher.max_id)
         f = conn.filter
         group = self.groups.get(f)
         if group is None:
@@ -147,7 +156,7 @@ class StreamHub:
             if not fresh:
                 return
             if self.count and fresh[0]["id"] != self.delivered + 1:
-                fresh = watcher.lines_between(self.engine, self.delivered, fresh[0]["id"]) + fresh
+                fresh = self.read(watcher.lines_between, self.delivered, fresh[0]["id"]) + fresh
             self.delivered = fresh[-1]["id"]
             if self.count:
                 self._dispatch(fresh)
@@ -160,13 +169,13 @@ class StreamHub:
         if asked, make every stream's ``total_count`` true again (lines pruned, jobs
         deleted): counts read before the newest id, so every counted line was delivered."""
         with self._lock:
-            totals = watcher.totals(self.engine, list(self.groups)) if refresh_totals else None
-            newest = watcher.max_id(self.engine)
+            totals = self.read(watcher.totals, list(self.groups)) if refresh_totals else None
+            newest = self.read(watcher.max_id)
             if self.delivered is None or not self.count:
                 self.delivered = newest
                 return
             while self.delivered < newest:
-                lines = watcher.lines_between(self.engine, self.delivered, newest + 1, CATCH_UP_PAGE)
+                lines = self.read(watcher.lines_between, self.delivered, newest + 1, CATCH_UP_PAGE)
                 if not lines:
                     self.delivered = newest
                     break

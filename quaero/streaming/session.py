@@ -7,6 +7,7 @@ import time
 import gevent
 from sqlalchemy import exc as sa_exc
 
+from ..deadline import DatabaseLate, reading
 from ..models import ENDED
 from ..queries import count_lines, newest_id, select_lines, tail_lines
 from . import watcher
@@ -15,7 +16,8 @@ from .sse import format_event, json_event
 
 RESUME_PAGE = 1000
 RETRY_MS = 2000
-DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+# the database is away, or did not answer a read within QUAERO_DB_TIMEOUT: retry later
+DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, DatabaseLate)
 REFUSED_RETRY_MS = (2000, 5000)    # a jittered retry for a stream refused now...
 OVERLOAD_RETRY_MS = (5000, 15000)  # ...spread wider when the cause is load
 REFUSALS = {
@@ -36,10 +38,10 @@ def refusal(hub, metrics, reason):
     return format_event(retry=random.randint(low, high), comment=f"quaero: {comment}")
 
 
-def pages_after(engine, f, after):
+def pages_after(engine, f, after, seconds):
     """Every matching line after ``after``, a page at a time, a connection per page."""
     while True:
-        with engine.connect() as db_conn:
+        with reading(engine, seconds) as db_conn:
             lines, more = select_lines(db_conn, f, after=after, limit=RESUME_PAGE)
         yield lines
         if not more or not lines:
@@ -58,6 +60,7 @@ class StreamSession:
         self.interval = cfg["QUAERO_BATCH_INTERVAL"]
         self.ping_every = cfg["QUAERO_PING_INTERVAL"]
         self.stall = cfg["QUAERO_STREAM_STALL_SECONDS"]
+        self.db_seconds = cfg["QUAERO_DB_TIMEOUT"]
         self.lifetime = cfg["QUAERO_STREAM_LIFETIME"] * random.uniform(0.85, 1.0)
         self.started = time.monotonic()
 
@@ -111,7 +114,7 @@ class StreamSession:
         """Events for everything before live: the tail, or every line after ``resume``.
         Every one has an id: an empty tail the newest id visible before it was read."""
         conn, f, resume = self.conn, self.f, self.resume
-        with self.engine.connect() as db_conn:
+        with reading(self.engine, self.db_seconds) as db_conn:
             total = count_lines(db_conn, f)
             if resume is None:
                 newest = newest_id(db_conn)
@@ -122,7 +125,7 @@ class StreamSession:
                 pages = [lines]
         if resume is not None:
             conn.backfill_from(total, resume, False)
-            pages = pages_after(self.engine, f, resume)
+            pages = pages_after(self.engine, f, resume, self.db_seconds)
         first = True
         for lines in pages:
             if not lines and not first:
@@ -133,7 +136,9 @@ class StreamSession:
 
     def initial_statuses(self):
         conn = self.conn
-        jobs, events = watcher.job_states(self.engine, self.f.job_ids), []
+        with reading(self.engine, self.db_seconds) as db_conn:
+            jobs = watcher.job_states(db_conn, self.f.job_ids)
+        events = []
         conn.forget_statuses()  # superseded by the states read now; later ones follow
         for job_id in self.f.job_ids:
             status, payload = jobs.get(job_id, ("deleted", None))
@@ -149,7 +154,7 @@ class StreamSession:
         """All jobs finished: send what committed since, their statuses, then ``end``."""
         conn = self.conn
         conn.detach()  # the database has every line from here on
-        for lines in pages_after(self.engine, self.f, conn.last_id):
+        for lines in pages_after(self.engine, self.f, conn.last_id, self.db_seconds):
             if not lines:
                 break
             gevent.sleep(max(0.0, conn.next_logs - time.monotonic()))  # keep the pace
@@ -164,7 +169,7 @@ class StreamSession:
         """The next page of what the stream missed while behind (``Subscriber``), read
         through the resume's query, as ``(parts, lines)`` (``(None, 0)``: nothing)."""
         after, limit = self.conn.backlog_read(RESUME_PAGE)
-        with self.engine.connect() as db_conn:
+        with reading(self.engine, self.db_seconds) as db_conn:
             lines, more = select_lines(db_conn, self.f, after=after, limit=limit)
         return self.conn.backlog_parts(lines, more)
 

@@ -49,9 +49,10 @@ def lines_between(engine, after, before, limit=None):
         return all_lines_between(conn, after, before, limit)
 
 
-def job_states(engine, job_ids):
-    """``{job_id: (status, status event payload)}`` for the jobs that still exist."""
-    with Session(engine) as session:
+def job_states(bind, job_ids):
+    """``{job_id: (status, status event payload)}`` for the jobs that still exist (``bind``:
+    an engine or a connection)."""
+    with Session(bind) as session:
         jobs = session.execute(sa.select(Job).where(Job.id.in_(job_ids))).scalars().all()
         return {j.id: (j.status, status_payload(j)) for j in jobs}
 
@@ -69,7 +70,7 @@ def watch(hub):
             hub.catch_up(refresh_totals=recount)
             if hub.by_job:
                 job_ids = list(hub.by_job)
-                states = job_states(hub.engine, job_ids)
+                states = hub.read(job_states, job_ids)
                 for job_id in job_ids:  # not jobs subscribed while the query ran
                     if job_id not in hub.by_job:
                         continue

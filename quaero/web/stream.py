@@ -13,7 +13,7 @@ from ..queries import newest_id, select_lines
 from ..streaming.session import DB_ERRORS, REFUSALS, StreamSession, refusal, track_writes
 from ..streaming.sink import open_sink
 from ..streaming.subscriber import Subscriber
-from .params import check_jobs_exist, parse_int, parse_query
+from .params import check_jobs_exist, db_reading, parse_int, parse_query
 
 log = logging.getLogger("quaero.stream")
 
@@ -53,7 +53,7 @@ def stream_logs():
     if reason is not None:
         return _refuse(hub, state.metrics, reason)
     try:
-        with db.engine.connect() as conn:
+        with db_reading() as conn:
             check_jobs_exist(conn, f.job_ids)
             # an id this database never gave (every tab open across a restore from a
             # backup): nothing after it would ever come; start afresh with the tail
@@ -69,7 +69,10 @@ def stream_logs():
     cfg = current_app.config
     subscriber = Subscriber(f, hub, cfg["QUAERO_STREAM_BUFFER_BYTES"],
                             environ.get("gunicorn.socket"))
-    hub.subscribe(subscriber)  # before the backfill: nothing falls in between
+    try:
+        hub.subscribe(subscriber)  # before the backfill: nothing falls in between
+    except DB_ERRORS:  # the process's first stream reads where the hub starts
+        return _refuse(hub, state.metrics, "database")
     session = StreamSession(subscriber, open_sink(environ), state, db.engine, limit, resume, cfg)
     response = current_app.response_class(track_writes(subscriber, iter(session)),
                                           mimetype="text/event-stream", headers=STREAM_HEADERS)
