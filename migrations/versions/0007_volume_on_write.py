@@ -4,7 +4,7 @@ Revision ID: 0007_volume_write
 Revises: 0006_bounds
 Create Date: 2026-12-01 09:00:00
 
-``ingest.write_lines`` now counts every batch into ``log_volume`` in the transaction that
+``storage.write_lines`` now counts every batch into ``log_volume`` in the transaction that
 stores it (and retention takes deleted lines off), so the histogram no longer rolls lines
 up on its first request and needs no marks. A database rolled up only in part (or not at
 all) gets its counts here from the lines: one ``GROUP BY`` over them.
