@@ -7,8 +7,8 @@ import sqlalchemy as sa
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
 
-LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
-LEVEL_NAMES = {v: k for k, v in LEVELS.items()}
+from .levels import LEVEL_NAMES, LEVELS  # noqa: F401  (re-exported: the one level vocabulary)
+
 LEVEL_ALIASES = {"warning": "warn"}
 
 JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")

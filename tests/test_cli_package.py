@@ -77,16 +77,13 @@ def test_pyproject_pins_are_the_requirements():
     assert project["scripts"] == {"quaero": "quaero.__main__:main"}
 
 
-@pytest.mark.parametrize("text", ["ERROR: x", "[debug] y", "WARNING z", "<warn> w",
-                                  "\x1b[31mERROR:\x1b[0m red", "err: short", "plain", "Info: x",
-                                  "TRACE ", "NOTE: not a level"])
-def test_the_client_sides_levels_read_lines_as_the_runner_does(text):
-    """``exec``/``pipe`` read levels with quaero.levels (no gevent), the runner with its
-    own copy until it imports that one: they must not drift."""
-    from quaero.levels import LEVELS, line_level
+def test_one_level_vocabulary_for_the_client_the_runner_and_the_tables():
+    """``exec``/``pipe`` (no gevent), the runner and the tables read levels from one light
+    module, quaero.levels: there is no second copy to drift."""
+    from quaero import levels, models
     from quaero.runner import line_level as runner_line_level
-    for default in (LEVELS["info"], LEVELS["warn"]):
-        assert line_level(text, default) == runner_line_level(text, default)
+    assert runner_line_level is levels.line_level
+    assert models.LEVELS is levels.LEVELS and models.LEVEL_NAMES is levels.LEVEL_NAMES
 
 
 def test_the_servers_files_are_the_repositorys_through_the_package():

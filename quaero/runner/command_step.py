@@ -6,7 +6,6 @@ ingestor in batches; a step that prints faster than the database commits is slow
 its full pipe. Stopping a step (cancel, timeout, shutdown) signals its whole group.
 """
 import os
-import re
 import signal
 import sys
 import time
@@ -17,35 +16,13 @@ from gevent import subprocess
 from gevent.event import Event
 
 from ..ingest import IngestError
-from ..models import LEVELS, utcnow
-
-DEBUG, INFO, WARN, ERROR = (LEVELS[k] for k in ("debug", "info", "warn", "error"))
+from ..levels import DEBUG, ERROR, INFO, WARN, line_level
+from ..models import utcnow
 
 BATCH_LINES = 5000        # lines per ingest call from one step
 BUFFER_LINES = 20000      # a step's unsent lines beyond which its pipes are not read
 MAX_LINE_BYTES = 65536    # longer output lines are split
 SECRET_ENV = ("QUAERO_API_TOKEN", "QUAERO_SECRET_KEY", "QUAERO_DATABASE_URL", "QUAERO_REDIS_URL")
-
-_LEVEL_WORDS = {"trace": DEBUG, "debug": DEBUG, "dbg": DEBUG, "info": INFO, "notice": INFO,
-                "warn": WARN, "warning": WARN, "error": ERROR, "err": ERROR, "fatal": ERROR,
-                "critical": ERROR, "crit": ERROR}
-_LEVEL_RE = re.compile(r"[ \t]{0,8}(?:\[[ \t]*([A-Za-z]{3,8})[ \t]*\]|<([A-Za-z]{3,8})>"
-                       r"|([A-Za-z]{3,8})[ \t]*:|([A-Z]{3,8})(?=[ \t]|\Z))")
-
-
-_SGR_RE = re.compile(r"\x1b\[[0-9;]*m")   # ANSI colours and styles (Select Graphic Rendition)
-
-
-def line_level(text, default):
-    """The level a line names at its start (``ERROR: x``, ``[debug] x``, ``WARNING x``),
-    colour codes around the word aside (``\\x1b[31mERROR:``)."""
-    if "\x1b" in text:
-        text = _SGR_RE.sub("", text[:200])
-    m = _LEVEL_RE.match(text)
-    if m is None:
-        return default
-    word = m.group(1) or m.group(2) or m.group(3) or m.group(4)
-    return _LEVEL_WORDS.get(word.lower(), default)
 
 
 class OutputPump:
