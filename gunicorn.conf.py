@@ -47,6 +47,31 @@ def _loopback(addr):
         return host == "localhost"
 
 
+def on_starting(server):
+    """Before gunicorn listens: a port that is taken or a database that cannot be used
+    stops the start with one line naming it (QUAERO_PORT; the database's URL, password
+    hidden, and the cause) instead of gunicorn's retries and a worker's tracebacks. The
+    schema is brought up to date here, once, before any worker forks. ``python app.py``
+    and ``quaero serve`` checked both before starting gunicorn."""
+    from quaero.startup import CHECKED, preflight
+    if os.environ.pop(CHECKED, None):
+        return
+    if os.environ.get("LISTEN_FDS") or os.environ.get("GUNICORN_FD") or server.cfg.reuse_port:
+        addresses = []  # sockets handed over (systemd, a re-exec), or shared on purpose
+    else:
+        addresses = server.cfg.address
+    problems = preflight(addresses, _database_url())
+    if problems:
+        on_exit(server)
+        raise SystemExit("\n".join(f"quaero: {p}" for p in problems))
+
+
+def _database_url():
+    """QUAERO_DATABASE_URL (the environment, or QUAERO_CONFIG's file, exported above);
+    unset: SQLite in the instance folder, which is not checked."""
+    return os.environ.get("QUAERO_DATABASE_URL") or None
+
+
 def post_worker_init(worker):
     """Start the worker's background work; size the stream cap to this worker's
     connections (a reserve stays free for /healthz, ingest and pages); and when the worker is told to stop, close its streams

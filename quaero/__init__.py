@@ -147,6 +147,9 @@ def create_app(config=None):
 
     from .config import Config
     from .models import db, init_db
+    from .startup import log_to_stderr, warn_if_cannot_stream
+    log_to_stderr()  # Quaero's warnings and errors on stderr too, not only in its service log
+    warn_if_cannot_stream()  # under gunicorn's sync worker: says so, naming -k gevent
     # templates/ and static/ are the package's (in a checkout, links to the repository's
     # folders; in a wheel, copies). The instance folder is Flask's choice: the checkout's
     # instance/, or <prefix>/var/quaero-instance for an installed package.

@@ -1,8 +1,11 @@
 """Bring a database up to date with the Alembic migrations in ``migrations/``.
 
-Runs at start-up (``create_app``, and once in gunicorn's master before workers fork).
-Several processes may start at once: on PostgreSQL an advisory lock serialises them;
-on SQLite the loser of a race retries and finds the schema already there.
+Runs at start-up: in gunicorn's master before workers fork (``quaero.startup``, in a child
+process), and in ``create_app`` (each worker; by then a no-op). Several processes may
+start at once: on PostgreSQL an advisory lock serialises them; on SQLite the loser of a
+race retries and finds the schema already there. A database that cannot be reached, or
+refuses the role, fails at once with one line naming it (:class:`DatabaseUnavailable`):
+retrying those only delayed the same failure by 20 s.
 """
 import os
 import time
@@ -11,9 +14,19 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from .startup import StartupError, describe
+
 # the package's migrations/: in a checkout a link to the repository's folder, in a wheel a copy
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 _LOCK = 0x51554145  # "QUAE"
+# SQLSTATE classes and codes no retry mends: the role cannot log in (28), no such
+# database (3D), not allowed (42501)
+_FOR_GOOD = ("28", "3D", "42501")
+
+
+class DatabaseUnavailable(StartupError):
+    """The database cannot be used at start-up; the message is one line: its URL, password
+    hidden, and the cause."""
 
 
 def alembic_config(connection=None):
@@ -24,7 +37,29 @@ def alembic_config(connection=None):
     return cfg
 
 
+def _url(engine):
+    return engine.url.render_as_string(hide_password=False)
+
+
+def _for_good(exc):
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None) or ""
+    if any(state.startswith(code) for code in _FOR_GOOD):
+        return True
+    text = str(getattr(exc, "orig", exc)).lower()
+    return "readonly database" in text or "unable to open database file" in text
+
+
+def check_connection(engine):
+    """Connect once: :class:`DatabaseUnavailable` when that fails (no retry)."""
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as exc:
+        raise DatabaseUnavailable(describe(_url(engine), exc)) from None
+
+
 def upgrade(engine, attempts=20):
+    check_connection(engine)
     for attempt in range(attempts):
         try:
             with engine.begin() as conn:
@@ -32,7 +67,10 @@ def upgrade(engine, attempts=20):
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
                 command.upgrade(alembic_config(conn), "head")
             return
-        except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
+        except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
+            if _for_good(exc):
+                raise DatabaseUnavailable(describe(
+                    _url(engine), exc, "cannot bring up to date the database")) from None
             if attempt == attempts - 1:
                 raise
             time.sleep(0.1 + 0.1 * attempt)

@@ -3,7 +3,8 @@ the package's gunicorn.conf.py), from an installed package, in the current direc
 
 It needs ``pip install "quaero[server]"``; without it, one line says so. Options become the
 settings they name (``--port`` is ``QUAERO_PORT``...), over the environment, which wins over
-the ``--config`` file (``QUAERO_CONFIG``)."""
+the ``--config`` file (``QUAERO_CONFIG``). A port that is taken or a database that cannot be
+used stops it before gunicorn starts, with one line saying so (``quaero.startup``)."""
 import importlib.util
 import os
 import sys
@@ -52,6 +53,11 @@ def serve(host, port, workers, config_file):
         if value is not None:
             os.environ[name] = str(value)
     from .. import PACKAGE_DIR
+    from ..config import environment
+    from ..startup import preflight_or_exit
+    env = environment()  # a port that is taken, a database that cannot be used: one line
+    address = (env.get("QUAERO_HOST") or "127.0.0.1", int(env.get("QUAERO_PORT") or 5000))
+    preflight_or_exit([address], env.get("QUAERO_DATABASE_URL"))
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c",
                               os.path.join(PACKAGE_DIR, "gunicorn.conf.py"), "quaero.wsgi:app"])

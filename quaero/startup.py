@@ -1,0 +1,278 @@
+"""What the server checks as it starts, each problem said in one line on stderr: a port
+that is taken, a database that cannot be reached or used, a worker class that cannot
+stream; and Quaero's own warnings and errors on stderr too, where a service manager
+(journald, docker logs) looks, not only in its service log.
+
+Light to import: ``python app.py``, ``quaero serve`` and gunicorn's master use it before
+any worker exists. The database is tried in a child process (:func:`check_database`): the
+master must not import psycopg before its workers patch sockets for gevent (psycopg
+chooses how it waits for the network when it is imported)."""
+import errno
+import logging
+import os
+import select
+import socket
+import sys
+import time
+
+CONNECT_SECONDS = 3.5  # a database that has not answered by then fails the start
+# set by python app.py and quaero serve once they checked: gunicorn's master does not again
+CHECKED = "_QUAERO_STARTUP_CHECKED"
+STDERR_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+STDERR_DATEFMT = "%Y-%m-%d %H:%M:%S %z"  # gunicorn's own lines look the same
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message is one line saying why."""
+
+
+# -- Quaero's warnings and errors on stderr -------------------------------------------------
+
+class StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (a test's capture, a
+    daemon's redirection), in gunicorn's format."""
+
+    def __init__(self, level=logging.WARNING):
+        super().__init__(level)
+        self.setFormatter(logging.Formatter(STDERR_FORMAT, STDERR_DATEFMT))
+
+    def emit(self, record):
+        try:
+            stream = sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def _writes_stderr(handler):
+    if isinstance(handler, StderrHandler):
+        return True
+    if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
+        return False
+    flask_logging = sys.modules.get("flask.logging")  # Flask's default handler: stderr too
+    return (handler.stream in (sys.stderr, sys.__stderr__)
+            or (flask_logging is not None and handler is flask_logging.default_handler))
+
+
+def log_to_stderr(name="quaero", level=logging.WARNING):
+    """The ``name`` logger's records at ``level`` and above also on stderr, once per
+    process, unless a handler of it or of an ancestor already writes them there. Only
+    Quaero's logger: gunicorn's own (``gunicorn.error``) writes its lines itself."""
+    logger = logging.getLogger(name)
+    node = logger
+    while node is not None:
+        if any(_writes_stderr(h) for h in node.handlers):
+            return None
+        node = node.parent if node.propagate else None
+    handler = StderrHandler(level)
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > level:
+        logger.setLevel(level)
+    return handler
+
+
+# -- the worker class ------------------------------------------------------------------------
+
+def gunicorn_worker_class():
+    """The worker class of the gunicorn loading the app (in a worker, or in the master
+    with ``--preload``), or None when no gunicorn is."""
+    if "gunicorn.arbiter" not in sys.modules:
+        return None
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Worker):
+            return type(owner)
+        if isinstance(owner, Arbiter):
+            return owner.worker_class
+        frame = frame.f_back
+    return None
+
+
+def cannot_stream(worker_class):
+    """One line when gunicorn's ``worker_class`` cannot hold streams, else None."""
+    if worker_class is None:
+        return None
+    if any(cls.__module__ == "gunicorn.workers.ggevent" for cls in worker_class.__mro__):
+        return None
+    return (f"gunicorn's {worker_class.__name__} ({worker_class.__module__}) cannot hold "
+            "streams: every stream is refused (200, a retry: and why). Run gunicorn with "
+            "-k gevent, as gunicorn.conf.py, python app.py and quaero serve do")
+
+
+def warn_if_cannot_stream():
+    problem = cannot_stream(gunicorn_worker_class())
+    if problem:
+        logging.getLogger("quaero.startup").warning(problem)
+    return problem
+
+
+# -- the port --------------------------------------------------------------------------------
+
+def port_problem(address):
+    """One line when this process could not listen on ``address`` (host, port), else None."""
+    if not isinstance(address, tuple):
+        return None  # a unix socket or a file descriptor: gunicorn's business
+    host, port = address[0], address[1]
+    try:
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
+                                   0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return (f"cannot listen on {host}:{port}: {exc.strerror}; set QUAERO_HOST "
+                "(quaero serve --host) to an address of this machine")
+    family, kind, proto, _, sockaddr = infos[0]
+    s = socket.socket(family, kind, proto)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        s.bind(sockaddr)
+    except OSError as exc:
+        where = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            return (f"cannot listen on {where}: the port is in use (another server?); set "
+                    "QUAERO_PORT (quaero serve --port) to a free port, or stop the other")
+        if exc.errno == errno.EACCES:
+            return (f"cannot listen on {where}: ports below 1024 need privileges; set "
+                    "QUAERO_PORT (quaero serve --port) to 1024 or above, and put nginx "
+                    "in front (docs/deploy.md)")
+        return (f"cannot listen on {where}: {exc.strerror}; check QUAERO_HOST and "
+                "QUAERO_PORT (quaero serve --host/--port)")
+    finally:
+        s.close()
+    return None
+
+
+# -- the database ----------------------------------------------------------------------------
+
+def _cause(exc):
+    """The reason in ``exc`` (a SQLAlchemy error: its driver's), on one line."""
+    orig = getattr(exc, "orig", None) or exc
+    primary = getattr(getattr(orig, "diag", None), "message_primary", None)
+    lines = [" ".join(line.split()) for line in str(primary or orig).splitlines()]
+    text = "; ".join(line for line in lines if line) or type(orig).__name__
+    for prefix in ("connection failed: ",):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    state = getattr(orig, "sqlstate", None) or ""
+    if state == "42501":
+        text += " (the role needs to own the database: createdb --owner ROLE NAME)"
+    return text
+
+
+def describe(url, exc, doing="cannot connect to the database"):
+    from .bus import redact
+    return f"{doing} {redact(url)}: {_cause(exc)}"
+
+
+def _connect_args(url):
+    if url.startswith("postgresql"):
+        return {"connect_timeout": max(2, int(CONNECT_SECONDS))}
+    return {}
+
+
+def _check_here(url, report):
+    """In the child: connect, say so, bring the schema up to date, say so."""
+    import sqlalchemy as sa
+    try:
+        engine = sa.create_engine(url, connect_args=_connect_args(url))
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any reason is the one line
+        report("E" + describe(url, exc))
+        return
+    report("C")
+    try:
+        from .models import init_db
+        init_db(engine)
+    except StartupError as exc:
+        report("E" + str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001
+        report("E" + describe(url, exc, "cannot bring up to date the database"))
+        return
+    finally:
+        engine.dispose()
+    report("O")
+
+
+def check_database(url, seconds=CONNECT_SECONDS):
+    """None, or one line saying why the database at ``url`` cannot be used: it does not
+    answer within ``seconds``, refuses the connection (no such role, database, password),
+    or its schema cannot be brought up to date (the migrations run here, once, before any
+    worker starts; workers then find it up to date). Runs in a forked child."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            os.close(read_end)
+
+            def report(msg):
+                os.write(write_end, (msg.replace("\n", " ") + "\n").encode())
+            _check_here(url, report)
+        except BaseException:  # noqa: BLE001
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + seconds
+    buf, problem, connected, done = b"", None, False, False
+    try:
+        while not done:
+            wait = None if connected else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                from .bus import redact
+                problem = (f"cannot connect to the database {redact(url)}: no answer within "
+                           f"{seconds:g} s (is the host right? does a firewall drop the "
+                           "connection?)")
+                break
+            if not select.select([read_end], [], [], wait)[0]:
+                continue
+            chunk = os.read(read_end, 65536)
+            if not chunk:  # the child ended without a last word
+                from .bus import redact
+                problem = f"cannot check the database {redact(url)}: the check failed"
+                break
+            buf += chunk
+            *lines, rest = buf.split(b"\n")
+            buf = rest
+            for line in lines:
+                kind, text = line[:1], line[1:].decode(errors="replace")
+                connected = connected or kind in (b"C", b"O")
+                if kind == b"E":
+                    problem, done = text, True
+                elif kind == b"O":
+                    done = True
+    finally:
+        os.close(read_end)
+        if not done:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        os.waitpid(pid, 0)
+    return problem
+
+
+def preflight(addresses, database_url):
+    """Every problem that stops the start, one line each: the listening addresses first
+    (instant), then the database (``database_url``; SQLite is not tried: its file is made
+    on first use)."""
+    problems = [p for p in map(port_problem, addresses) if p]
+    if not problems and database_url and not database_url.startswith("sqlite"):
+        problem = check_database(database_url)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def preflight_or_exit(addresses, database_url):
+    """:func:`preflight`; any problem: its line on stderr and exit status 1."""
+    problems = preflight(addresses, database_url)
+    if problems:
+        for problem in problems:
+            print(f"quaero: {problem}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    os.environ[CHECKED] = "1"  # for the gunicorn exec'd next: checked already
