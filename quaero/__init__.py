@@ -47,8 +47,7 @@ class Quaero:
         self.log_handler = IngestHandler(self.ingestor)
         self.runner = Runner(app, self)
         self.version = __version__  # what /healthz reports
-        for part in (self.bus, self.ingestor, self.hub, self.runner):
-            part.on_first_use = self.start
+        self.group = None  # this process's background greenlets, from start() to stop()
         self._loggers = [logging.getLogger("quaero")]
         if app.config["QUAERO_CAPTURE_ROOT_LOGGER"]:
             self._loggers.append(logging.getLogger())
@@ -57,21 +56,31 @@ class Quaero:
             if logger.level == logging.NOTSET or logger.level > logging.INFO:
                 logger.setLevel(logging.INFO)
 
+    @property
+    def parts(self):
+        """The parts with background work, in start order (the writer first: the others
+        log, and their lines go through it); :meth:`stop` goes the other way."""
+        return (self.ingestor, self.bus, self.hub, self.pruner, self.runner)
+
     def start(self):
-        """Start this process's background greenlets, once per process: the writer, the
-        bus's Redis link, the stream hub's ticker and watcher, the pruner and the runner's
-        scheduler. gunicorn's ``post_worker_init`` calls it in each worker; elsewhere the
-        first request, or the first use of a part outside one, does. The one place that
-        asks which process this is: gunicorn forks its workers."""
+        """Start this process's background work, once per process, each part's greenlets
+        in one group: the writer, the bus's Redis link, the stream hub's ticker and
+        watcher, the pruner and the runner's scheduler. Called explicitly: by gunicorn's
+        ``post_worker_init`` in each worker, by ``run --local`` and by the tests' app
+        fixture; nothing starts lazily from a request. The one place that asks which
+        process this is: gunicorn forks its workers."""
+        from gevent.pool import Group
         pid = os.getpid()
         if self._started_pid == pid:
             return
         self._started_pid = pid
-        self.ingestor.start()
-        self.bus.start()
-        self.hub.start()
-        self.pruner.start()
-        self.runner.start_loop(pid)
+        self.group = Group()
+        for part in self.parts:
+            part.start(self.group)
+
+    @property
+    def pid(self):
+        return self._started_pid
 
     def started_here(self):
         """Whether :meth:`start` ran in this process (not in the one it was forked from)."""
@@ -81,12 +90,21 @@ class Quaero:
         """The process is stopping: close streams; in-flight ingest still commits."""
         self.hub.shutdown()
 
+    def stop(self, timeout=5.0):
+        """Stop this process's background work: the runner's jobs end, streams close, the
+        writer commits what is queued (for at most ``timeout``), and then no greenlet of
+        the group is left."""
+        for part in reversed(self.parts):
+            part.stop()
+        if self.group is not None and self.started_here():
+            self.ingestor.drain(timeout)
+            self.group.kill(block=True, timeout=timeout)
+
     def close(self):
-        self.pruner.stopped = True
+        """Stop, and let go of everything: the loggers' handler, the database's pool."""
+        self.stop()
         for logger in self._loggers:
             logger.removeHandler(self.log_handler)
-        self.hub.close()
-        self.runner.close()
         self.engine.dispose()
 
 
@@ -178,11 +196,10 @@ def create_app(config=None):
     from .migrate import MIGRATIONS
     Migrate(app, db, directory=MIGRATIONS)  # `flask --app wsgi db migrate` for new revisions
 
-    state = app.extensions["quaero"] = Quaero(app, engine)
+    app.extensions["quaero"] = Quaero(app, engine)
 
     from . import errors, web
     errors.init_app(app)
     web.init_app(app)
 
-    app.before_request(state.start)  # outside gunicorn: the first request starts the work
     return app

@@ -25,8 +25,11 @@ class LocalBus:
     def __init__(self):
         self._receivers = []  # strong references: blinker would hold them weakly
 
-    def start(self):
+    def start(self, group):
         """Nothing runs in the background in one process."""
+
+    def stop(self):
+        pass
 
     def connect(self, on_lines, on_status, on_range=None):
         log_lines.connect(on_lines, sender=self, weak=False)
@@ -99,8 +102,9 @@ class RedisBus(LocalBus):
         self.channel = channel
         self.origin = uuid.uuid4().hex
         self._outbox = deque()
-        self._wake = None
-        self.on_first_use = self.start   # the app hands in its start()
+        from gevent.event import Event
+        self._wake = Event()
+        self._stopped = True   # until start(): messages wait in the (bounded) outbox
         self._connected = False
         self._ever_connected = False
         self._last_error = "not connected yet"
@@ -118,20 +122,22 @@ class RedisBus(LocalBus):
         self._enqueue({"t": "status", "payload": payload})
 
     def _enqueue(self, message):
-        if self._wake is None:
-            self.on_first_use()
         if len(self._outbox) >= self.MAX_QUEUED:
             self._outbox.popleft()  # the hub's database watcher still delivers it
         self._outbox.append(message)
         self._wake.set()
 
-    def start(self):
-        """The publisher and subscriber greenlets (the app's ``start()`` calls it once per
-        process)."""
-        from gevent.event import Event
-        self._wake = Event()
-        gevent.spawn(self._publisher)
-        gevent.spawn(self._subscriber)
+    def start(self, group):
+        """The publisher and subscriber greenlets, in the app's ``group``."""
+        self._stopped = False
+        group.spawn(self._publisher)
+        group.spawn(self._subscriber)
+
+    def stop(self):
+        """Both loops end (the subscriber within its 1-s read); the app's group is killed
+        after."""
+        self._stopped = True
+        self._wake.set()
 
     def _client(self):
         import redis
@@ -140,7 +146,7 @@ class RedisBus(LocalBus):
 
     def _publisher(self):
         client = self._client()
-        while True:
+        while not self._stopped:
             self._wake.wait()
             self._wake.clear()
             while self._outbox:
@@ -167,14 +173,14 @@ class RedisBus(LocalBus):
 
     def _subscriber(self):
         delay = 0.2
-        while True:
+        while not self._stopped:
             try:
                 pubsub = self._client().pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.channel)
                 self._connected, self._last_error, delay = True, None, 0.2
                 self._ever_connected = True
                 log.info("redis bus connected to %s", redact(self.url))
-                while True:
+                while not self._stopped:
                     raw = pubsub.get_message(timeout=1.0)
                     if raw is not None:
                         self._receive(raw)
@@ -211,8 +217,6 @@ class RedisBus(LocalBus):
             self._send(line_range, (message["first"], message["last"]))
 
     def health(self):
-        if self._wake is None:
-            self.on_first_use()
         if self._connected:
             return "ok"
         return self._last_error or "error"

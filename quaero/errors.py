@@ -6,8 +6,7 @@ from werkzeug.exceptions import HTTPException
 
 class QuaeroError(Exception):
     """A domain error: core modules raise these and know nothing of HTTP; the web layer
-    maps each kind to its status here, in one place."""
-    status = 400
+    maps each kind to its status in one place, :data:`STATUSES`."""
 
     def __init__(self, message):
         super().__init__(message)
@@ -16,11 +15,10 @@ class QuaeroError(Exception):
 
 class Invalid(QuaeroError):
     """The request's content is wrong (shape, value, unknown level...)."""
-    status = 400
 
 
 class NotFound(QuaeroError):
-    status = 404
+    pass
 
 
 class JobNotFound(NotFound):
@@ -39,16 +37,18 @@ class DefinitionInvalid(NotFound):
 
 class Conflict(QuaeroError):
     """The thing exists but is in a state that forbids the change (e.g. a running job)."""
-    status = 409
 
 
 class TooLarge(QuaeroError):
-    status = 413
+    pass
+
+
+class Unsupported(QuaeroError):
+    """A body in a format (Content-Type, Content-Encoding) the endpoint does not take."""
 
 
 class AuthRequired(QuaeroError):
     """No valid token (Bearer or login session) where one is configured."""
-    status = 401
 
     def __init__(self, message="authentication required"):
         super().__init__(message)
@@ -56,21 +56,31 @@ class AuthRequired(QuaeroError):
 
 class Refused(QuaeroError):
     """Not allowed from here: off loopback without a token, cross-site, bad CSRF token."""
-    status = 403
 
 
 class Unavailable(QuaeroError):
     """A dependency (database, Redis) is away or the server is stopping: retry later."""
-    status = 503
 
 
-class APIError(Exception):
-    """An HTTP error raised by the web layer itself (auth, CSRF, parsing)."""
+class DiskFull(QuaeroError):
+    """The database's disk is full, or below its free-space floor: nothing was stored."""
 
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+
+class Failed(QuaeroError):
+    """Something went wrong that is not the request's fault (logged where it happened)."""
+
+
+# The one table from error kinds to HTTP statuses (a subclass takes its nearest base's).
+STATUSES = {Invalid: 400, AuthRequired: 401, Refused: 403, NotFound: 404, Conflict: 409,
+            TooLarge: 413, Unsupported: 415, Failed: 500, Unavailable: 503, DiskFull: 507}
+RETRY_AFTER = {503: "2", 507: "30"}
+
+
+def status_of(exc):
+    for kind in type(exc).__mro__:
+        if kind in STATUSES:
+            return STATUSES[kind]
+    return 500
 
 
 def error_response(status, message):
@@ -84,12 +94,12 @@ def _wants_json():
 
 
 def init_app(app):
-    @app.errorhandler(APIError)
     @app.errorhandler(QuaeroError)
     def api_error(exc):
-        response = error_response(exc.status, exc.message)
-        if exc.status == 503:
-            response.headers["Retry-After"] = "2"
+        status = status_of(exc)
+        response = error_response(status, exc.message)
+        if status in RETRY_AFTER:
+            response.headers["Retry-After"] = RETRY_AFTER[status]
         return response
 
     @app.errorhandler(HTTPException)
@@ -103,7 +113,8 @@ def init_app(app):
             if exc.code == 405 and exc.valid_methods:
                 response.headers["Allow"] = ", ".join(exc.valid_methods)
             return response
-        return exc
+        page = app.extensions.get("quaero_error_page")    # the pages' own (web/views.py)
+        return page(exc) if page else exc
 
     @app.errorhandler(sa_exc.OperationalError)
     @app.errorhandler(sa_exc.InterfaceError)

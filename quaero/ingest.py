@@ -13,6 +13,7 @@ import gevent
 import sqlalchemy as sa
 from gevent.event import AsyncResult, Event
 
+from .errors import DiskFull, Failed, JobNotFound, Unavailable
 from .models import iso, line_dict, utcnow
 from .storage import (INDEX_AFTER_QUIET, MAX_UNINDEXED, JobGone, driver_errors, index_behind,
                       line_key, record_keys, write_lines)
@@ -20,13 +21,6 @@ from .storage import (INDEX_AFTER_QUIET, MAX_UNINDEXED, JobGone, driver_errors, 
 log = logging.getLogger("quaero.ingest")
 
 MAX_LINES_PER_TXN = 20000
-
-
-class IngestError(Exception):
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class KeyTaken(Exception):
@@ -97,8 +91,9 @@ class Ingestor:
         self._units = deque()
         self._pending_records = 0
         self._wake = Event()
+        self._group = None
         self._greenlet = None
-        self.on_first_use = self.start   # the app hands in its start(): all of this process's work
+        self._stopping = False
         # (job id, step name or None) that POST /api/logs saw exist, so that it asks the
         # database once per target, not per request. Never stale in a harmful way: steps
         # go only with their job, and write_lines refuses a removed job's lines (its
@@ -114,11 +109,14 @@ class Ingestor:
         """Commit ``lines`` (validated dicts) all together; return ``(first_id, last_id)``.
         ``key``: ``(Idempotency-Key, body digest)``, recorded with the lines.
 
-        Raises :class:`IngestError` if nothing was stored, :class:`KeyTaken` if another
+        Raises :class:`~quaero.errors.QuaeroError` (Unavailable, DiskFull, JobNotFound,
+        Failed) if nothing was stored, :class:`KeyTaken` if another
         request with ``key`` was stored first."""
         problem = self.disk.problem() if self.disk is not None else None
         if problem is not None:
-            raise IngestError(507, f"the database's disk is {problem}; nothing was stored")
+            raise DiskFull(f"the database's disk is {problem}; nothing was stored")
+        if self._group is None:
+            raise RuntimeError("Quaero.start() was not called in this process: nothing writes")
         timeout = self.timeout if timeout is None else timeout
         result = AsyncResult()
         unit = _Unit(lines, result, key, time.monotonic() + timeout)
@@ -131,7 +129,7 @@ class Ingestor:
                 self._units.remove(unit)  # still waiting: withdrawn, nothing stored
             except ValueError:  # being written now, its transaction bounded by the deadline
                 return result.get()
-            raise IngestError(503, "the database is too slow to answer; retry") from None
+            raise Unavailable("the database is too slow to answer; retry") from None
 
     def submit_nowait(self, lines):
         """Queue lines without waiting (logging). Bounded: returns False and counts a
@@ -155,15 +153,27 @@ class Ingestor:
                and time.monotonic() < deadline and gevent.getcurrent() is not gevent.get_hub()):
             gevent.sleep(0.005)
 
-    def start(self):
-        """The writer greenlet of this process (the app's ``start()`` calls it once)."""
-        self._greenlet = gevent.spawn(self._run)
+    def start(self, group):
+        """The writer greenlet of this process, in the app's ``group`` (``Quaero.start``)."""
+        self._group, self._stopping = group, False
+        self._greenlet = group.spawn(self._run)
+
+    def stop(self):
+        """The writer commits what is queued, then ends (``drain`` waits for it)."""
+        self._stopping = True
+        self._wake.set()
+
+    def drain(self, timeout):
+        if self._greenlet is not None:
+            self._greenlet.join(timeout)
 
     def _kick(self):
-        if self._greenlet is None:
-            self.on_first_use()
-        elif self._greenlet.dead:  # the writer never returns; if it did, it starts again
-            self.start()
+        if self._greenlet is None and self._group is None:
+            # lines before start() (service logging while the app is built) wait for it;
+            # an acknowledged write cannot
+            return
+        if self._greenlet.dead and not self._stopping:  # the writer never returns by itself
+            self._greenlet = self._group.spawn(self._run)
         self._wake.set()
 
     # -- the writer -------------------------------------------------------------------
@@ -172,6 +182,8 @@ class Ingestor:
         while True:
             self._wake.wait()
             self._wake.clear()
+            if self._stopping and not self._units:
+                return
             while self._units:
                 if self._written - self._indexed > MAX_UNINDEXED:
                     self._index_chunk()  # sustained load: keep what searches scan bounded
@@ -183,7 +195,7 @@ class Ingestor:
                     log.exception("ingest writer failed")
             # quiet for INDEX_AFTER_QUIET: index what was written, a chunk at a time,
             # until the next write comes (searches scan what is not indexed yet)
-            while (self._indexes and self._written > self._indexed
+            while (self._indexes and not self._stopping and self._written > self._indexed
                    and not self._wake.wait(INDEX_AFTER_QUIET) and self._index_chunk()):
                 pass
 
@@ -197,7 +209,7 @@ class Ingestor:
             unit = self._units[0]
             if unit.deadline is not None and unit.deadline <= now:
                 self._units.popleft()
-                self._fail(unit, IngestError(503, "the database is too slow to answer; retry"))
+                self._fail(unit, Unavailable("the database is too slow to answer; retry"))
                 continue
             if unit.key is not None:
                 if unit.key[0] in keys:
@@ -268,7 +280,7 @@ class Ingestor:
                 keep = []
                 for u in units:
                     if any(line_key(line) == gone.key for line in u.lines):
-                        self._fail(u, IngestError(404, f"job {gone.key} not found"))
+                        self._fail(u, JobNotFound(f"job {gone.key} not found"))
                     else:
                         keep.append(u)
                 units = keep
@@ -296,7 +308,7 @@ class Ingestor:
                         self._commit([u])
                     return
                 log.error("ingest failed: %r", exc)
-                self._fail(units[0], IngestError(500, "could not store the lines"))
+                self._fail(units[0], Failed("could not store the lines"))
                 return
             if self.disk is not None:
                 self.disk.note_written()
@@ -331,15 +343,15 @@ class Ingestor:
         if self.disk is not None:
             self.disk.note_full()
         self._database_down(units, None, "the database's disk is full; nothing was stored",
-                            status=507)
+                            kind=DiskFull)
 
-    def _database_down(self, units, exc, message, status=503):
+    def _database_down(self, units, exc, message, kind=Unavailable):
         """Refuse acknowledged writes; keep fire-and-forget lines (bounded) and retry them
         after a pause."""
         retry = []
         for u in units:
             if u.result is not None:
-                u.result.set_exception(IngestError(status, message))
+                u.result.set_exception(kind(message))
             else:
                 retry.append(u)
         self._units.extendleft(reversed(retry))

@@ -21,6 +21,7 @@ def run_local(definition, level, printer, detach):
     hub.NOT_ERROR = tuple(hub.NOT_ERROR) + (KeyboardInterrupt,)
     app = create_app()
     state = app.extensions["quaero"]
+    state.start()  # this process is the server: its writer, bus and runner
     runner = state.runner
     events = Queue()
     wanted = set()
@@ -43,7 +44,7 @@ def run_local(definition, level, printer, detach):
     try:
         with app.app_context():
             try:
-                job = runner.start(definition)
+                job = runner.start_job(definition)
             except QuaeroError as exc:
                 raise click.ClickException(exc.message) from None
             job_id = job.id

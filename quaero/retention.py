@@ -142,10 +142,14 @@ class Pruner:
         self.interval = interval
         self.stopped = False
 
-    def start(self):
-        """This process's pruning greenlet (the app's ``start()`` calls it once); it runs
-        even with retention off, for the idempotency records."""
-        gevent.spawn(self._run)
+    def start(self, group):
+        """This process's pruning greenlet, in the app's ``group``; it runs even with
+        retention off, for the idempotency records."""
+        self.stopped = False
+        group.spawn(self._run)
+
+    def stop(self):
+        self.stopped = True
 
     def _run(self):
         while not self.stopped:

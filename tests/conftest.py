@@ -74,7 +74,9 @@ def make_app(url, tmp_path, **extra):
     config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": url,
               "INSTANCE_PATH": str(tmp_path / "instance"), "QUAERO_JOBS_DIR": str(tmp_path / "jobs")}
     config.update(extra)
-    return create_app(config)
+    app = create_app(config)
+    app.extensions["quaero"].start()  # as gunicorn's post_worker_init does in a worker
+    return app
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 import logging
 
 import gevent
+from gevent.pool import Group
 
 from quaero.bus import RedisBus, redact
 from tests.conftest import free_port
@@ -16,6 +17,8 @@ def test_redact_hides_only_the_password():
 def test_a_redis_that_does_not_answer_is_logged_once_loudly(caplog):
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"  # nobody listens there
     bus = RedisBus(url, "quaero:test:bus")
+    group = Group()
+    bus.start(group)
     caplog.set_level(logging.DEBUG, logger="quaero.bus")
     assert bus.health().startswith("error") or bus.health() == "not connected yet"
     for i in range(5):  # the publisher fails too, on every message
@@ -28,3 +31,5 @@ def test_a_redis_that_does_not_answer_is_logged_once_loudly(caplog):
     assert f"redis://:***@127.0.0.1:{url.rsplit(':', 1)[1]}" in text
     assert "hunter2" not in text and "does not answer" in text
     assert bus.health().startswith("error")
+    bus.stop()
+    group.kill()

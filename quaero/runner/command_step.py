@@ -15,7 +15,7 @@ import gevent
 from gevent import subprocess
 from gevent.event import Event
 
-from ..ingest import IngestError
+from ..errors import QuaeroError, Unavailable
 from ..levels import DEBUG, ERROR, INFO, WARN, line_level
 from ..models import utcnow
 
@@ -116,8 +116,8 @@ class OutputPump:
                 self.ingestor.submit(lines, timeout=120)
                 self.sent += len(lines)
                 return
-            except IngestError as exc:
-                if exc.status != 503:
+            except QuaeroError as exc:
+                if not isinstance(exc, Unavailable):
                     self.abandoned = True  # the job is gone: drain, store nothing
                     self.buf.clear()
                     self.space.set()

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import gevent
 from gevent.event import Event
 
-from ..ingest import IngestError
+from ..errors import QuaeroError
 from ..models import utcnow
 
 
@@ -43,5 +43,5 @@ class RunContext:
         try:
             self.ingestor.submit([{"job_id": job_id, "step_name": step, "level": level,
                                    "message": message, "timestamp": utcnow()}], timeout=60)
-        except (IngestError, gevent.Timeout):
+        except (QuaeroError, gevent.Timeout):
             pass

@@ -1,7 +1,7 @@
 """The runner: starts, cancels and runs definition jobs in this process.
 
 Each process has one :class:`Runner`. Its scheduler greenlet (started per process by the
-app's ``start()``, through :meth:`Runner.start_loop`) keeps the heartbeat, claims
+app's ``start()``, through :meth:`Runner.start`) keeps the heartbeat, claims
 pending jobs while there is room, stops jobs finished elsewhere and fails the jobs of
 runners that are gone. A job runs its steps in order in its own greenlet; a failed step
 fails the job and the remaining steps are skipped.
@@ -42,7 +42,7 @@ def _close_all_at_exit():
     for runner in list(_live_runners):
         try:
             if runner.state.started_here():
-                runner.close(grace=2.0)
+                runner.stop(grace=2.0)
         except Exception:
             pass
 
@@ -63,7 +63,6 @@ class Runner:
     def __init__(self, app, state):
         self.app = app
         self.state = state
-        self.on_first_use = state.start
         self.bus = state.bus
         cfg = app.config
         self.jobs_dir = resolve_jobs_dir(cfg.get("QUAERO_JOBS_DIR") or "jobs")
@@ -80,6 +79,7 @@ class Runner:
         self._running = {}
         self._wake = Event()
         self._loop_greenlet = None
+        self._group = None
         self._snapshots = OrderedDict()   # job id -> Definition as it was when started
         self.step_handler = install_step_logging(state.ingestor, self.ctx.ident,
                                                  state.log_handler)
@@ -89,13 +89,11 @@ class Runner:
     # -- the API's hooks ----------------------------------------------------------------
 
     def definitions_json(self):
-        self.on_first_use()
         return self.library.json()
 
-    def start(self, name):
+    def start_job(self, name):
         """Create a pending job from definition ``name``; a runner with a free slot (this
         one, usually at once) claims it. Needs an app context (the caller's session)."""
-        self.on_first_use()
         d = self.library.get(name)
         job = jobops.create_job(d.name, [s.name for s in d.steps], definition=d.name)
         self._snapshots[job.id] = d
@@ -109,7 +107,6 @@ class Runner:
         ``cancelled``), False if the caller should settle it: pending, or not ours, or
         already stopping or ending (then once it ended, so that the caller finds it ended
         instead of cancelling it under the runner's own transition)."""
-        self.on_first_use()
         rj = self._running.get(job_id)
         if rj is None:
             return False
@@ -126,21 +123,23 @@ class Runner:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def start_loop(self, pid):
-        """Start this process's scheduler greenlet (the app's ``start()`` calls it once in
-        each process: gunicorn forks workers, and each is a runner of its own)."""
+    def start(self, group):
+        """This process's scheduler greenlet, in the app's ``group`` (``Quaero.start``, in
+        each process: gunicorn forks workers, and each is a runner of its own); the jobs'
+        greenlets join the group too."""
         global _atexit_registered
         if self._closed:
             return
-        self.leases.begin(pid)
+        self._group = group
+        self.leases.begin(self.state.pid)
         self._running = {}
         self._wake = Event()
-        self._loop_greenlet = gevent.spawn(self._loop)
+        self._loop_greenlet = group.spawn(self._loop)
         if not _atexit_registered:
             _atexit_registered = True
             atexit.register(_close_all_at_exit)
 
-    def close(self, grace=None):
+    def stop(self, grace=None):
         """Stop this process's jobs (they end failed: Quaero stopped) and the runner."""
         if self._closed:
             return
@@ -243,7 +242,7 @@ class Runner:
             if self.leases.claim(job_id, self.max_running):
                 rj = RunningJob(job_id)
                 self._running[job_id] = rj
-                rj.greenlet = gevent.spawn(self._run_job, rj)
+                rj.greenlet = self._group.spawn(self._run_job, rj)
 
     def _release(self, rj):
         self._running.pop(rj.job_id, None)
@@ -270,7 +269,8 @@ class Runner:
             return
         rj.stop_reason = reason
         if rj.proc is not None:
-            gevent.spawn(terminate, rj.proc, self.kill_grace if grace is None else grace)
+            (self._group or gevent).spawn(terminate, rj.proc,
+                                          self.kill_grace if grace is None else grace)
         if rj.step_greenlet is not None:
             rj.step_greenlet.kill(StepStopped, block=False)
 

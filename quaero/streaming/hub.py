@@ -52,8 +52,7 @@ class StreamHub:
         self.shutting_down = False
         self.delivered = None             # highest line id handed to streams
         self._lock = Semaphore()
-        self.on_first_use = self.start   # the app hands in its start()
-        self._started = False
+        self._group = None                # the app's group: the watcher, the ticker, timers
         self.counts = defaultdict(int)    # metrics, added to Prometheus in bulk
         self.refused = defaultdict(int)   # streams answered "retry later", by reason
         self.retry_scale = 1.0
@@ -63,7 +62,10 @@ class StreamHub:
         bus.connect(self.on_lines, self.on_status, self.on_range)
 
     def close(self):
-        self.bus.disconnect(self.on_lines, self.on_status, self.on_range)
+        """Stop taking the bus's messages (once) and any new stream."""
+        if self.bus is not None:
+            self.bus.disconnect(self.on_lines, self.on_status, self.on_range)
+            self.bus = None
         self.shutting_down = True
 
     def shutdown(self):
@@ -107,8 +109,6 @@ class StreamHub:
         return min(ids) if ids else None
 
     def subscribe(self, conn):
-        if not self._started:
-            self.on_first_use()
         if self.delivered is None:
             self.delivered = self.read(watcher.max_id)
         f = conn.filter
@@ -200,7 +200,7 @@ class StreamHub:
             if delay == 0.0:
                 self._release(group)  # quiet for a window: the leading edge goes at once
             elif delay is not None:
-                group.timer = gevent.spawn_later(delay, self._release, group)
+                group.timer = self._later(delay, self._release, group)
 
     def _release(self, group):
         now = time.monotonic()
@@ -264,10 +264,22 @@ class StreamHub:
 
     # -- the database watcher -------------------------------------------------------------
 
-    def start(self):
-        """The database watcher and the ticker of this process (the app's ``start()``
-        calls it once per process)."""
-        self._started = True
+    def start(self, group):
+        """The database watcher and the ticker of this process, in the app's ``group``."""
+        self._group = group
         self.ping_event = json_event("ping", {"timestamp": iso(utcnow())})
-        gevent.spawn(watcher.watch, self)
-        gevent.spawn(self._tick)
+        group.spawn(watcher.watch, self)
+        group.spawn(self._tick)
+
+    def stop(self):
+        """Close every stream and stop the watcher and the ticker."""
+        self.shutdown()
+        self.close()
+
+    def _later(self, delay, fn, *args):
+        """``fn(*args)`` in ``delay`` seconds, in the app's group (a pacing window's end)."""
+        g = gevent.Greenlet(fn, *args)
+        if self._group is not None:
+            self._group.add(g)
+        g.start_later(delay)
+        return g

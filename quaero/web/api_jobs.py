@@ -3,7 +3,7 @@ import sqlalchemy as sa
 from flask import Blueprint, current_app, jsonify, request
 
 from .. import jobs as jobops
-from ..errors import APIError
+from ..errors import Conflict, Invalid, NotFound
 from ..models import JOB_STATUSES, LEVELS, STEP_STATUSES, Job, db, iso, job_dict, log_t
 from ..queries import level_counts
 from .params import MAX_NAME, clean_text, json_body, parse_int
@@ -23,7 +23,7 @@ def job_json(job):
 def list_jobs():
     status = request.args.get("status")
     if status not in (None, "") and status not in JOB_STATUSES:
-        raise APIError(400, f"status must be one of {', '.join(JOB_STATUSES)}")
+        raise Invalid(f"status must be one of {', '.join(JOB_STATUSES)}")
     limit = parse_int(request.args.get("limit"), "limit")
     limit = 50 if limit is None else min(limit, 500)
     offset = parse_int(request.args.get("offset"), "offset") or 0
@@ -71,20 +71,20 @@ def create_job():
         runner = _runner()
         name = data["definition"]
         if not isinstance(name, str):
-            raise APIError(400, "definition must be a string")
+            raise Invalid("definition must be a string")
         if runner is None:
-            raise APIError(404, f"no job definition named {name!r}")
-        job = runner.start(name)
+            raise NotFound(f"no job definition named {name!r}")
+        job = runner.start_job(name)
         return jsonify(job_json(job)), 201
     name = clean_text(data.get("name"), "name", MAX_NAME)
     steps = data.get("steps", [])
     if not isinstance(steps, list):
-        raise APIError(400, "steps must be a list of names")
+        raise Invalid("steps must be a list of names")
     steps = [clean_text(s, "steps[]", MAX_NAME) for s in steps]
     if len(set(steps)) != len(steps):
-        raise APIError(400, "step names must be unique")
+        raise Invalid("step names must be unique")
     if len(steps) > 500:
-        raise APIError(400, "at most 500 steps")
+        raise Invalid("at most 500 steps")
     job = jobops.create_job(name, steps)
     return jsonify(job_json(job)), 201
 
@@ -97,7 +97,7 @@ def get_job(job_id):
 def _status_from_body(allowed):
     status = json_body().get("status")
     if status not in allowed:
-        raise APIError(400, f"status must be one of {', '.join(allowed)}")
+        raise Invalid(f"status must be one of {', '.join(allowed)}")
     return status
 
 
@@ -123,7 +123,7 @@ def cancel_job(job_id):
     first, and again under the job's row lock (concurrent cancels pass the first check)."""
     job = jobops.get_job(job_id)
     if job.status not in ("pending", "running"):
-        raise APIError(409, f"job is {job.status}")
+        raise Conflict(f"job is {job.status}")
     runner = _runner()
     if runner is None or not runner.cancel(job_id):
         jobops.set_job_status(job_id, "cancelled", reason="cancelled by request", if_open=True)
@@ -135,8 +135,8 @@ def rerun_job(job_id):
     job = jobops.get_job(job_id)
     runner = _runner()
     if not job.definition or runner is None:
-        raise APIError(409, "only jobs started from a definition can be rerun")
-    return jsonify(job_json(runner.start(job.definition))), 201
+        raise Conflict("only jobs started from a definition can be rerun")
+    return jsonify(job_json(runner.start_job(job.definition))), 201
 
 
 @bp.delete("/jobs/<job_id>")

@@ -8,8 +8,8 @@ import gevent
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from ..errors import APIError
-from ..ingest import IngestError, KeyTaken, accepted_body
+from ..errors import Conflict, Invalid, NotFound, TooLarge
+from ..ingest import KeyTaken, accepted_body
 from ..storage import IDEMPOTENCY_TTL
 from ..models import LEVELS, LEVEL_ALIASES, Job, Step, db, idempotency_t, utcnow
 from ..queries import LineFilter, count_matches, select_lines
@@ -34,33 +34,33 @@ def post_logs():
     data = json_object(body)
     items = data.get("logs")
     if not isinstance(items, list) or not items:
-        raise APIError(400, "logs must be a non-empty list")
+        raise Invalid("logs must be a non-empty list")
     if len(items) > MAX_LINES_PER_REQUEST:
-        raise APIError(413, f"at most {MAX_LINES_PER_REQUEST} lines per request")
+        raise TooLarge(f"at most {MAX_LINES_PER_REQUEST} lines per request")
     lines, wanted = [], set()
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise APIError(400, f"logs[{i}] must be an object")
+            raise Invalid(f"logs[{i}] must be an object")
         level = item.get("level")
         if not isinstance(level, str):
-            raise APIError(400, f"logs[{i}].level is required")
+            raise Invalid(f"logs[{i}].level is required")
         level = level.lower()
         level = LEVEL_ALIASES.get(level, level)
         if level not in LEVELS:
-            raise APIError(400, f"logs[{i}].level must be one of debug, info, warn, error")
+            raise Invalid(f"logs[{i}].level must be one of debug, info, warn, error")
         if "message" not in item:
-            raise APIError(400, f"logs[{i}].message is required")
+            raise Invalid(f"logs[{i}].message is required")
         message = clean_text(item["message"], f"logs[{i}].message")
         if len(message) * 4 > MAX_MESSAGE_BYTES and len(message.encode("utf-8")) > MAX_MESSAGE_BYTES:
-            raise APIError(413, f"logs[{i}].message is over {MAX_MESSAGE_BYTES} bytes")
+            raise TooLarge(f"logs[{i}].message is over {MAX_MESSAGE_BYTES} bytes")
         job_id, step = item.get("job_id"), item.get("step")
         if job_id is not None and not isinstance(job_id, str):
-            raise APIError(400, f"logs[{i}].job_id must be a string")
+            raise Invalid(f"logs[{i}].job_id must be a string")
         if step is not None:
             step = clean_text(step, f"logs[{i}].step", MAX_NAME)
             if not job_id:
-                raise APIError(400, f"logs[{i}].step needs a job_id")
+                raise Invalid(f"logs[{i}].step needs a job_id")
         job_id = job_id or None
         source = item.get("source")
         if source is not None and source != "":
@@ -73,13 +73,11 @@ def post_logs():
     try:
         first_id, last_id = current_app.extensions["quaero"].ingestor.submit(
             lines, key=(key, digest) if key else None)
-    except IngestError as exc:
-        raise APIError(exc.status, exc.message) from None
     except KeyTaken:  # the same key, sent again while the first was being stored
         replay = _answered(key, digest)
         if replay is None:
-            raise APIError(409, "a request with this Idempotency-Key is in progress; "
-                                "retry") from None
+            raise Conflict("a request with this Idempotency-Key is in progress; "
+                           "retry") from None
         return replay
     return Response(accepted_body(len(lines), first_id, last_id), 201,
                     mimetype="application/json")
@@ -97,7 +95,7 @@ def idempotency_key():
     if key is None:
         return None
     if not _KEY.match(key):
-        raise APIError(400, "Idempotency-Key must be 1 to 128 visible ASCII characters")
+        raise Invalid("Idempotency-Key must be 1 to 128 visible ASCII characters")
     return key
 
 
@@ -109,7 +107,7 @@ def _answered(key, digest):
     if row is None:
         return None
     if row.digest != digest:
-        raise APIError(409, "this Idempotency-Key was used for a request with another body")
+        raise Conflict("this Idempotency-Key was used for a request with another body")
     return Response(row.response, row.status, mimetype="application/json")
 
 
@@ -127,7 +125,7 @@ def _check_targets(wanted):
         return
     job_ids = {j for j, _ in unknown}
     if any(len(j) > 32 for j in job_ids):
-        raise APIError(404, "job not found")
+        raise NotFound("job not found")
     with db_reading() as conn:  # no transaction held while the writer commits
         rows = conn.execute(_TARGETS, {"job_ids": list(job_ids)}).all()
     jobs_found = {j for j, _ in rows}
@@ -138,9 +136,9 @@ def _check_targets(wanted):
     known.update((j, None) for j in jobs_found)
     for job_id, step in unknown:  # (a known target was found before: it needs no check)
         if job_id not in jobs_found:
-            raise APIError(404, f"job {job_id} not found")
+            raise NotFound(f"job {job_id} not found")
         if step is not None and (job_id, step) not in steps_found:
-            raise APIError(404, f"step {step!r} not found in job {job_id}")
+            raise NotFound(f"step {step!r} not found in job {job_id}")
 
 
 @bp.get("/logs")

@@ -5,7 +5,7 @@ import sqlalchemy as sa
 from flask import Blueprint, jsonify, request
 
 from ..errors import Invalid
-from ..models import Job, db
+from ..models import Job
 from ..queries import LineFilter, select_lines
 from .params import MAX_JOB_IDS, check_jobs_exist, db_reading, parse_int, parse_level, parse_q
 

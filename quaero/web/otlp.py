@@ -16,8 +16,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest, ExportLogsServiceResponse)
 
-from ..errors import APIError, Invalid, TooLarge
-from ..ingest import IngestError
+from ..errors import Invalid, TooLarge, Unsupported
 from ..models import LEVELS, Job, db
 from .params import EARLIEST, LATEST, MAX_NAME, clean_text, read_body
 
@@ -37,7 +36,7 @@ _TEXT_LEVELS = {"trace": "debug", "debug": "debug", "info": "info", "notice": "i
 def export_logs():
     kind = request.mimetype
     if kind not in (PROTOBUF, JSON):
-        raise APIError(415, f"Content-Type must be {PROTOBUF} or {JSON}")
+        raise Unsupported(f"Content-Type must be {PROTOBUF} or {JSON}")
     body = _body()
     if kind == PROTOBUF and count_records(body, MAX_RECORDS) > MAX_RECORDS:
         raise TooLarge(f"at most {MAX_RECORDS} log records per request")
@@ -48,10 +47,7 @@ def export_logs():
     lines, unknown = _known_jobs(lines)
     rejected += unknown
     if lines:
-        try:
-            current_app.extensions["quaero"].ingestor.submit(lines)
-        except IngestError as exc:
-            raise APIError(exc.status, exc.message) from None
+        current_app.extensions["quaero"].ingestor.submit(lines)
     answer = ExportLogsServiceResponse()
     if rejected:
         answer.partial_success.rejected_log_records = len(rejected)
@@ -67,7 +63,7 @@ def _body():
     if encoding in ("", "identity"):
         return data
     if encoding != "gzip":
-        raise APIError(415, "Content-Encoding must be gzip or identity")
+        raise Unsupported("Content-Encoding must be gzip or identity")
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     inflater = zlib.decompressobj(wbits=31)
     try:

@@ -1,0 +1,59 @@
+"""One lifecycle (issue 21): every background part starts in the app's one group, started
+explicitly, and ``close()`` leaves no greenlet of Quaero's running."""
+import gc
+
+import gevent
+import pytest
+
+from tests.conftest import REDIS_URL, make_app
+
+
+def _running_quaero_greenlets():
+    found = []
+    for obj in gc.get_objects():
+        if isinstance(obj, gevent.Greenlet) and not obj.dead:
+            fn = getattr(obj, "_run", None)
+            module = getattr(getattr(fn, "__func__", fn), "__module__", "") or ""
+            if module.startswith("quaero"):
+                found.append(f"{module}.{getattr(fn, '__qualname__', fn)}")
+    return found
+
+
+@pytest.mark.parametrize("redis", [False, True])
+def test_close_leaves_no_greenlet_running(tmp_path, redis):
+    if redis and not REDIS_URL:
+        pytest.skip("QUAERO_TEST_REDIS_URL is not set: Redis tests run in CI")
+    extra = {"QUAERO_REDIS_URL": REDIS_URL} if redis else {}
+    before = set(_running_quaero_greenlets())
+    app = make_app(f"sqlite:///{tmp_path}/q.db", tmp_path, QUAERO_RETENTION_DAYS=1, **extra)
+    state = app.extensions["quaero"]
+    c = app.test_client()
+    job = c.post("/api/jobs", json={"name": "j", "steps": ["s"]}).json["id"]
+    assert c.post("/api/logs", json={"logs": [{"level": "info", "message": "x",
+                                               "job_id": job}]}).status_code == 201
+    with c.get(f"/api/logs/stream?scope=job&job_id={job}", buffered=False) as r:
+        assert r.status_code == 200
+    running = set(_running_quaero_greenlets()) - before
+    assert {"quaero.ingest.Ingestor._run", "quaero.streaming.hub.StreamHub._tick",
+            "quaero.runner.scheduler.Runner._loop"} <= running, running
+    assert all(not g.dead for g in state.group) and len(state.group) >= 5
+    state.close()
+    gevent.sleep(0)
+    assert set(_running_quaero_greenlets()) - before == set()
+    assert len(state.group) == 0
+
+
+def test_nothing_starts_from_a_request(tmp_path):
+    from quaero import create_app
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/q.db",
+                      "INSTANCE_PATH": str(tmp_path / "instance"),
+                      "QUAERO_JOBS_DIR": str(tmp_path / "jobs")})
+    state = app.extensions["quaero"]
+    try:
+        assert app.test_client().get("/healthz").status_code == 200
+        assert state.group is None and not state.started_here()
+        with pytest.raises(RuntimeError, match="start"):
+            state.ingestor.submit([{"job_id": None, "step_name": None, "level": 20,
+                                    "message": "x", "timestamp": None, "source": None}])
+    finally:
+        state.close()
