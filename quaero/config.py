@@ -185,7 +185,9 @@ class Config:
         self.QUAERO_DB_TIMEOUT = float(env.get("QUAERO_DB_TIMEOUT") or 10)
         # SQLite: ingest answers 507 while the database's volume has less free space
         self.QUAERO_MIN_FREE_BYTES = _int("QUAERO_MIN_FREE_BYTES", 64 << 20)
-        self.SECRET_KEY = env.get("QUAERO_SECRET_KEY") or os.urandom(32).hex()
+        # the session's signing key; unset: derived from the API token (web.auth), else random
+        self.QUAERO_SECRET_KEY = env.get("QUAERO_SECRET_KEY") or None
+        self.SECRET_KEY = self.QUAERO_SECRET_KEY or os.urandom(32).hex()
         # Request bodies: 10,000 lines of 64 KiB is the contract's maximum batch,
         # but a body that large is refused before parsing.
         self.MAX_CONTENT_LENGTH = _int("QUAERO_MAX_BODY_BYTES", 32 << 20)

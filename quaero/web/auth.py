@@ -19,7 +19,6 @@ restarts (changing the token logs everyone out). Set ``QUAERO_SECRET_KEY`` in pr
 import hashlib
 import hmac
 import ipaddress
-import os
 import secrets
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -193,7 +192,7 @@ def check_api_csrf():
 
 def init_app(app):
     """The loopback rule and CSRF check for every request; the session cookie's settings."""
-    if not os.environ.get("QUAERO_SECRET_KEY") and app.config.get("QUAERO_API_TOKEN"):
+    if not app.config.get("QUAERO_SECRET_KEY") and app.config.get("QUAERO_API_TOKEN"):
         # Stable across workers and restarts; rotating the token logs everyone out.
         app.secret_key = hmac.new(app.config["QUAERO_API_TOKEN"].encode(),
                                   b"quaero session signing key", hashlib.sha256).hexdigest()
