@@ -32,8 +32,8 @@ Size: ``QUAERO_MODEL_EXAMPLES`` (default 40) examples per configuration, each of
 
     QUAERO_MODEL_EXAMPLES=500 QUAERO_MODEL_STEPS=40 python -m pytest tests/test_model.py -q
 
-``QUAERO_MODEL_KEYS=0`` sends no ``Idempotency-Key`` at all: to look for other bugs while
-the idempotency failures are known.
+``QUAERO_MODEL_SKIP=keys,stream_service,...`` leaves out operations by rule name (``keys``:
+no ``Idempotency-Key`` at all), to look for other bugs while some failures are known.
 """
 import json
 import os
@@ -76,6 +76,7 @@ SOURCES = [None, "api", "cron"]
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 FINISHED = ("completed", "failed", "cancelled")
 STREAM_TIMEOUT = 3  # lines go out within 150 ms; a failing example waits this long
+SKIP = set(filter(None, os.environ.get("QUAERO_MODEL_SKIP", "").split(",")))
 SEEN = Counter()  # what a run exercised, printed at its end (pytest -s)
 
 
@@ -492,6 +493,8 @@ class QuaeroModel(RuleBasedStateMachine):
 
     @rule(steps=st.integers(0, 4), rotate=st.integers(0, 3))
     def create_job(self, steps, rotate):
+        if SKIP & {"create_job"}:
+            return
         names = (STEP_NAMES[rotate:] + STEP_NAMES[:rotate])[:steps]
         name = f"model job {len(self.jobs)} {WORDS[len(self.jobs) % len(WORDS)]}"
         r = self.http[0].post("/api/jobs", json={"name": name, "steps": names})
@@ -509,7 +512,7 @@ class QuaeroModel(RuleBasedStateMachine):
                                st.integers(0, len(WORDS) - 1),
                                st.sampled_from(SOURCES)),
                      min_size=1, max_size=6)
-    keys = st.none() if os.environ.get("QUAERO_MODEL_KEYS") == "0" else st.one_of(
+    keys = st.none() if "keys" in SKIP else st.one_of(
                      st.none(), st.none(),
                      st.tuples(st.just("pool"), st.integers(0, 3)),
                      st.tuples(st.just("odd"), st.text(st.characters(min_codepoint=0x21,
@@ -533,6 +536,8 @@ class QuaeroModel(RuleBasedStateMachine):
 
     @rule(items=items, key=keys, via=st.integers(0, 1))
     def post_logs(self, items, key, via):
+        if SKIP & {"post_logs"}:
+            return
         lines, targets = self.resolve(items)
         self.post(lines, targets, self.key_for(key), via)
 
@@ -542,6 +547,8 @@ class QuaeroModel(RuleBasedStateMachine):
     def post_refused(self, items, bad, bad_pos, key, via):
         """A batch with one line naming a job or step that does not exist: 404, nothing
         of it stored (and, with a key, nothing recorded: a fixed retry may succeed)."""
+        if SKIP & {"post_refused"}:
+            return
         lines, targets = self.resolve(items, bad, bad_pos)
         self.post(lines, targets, self.key_for(key), via)
 
@@ -549,6 +556,8 @@ class QuaeroModel(RuleBasedStateMachine):
     @rule(i=st.integers(0, 20), via=st.integers(0, 1))
     def resend(self, i, via):
         """The same request again with the same key: the first answer, nothing stored."""
+        if SKIP & {"resend"}:
+            return
         key = self.key_order[i % len(self.key_order)]
         body, status, answer = self.keys[key]
         SEEN["idempotent replay"] += 1
@@ -561,6 +570,8 @@ class QuaeroModel(RuleBasedStateMachine):
     def same_key_at_once(self, items, via):
         """Two connections send one request with one new key at the same time: the lines
         are stored once; each answer is that 201 (or a JSON 409 asking for a retry)."""
+        if SKIP & {"same_key_at_once", "keys"}:
+            return
         import gevent
         lines, targets = self.resolve(items)
         key = f"{self.token}-at-once-{self.messages}"
@@ -584,6 +595,8 @@ class QuaeroModel(RuleBasedStateMachine):
     @rule(case=st.integers(0, 13), via=st.integers(0, 1))
     def bad_params(self, case, via):
         """Refusals: JSON errors with the right status, never a stream."""
+        if SKIP & {"bad_params"}:
+            return
         live = self.live_jobs()
         job = live[0].id if live else None
         good = str(self.shared["max_id"])
@@ -613,11 +626,12 @@ class QuaeroModel(RuleBasedStateMachine):
             return
         query, status = [
             ([("scope", "service"), ("after", "-5")], 400),
-            ([("scope", "job"), ("job_id", job or "x"), ("before", "x")], 400 if job else 404),
+            ([("scope", "job"), ("job_id", job or "x"), ("before", "x")], 400 if job else None),
             ([("scope", "job"), ("job_id", uuid.uuid4().hex[:16])], 404),
             ([("scope", "service"), ("q", "")], 400),
         ][case - len(stream)]
-        is_json_error(self.http[via].get("/api/logs", params=query), status)
+        if status is not None:  # (no job: a 400 or a 404 first, the contract does not say)
+            is_json_error(self.http[via].get("/api/logs", params=query), status)
 
     @precondition(lambda self: any(j.status in ("pending", "running") and not j.deleted
                                    for j in self.jobs))
@@ -625,6 +639,8 @@ class QuaeroModel(RuleBasedStateMachine):
                                                        "cancelled"]), via=st.integers(0, 1))
     def change_status(self, i, status, via):
         """PATCH the job's status (via=1 cancels through POST /cancel)."""
+        if SKIP & {"change_status"}:
+            return
         job = self.pick([j for j in self.jobs if j.status in ("pending", "running")
                          and not j.deleted], i)
         if status == job.status:
@@ -635,6 +651,8 @@ class QuaeroModel(RuleBasedStateMachine):
     @rule(i=st.integers(0, 7), how=st.sampled_from(["cancel", "patch", "delete", "get"]))
     def poke_ended(self, i, how):
         """A finished or deleted job: cancel/PATCH change nothing, a deleted one is 404."""
+        if SKIP & {"poke_ended"}:
+            return
         job = self.pick([j for j in self.jobs if j.status in FINISHED or j.deleted], i)
         if how == "cancel":
             self.set_status(job, "cancelled", 1)
@@ -652,6 +670,8 @@ class QuaeroModel(RuleBasedStateMachine):
 
     @rule(i=st.integers(0, 7))
     def delete_job(self, i):
+        if SKIP & {"delete_job"}:
+            return
         job = self.pick(self.live_jobs(), i)
         if job is not None:
             self.delete_job_obj(job)
@@ -713,6 +733,8 @@ class QuaeroModel(RuleBasedStateMachine):
           level=st.sampled_from(LEVEL_Q), q=st.one_of(st.none(), st.sampled_from(FRAGMENTS)),
           limit=limits, cursor=cursors, via=st.integers(0, 1))
     def poll_jobs(self, picks, step, level, q, limit, cursor, via):
+        if SKIP & {"poll_jobs"}:
+            return
         jobs = list(dict.fromkeys(self.jobs[p % len(self.jobs)] for p in picks))
         step_name = STEP_NAMES[step] if step < len(STEP_NAMES) else None
         if cursor is not None:
@@ -735,6 +757,8 @@ class QuaeroModel(RuleBasedStateMachine):
           cut=st.integers(1, 4), level=st.sampled_from(LEVEL_Q), limit=limits, cursor=cursors,
           via=st.integers(0, 1))
     def poll_service(self, tok, word, cut, level, limit, cursor, via):
+        if SKIP & {"poll_service"}:
+            return
         q = self.tok(tok) if word is None else f"{self.tok(tok)}:{WORDS[word][:cut].swapcase()}"
         if cursor is not None:
             cursor = (cursor[0], self.cursor_id(cursor[1], cursor[2]))
@@ -754,6 +778,8 @@ class QuaeroModel(RuleBasedStateMachine):
           limit=st.sampled_from([None, 1, 2, 3, 7]), before=st.one_of(
               st.none(), st.tuples(st.integers(0, 60), st.integers(-1, 1))))
     def search(self, picks, frag, tok, level, limit, before):
+        if SKIP & {"search"}:
+            return
         jobs = list(dict.fromkeys(self.jobs[p % len(self.jobs)] for p in picks)) \
             if self.jobs else []
         q = frag if jobs else self.tok(tok)   # everywhere: only this example's lines match
@@ -794,7 +820,7 @@ class QuaeroModel(RuleBasedStateMachine):
             if body["next_before"] is None:
                 break
             pages += 1
-            assert pages < 30, "next_before pages do not end"
+            assert pages <= len(matches) // page + 1, "next_before pages do not end"
             params = [p for p in params if p[0] != "before"] + [("before", body["next_before"])]
             r = self.http[0].get("/api/search", params=params)
         assert len(seen) == len(matches)
@@ -805,6 +831,8 @@ class QuaeroModel(RuleBasedStateMachine):
     @rule(i=st.integers(0, 7))
     def job_and_download(self, i):
         """GET /api/jobs/<id> (log_counts) and logs.txt: the job's whole log, in order."""
+        if SKIP & {"job_and_download"}:
+            return
         job = self.jobs[i % len(self.jobs)]
         r = self.http[0].get(f"/api/jobs/{job.id}")
         t = self.http[0].get(f"/api/jobs/{job.id}/logs.txt")
@@ -839,6 +867,8 @@ class QuaeroModel(RuleBasedStateMachine):
           more=st.lists(items, max_size=1), reconnect=st.booleans())
     def stream_jobs(self, picks, step, level, q, limit, resume, header, live, finish, more,
                     reconnect):
+        if SKIP & {"stream_jobs"}:
+            return
         jobs = list(dict.fromkeys(self.jobs[p % len(self.jobs)] for p in picks))
         step_name = STEP_NAMES[step] if step < len(STEP_NAMES) else None
         f = Filter("job", tuple(j.id for j in jobs), step_name, level_of(level, "info"), q)
@@ -855,6 +885,8 @@ class QuaeroModel(RuleBasedStateMachine):
           header=st.booleans(), live=st.lists(items, max_size=2),
           more=st.lists(items, max_size=1), reconnect=st.booleans())
     def stream_service(self, tok, word, level, limit, resume, header, live, more, reconnect):
+        if SKIP & {"stream_service"}:
+            return
         q = self.tok(tok) if word is None else f"{self.tok(tok)}:{WORDS[word][:3]}"
         f = Filter("service", level=level_of(level, "info"), q=q)
         params = [("scope", "service"), ("q", q)]
