@@ -161,6 +161,7 @@ class Stream:
         self.closed = False
         self.first = None        # the first logs event (the backfill)
         self.first_ids = None
+        self.change = None       # (job id, status, ids committed before the change)
         self.blocks = 0
         self.events = []
 
@@ -196,9 +197,9 @@ class Stream:
             for got in lines:
                 assert not self.ids or got["id"] > self.ids[-1], \
                     f"stream: id {got['id']} after {self.ids[-1]} (order or duplicate)"
-                self.m.check_line(got)
-                assert self.f.matches(self.m.lines[got["id"]]), \
-                    f"stream sent a line its filter excludes: {got}"
+                self.m.check_line(got, gone_too=True)  # (sent before its job was deleted)
+                line = self.m.lines.get(got["id"]) or self.m.gone[got["id"]]
+                assert self.f.matches(line), f"stream sent a line its filter excludes: {got}"
                 self.ids.append(got["id"])
             if lines:
                 assert int(ev.id) == lines[-1]["id"], f"event id {ev.id} is not its last line's"
@@ -215,6 +216,10 @@ class Stream:
             assert job_id in self.f.jobs, payload
             self.m.check_status_payload(payload)
             self.statuses[job_id] = payload
+            if self.change and self.change[:2] == (job_id, payload["job"]["status"]):
+                missing = self.change[2] - set(self.ids)
+                assert not missing, f"status {payload} overtook lines committed before the " \
+                                    f"change: {sorted(missing)}"
         elif ev.event == "end":
             assert self.f.scope == "job", f"end on a {self.f.scope} stream"
             payload = ev.json()
@@ -225,6 +230,9 @@ class Stream:
                 want = "deleted" if job.deleted else job.status
                 assert j["status"] == want, (payload, want)
             self.ended = payload
+            if self.change:
+                missing = self.change[2] - set(self.ids)
+                assert not missing, f"end overtook lines committed before it: {sorted(missing)}"
             SEEN["stream end"] += 1
         else:
             raise AssertionError(f"unknown event {ev}")
@@ -256,6 +264,7 @@ class QuaeroModel(RuleBasedStateMachine):
         self.jobs = []                 # every job this example created, deleted ones too
         self.jobs_by_id = {}
         self.lines = {}                # id -> Line: what must be stored now
+        self.gone = {}                 # id -> Line: stored, then deleted with its job
         self.batches = 0
         self.keys = {}                 # Idempotency-Key -> (body bytes, status, json)
         self.key_order = []
@@ -289,8 +298,8 @@ class QuaeroModel(RuleBasedStateMachine):
         self.messages += 1
         return f"{self.token}:{word} #{self.messages}"
 
-    def check_line(self, got):
-        exp = self.lines.get(got["id"])
+    def check_line(self, got, gone_too=False):
+        exp = self.lines.get(got["id"]) or (self.gone.get(got["id"]) if gone_too else None)
         assert exp is not None, f"a line the model does not hold (deleted, refused or " \
                                 f"another's): {got}"
         assert (got["job_id"], got["step_name"], got["level"], got["message"],
@@ -688,7 +697,7 @@ class QuaeroModel(RuleBasedStateMachine):
             SEEN["delete"] += 1
             job.deleted = True
             for line_id in [k for k, ln in self.lines.items() if ln.job == job.id]:
-                del self.lines[line_id]
+                self.gone[line_id] = self.lines.pop(line_id)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -984,17 +993,28 @@ class QuaeroModel(RuleBasedStateMachine):
             all_ended = f.scope == "job" and all(j.status in FINISHED for j in jobs)
             if not all_ended:
                 new = self.post_items(live)
-                if finish is not None:
-                    job = jobs[0]
+                want = [i for i in new if f.matches(self.lines[i])]
+                job, target = jobs[0] if jobs else None, None
+                if finish == "delete" or finish is not None and job.status in ("pending",
+                                                                               "running"):
+                    target = "deleted" if finish == "delete" else finish
+                    s.change = (job.id, target, set(want))
                     if finish == "delete":
                         self.delete_job_obj(job)
-                    elif job.status in ("pending", "running"):
+                        if not job.deleted:
+                            s.change, target = None, None  # running: 409, nothing changed
+                    else:
                         self.set_status(job, finish)
-                want = [i for i in new if i in self.lines and f.matches(self.lines[i])]
-                total = len(s.ids) + len(want)
-                s.read(lambda: len(s.ids) >= total, f"the live lines {want}")
+                want = [i for i in want if i in self.lines]  # a deleted job's may never come
+                backfill = len(s.ids)
+                s.read(lambda: set(want) <= set(s.ids), f"the live lines {want}")
                 SEEN["stream live lines"] += len(want)
-                assert s.ids[len(s.ids) - len(want):] == want, (s.ids, want)
+                extra = set(s.ids[backfill:]) - set(want)
+                assert extra <= set(self.gone), f"live lines nobody asked for: {sorted(extra)}"
+                if target is not None:
+                    s.read(lambda: s.ended is not None or s.statuses.get(job.id, {}).get(
+                        "job", {}).get("status") == target, f"a status event saying {target}")
+                    SEEN["stream status change"] += 1
                 all_ended = f.scope == "job" and all(j.status in FINISHED or j.deleted
                                                      for j in jobs)
             if all_ended:
@@ -1028,11 +1048,19 @@ class QuaeroModel(RuleBasedStateMachine):
             s2.close()
 
     @invariant()
-    def ids_only_grow(self):
+    def model_is_consistent(self):
+        """The model's own bookkeeping (no request): every job's lines numbered 1..n in id
+        order, no line both stored and gone, every id at most the newest acknowledged."""
         SEEN["steps"] += 1
-        ids = sorted(self.lines)
-        assert len(ids) == len(set(ids))
-        assert not ids or ids[-1] <= self.shared["max_id"]
+        numbers = {}
+        for line in sorted(self.lines.values(), key=lambda ln: ln.id):
+            if line.job is not None:
+                numbers[line.job] = numbers.get(line.job, 0) + 1
+                assert line.line_number == numbers[line.job], line
+        for job in self.jobs:
+            assert job.deleted or numbers.get(job.id, 0) == job.lines, job
+        assert not set(self.lines) & set(self.gone)
+        assert max(self.lines, default=0) <= self.shared["max_id"]
 
 
 def run_model(server):
