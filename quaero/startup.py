@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 
-CONNECT_SECONDS = 3.5  # a database that has not answered by then fails the start
+CONNECT_SECONDS = 3.0  # a database that has not answered by then fails the start
 # set by python app.py and quaero serve once they checked: gunicorn's master does not again
 CHECKED = "_QUAERO_STARTUP_CHECKED"
 STDERR_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"

@@ -27,6 +27,12 @@ def _refuse(hub, metrics, reason):
     response = current_app.response_class(refusal(hub, metrics, reason),
                                           mimetype="text/event-stream", headers=STREAM_HEADERS)
     response.headers["Connection"] = "close"
+    # gunicorn drops an app's Connection header: without this it kept the connection for
+    # its keepalive (5 s), one of the worker's connections, and a burst of refusals took
+    # the reserve that /healthz, ingest and the next streams' answers need
+    req = getattr(request.environ.get("wsgi.input"), "quaero_request", None)
+    if req is not None:  # gunicorn.conf.py's pre_request
+        req.must_close = True
     return response
 
 
@@ -73,6 +79,12 @@ def stream_logs():
         hub.subscribe(subscriber)  # before the backfill: nothing falls in between
     except DB_ERRORS:  # the process's first stream reads where the hub starts
         return _refuse(hub, state.metrics, "database")
+    # the cap was checked before the reads above, which yield: streams taken meanwhile
+    # count now. Without this a burst took every connection of the worker (700 requests,
+    # 600 connections: 600 streams over a cap of 540, the other 100 never answered)
+    if hub.count > hub.max_streams:
+        hub.unsubscribe(subscriber)
+        return _refuse(hub, state.metrics, "stream_cap")
     session = StreamSession(subscriber, open_sink(environ), state, db.engine, limit, resume, cfg)
     response = current_app.response_class(track_writes(subscriber, iter(session)),
                                           mimetype="text/event-stream", headers=STREAM_HEADERS)
