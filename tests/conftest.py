@@ -16,6 +16,26 @@ PG_URL = os.environ.get("QUAERO_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("QUAERO_TEST_REDIS_URL")
 
 
+# Tests that start a server, a browser or other processes are marked ``slow`` here, in one
+# place: ``python -m pytest -m "not slow"`` runs the in-process rest in a minute or two.
+SERVER_FIXTURES = {"server", "server_factory"}
+SLOW_FIXTURES = SERVER_FIXTURES | {"browser", "context", "page"}
+SLOW_MODULES = {"test_cli", "test_cli_grep", "test_producers", "test_js_unit", "test_fuzz",
+                "test_eventsource_node", "test_eventsource_browser", "test_nginx",
+                "test_model", "test_stream_burst", "test_deploy", "test_cli_package",
+                "test_scale_out", "test_metrics_workers"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.server)
+        if names & SLOW_FIXTURES or item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES \
+                or "browser" in item.module.__name__.split("."):
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -415,29 +415,32 @@ def test_a_long_sqlite_read_lets_other_greenlets_run(app, client):
             write_lines(conn, [{"job_id": job, "step_name": "s", "level": 20,
                                 "message": f"line {k} {i} of a long log", "timestamp": now,
                                 "source": None} for i in range(50000)])
-    gaps, stop = [], []
+    ticks, stop = [0], []
 
     def ticker():
-        last = time.monotonic()
         while not stop:
             gevent.sleep(0.005)
-            now_ = time.monotonic()
-            gaps.append(now_ - last)
-            last = now_
+            ticks[0] += 1
+
+    def ticks_during(call):
+        """How often the ticker ran while ``call`` ran in this greenlet: never, when the
+        read holds the worker; counted, not timed (a loaded machine only adds ticks)."""
+        before = ticks[0]
+        result = call()
+        return ticks[0] - before, result
 
     t = gevent.spawn(ticker)
+    gevent.sleep(0.02)
     try:
-        def read_all():
-            r = client.get(f"/api/jobs/{job}/logs.txt")
-            return r.data.count(b"\n")
-        readers = [gevent.spawn(read_all) for _ in range(2)]
-        searches = [gevent.spawn(client.get, f"/api/logs?scope=job&job_id={job}&q=zzz-none")]
-        gevent.joinall(readers + searches, raise_error=True)
-        assert [g.value for g in readers] == [300000, 300000]
+        n, text = ticks_during(lambda: client.get(f"/api/jobs/{job}/logs.txt").data)
+        assert text.count(b"\n") == 300000
+        assert n >= 3, f"the ticker ran {n} times during a 300,000-line download"
+        n, r = ticks_during(lambda: client.get(f"/api/logs?scope=job&job_id={job}&q=zzz-none"))
+        assert r.status_code == 200 and r.json["logs"] == []
+        assert n >= 3, f"the ticker ran {n} times during a search scanning 300,000 lines"
     finally:
         stop.append(1)
         t.join()
-    assert max(gaps) < 1.0, f"the worker froze {max(gaps):.2f} s"  # unbounded: 6.4 s per 1M lines
 
 
 # --- producers resend with the batch's key --------------------------------------------------

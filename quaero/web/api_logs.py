@@ -4,7 +4,6 @@ import hashlib
 import re
 from datetime import datetime, timezone
 
-import gevent
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -14,7 +13,7 @@ from ..storage import IDEMPOTENCY_TTL
 from ..models import LEVELS, LEVEL_ALIASES, Job, Step, db, idempotency_t, utcnow
 from ..queries import LineFilter, count_matches, select_lines
 from .params import (MAX_NAME, check_jobs_exist, clean_text, db_reading, json_object,
-                     parse_int, parse_query, parse_timestamp, read_body)
+                     let_others_run, parse_int, parse_query, parse_timestamp, read_body)
 
 bp = Blueprint("logs", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
 
@@ -182,7 +181,7 @@ def job_logs_txt(job_id):
                 after = lines[-1]["id"]
             if not more:
                 return
-            gevent.sleep(0)  # formatting a page holds the worker: let others run between
+            let_others_run()  # formatting a page holds the worker: others run between
 
     return Response(pages(), mimetype="text/plain", headers={
         "Content-Disposition": f'attachment; filename="job-{job_id}.log"'})
