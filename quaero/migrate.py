@@ -1,7 +1,8 @@
 """Bring a database up to date with the Alembic migrations in ``migrations/``.
 
-Runs at start-up: in gunicorn's master before workers fork (``quaero.startup``, in a child
-process), and in ``create_app`` (each worker; by then a no-op). Several processes may
+Runs at start-up: for a database other than SQLite once before gunicorn's workers fork
+(``quaero.startup``, in a child process), and in ``create_app`` (each worker; then a
+no-op). Several processes may
 start at once: on PostgreSQL an advisory lock serialises them; on SQLite the loser of a
 race retries and finds the schema already there. A database that cannot be reached, or
 refuses the role, fails at once with one line naming it (:class:`DatabaseUnavailable`):
