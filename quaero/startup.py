@@ -100,7 +100,7 @@ def cannot_stream(worker_class):
         return None
     return (f"gunicorn's {worker_class.__name__} ({worker_class.__module__}) cannot hold "
             "streams: every stream is refused (200, a retry: and why). Run gunicorn with "
-            "-k gevent, as gunicorn.conf.py, python app.py and quaero serve do")
+            "-k gevent: its -c gunicorn.conf.py sets it, as python app.py and quaero serve do")
 
 
 def warn_if_cannot_stream():
