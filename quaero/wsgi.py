@@ -7,5 +7,14 @@ monkey.patch_all()  # before anything imports socket, ssl or threading
 from quaero import create_app  # noqa: E402
 from quaero.cli import cli  # noqa: E402
 
+import sys  # noqa: E402
+
 app = create_app()
 app.cli.add_command(cli, "quaero")  # `flask --app wsgi quaero run demo` = `quaero run demo`
+
+if "gunicorn" in sys.modules:
+    # Imported by a gunicorn worker (gunicorn loads the app in each worker after the fork):
+    # this worker's background work starts here, also under a gunicorn started without
+    # gunicorn.conf.py (whose post_worker_init then finds it started). Not in `flask` CLI
+    # commands, which import this module too but must not run jobs.
+    app.extensions["quaero"].start()

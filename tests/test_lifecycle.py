@@ -57,3 +57,37 @@ def test_nothing_starts_from_a_request(tmp_path):
                                     "message": "x", "timestamp": None, "source": None}])
     finally:
         state.close()
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_a_gunicorn_without_our_config_starts_the_work(tmp_path):
+    """``gunicorn -k gevent wsgi:app`` without gunicorn.conf.py (no post_worker_init): the
+    worker's import of the app starts its work, so a write is stored, not a 500."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import ROOT, free_port
+    port = free_port()
+    env = dict(os.environ, QUAERO_DATABASE_URL=f"sqlite:///{tmp_path}/q.db",
+               QUAERO_JOBS_DIR=str(tmp_path / "jobs"))
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "gevent", "-b",
+                             f"127.0.0.1:{port}", "--chdir", ROOT, "wsgi:app"], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                gevent.sleep(0.1)
+        r = httpx.post(url + "/api/logs", json={"logs": [{"level": "info", "message": "hi"}]},
+                       timeout=10)
+        assert r.status_code == 201, r.text
+    finally:
+        proc.terminate()
+        proc.wait(15)
