@@ -69,7 +69,7 @@ def main():
         env["QUAERO_REDIS_URL"] = args.redis
     procs = []
     try:
-        from quaero.models import init_db
+        from quaero.migrate import init_db
         import sqlalchemy as sa
         engine = sa.create_engine(url)
         init_db(engine)

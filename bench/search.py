@@ -49,9 +49,10 @@ def message(i, rnd):
 def build(url):
     """1M lines: line i belongs to job i % 201 (200 = the service log), so jobs interleave
     as they do when they run at the same time."""
-    from quaero.models import (ID_KEY, SERVICE_KEY, counters_t, counts_t, init_db, log_t,
+    from quaero.models import (ID_KEY, SERVICE_KEY, counters_t, counts_t, log_t,
                                new_id)
     engine = sa.create_engine(url)
+    from quaero.migrate import init_db
     init_db(engine)
     rnd = random.Random(12)
     jobs = [new_id() for _ in range(JOBS)]

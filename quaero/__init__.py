@@ -164,7 +164,8 @@ def create_app(config=None):
     from flask import Flask
 
     from .config import Config
-    from .models import db, init_db
+    from .migrate import init_db
+    from .models import db
     from .startup import log_to_stderr, warn_if_cannot_stream
     log_to_stderr()  # Quaero's warnings and errors on stderr too, not only in its service log
     warn_if_cannot_stream()  # under gunicorn's sync worker: says so, naming -k gevent

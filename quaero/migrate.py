@@ -15,7 +15,6 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from .startup import StartupError, describe
 
 # the package's migrations/: in a checkout a link to the repository's folder, in a wheel a copy
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
@@ -23,6 +22,33 @@ _LOCK = 0x51554145  # "QUAE"
 # SQLSTATE classes and codes no retry mends: the role cannot log in (28), no such
 # database (3D), not allowed (42501)
 _FOR_GOOD = ("28", "3D", "42501")
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message is one line saying why."""
+
+
+# -- one line for why the database cannot be used (start-up checks, quaero.startup) ------
+
+def _cause(exc):
+    """The reason in ``exc`` (a SQLAlchemy error: its driver's), on one line."""
+    orig = getattr(exc, "orig", None) or exc
+    primary = getattr(getattr(orig, "diag", None), "message_primary", None)
+    lines = [" ".join(line.split()) for line in str(primary or orig).splitlines()]
+    text = "; ".join(line for line in lines if line) or type(orig).__name__
+    for prefix in ("connection failed: ",):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    state = getattr(orig, "sqlstate", None) or ""
+    if state == "42501":
+        text += " (the role needs to own the database: createdb --owner ROLE NAME)"
+    return text
+
+
+def describe(url, exc, doing="cannot connect to the database"):
+    from .bus import redact
+    return f"{doing} {redact(url)}: {_cause(exc)}"
+
 
 
 class DatabaseUnavailable(StartupError):
@@ -75,3 +101,21 @@ def upgrade(engine, attempts=20):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.1 + 0.1 * attempt)
+
+
+def init_db(engine):
+    """Bring the schema up to date (Alembic migrations) and create the fixed counter rows
+    (the id allocator, the service log's line numbers, the deployment's random id); safe
+    to run concurrently and repeatedly."""
+    import secrets
+
+    from .models import DEPLOYMENT_KEY, ID_KEY, SERVICE_KEY, counters_t
+    upgrade(engine)
+    for key, value in ((ID_KEY, 0), (SERVICE_KEY, 0), (DEPLOYMENT_KEY, secrets.randbits(62))):
+        with engine.begin() as conn:
+            exists = conn.execute(sa.select(counters_t.c.key).where(counters_t.c.key == key)).first()
+            if not exists:
+                try:
+                    conn.execute(counters_t.insert().values(key=key, value=value))
+                except sa.exc.IntegrityError:  # another process won the race
+                    pass

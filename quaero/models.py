@@ -173,24 +173,8 @@ heartbeats_t = RunnerHeartbeat.__table__
 leases_t = JobLease.__table__
 
 
-def init_db(engine):
-    """Bring the schema up to date (Alembic migrations) and create the fixed counter rows;
-    safe to run concurrently and repeatedly."""
-    from .migrate import upgrade
-    upgrade(engine)
-    import secrets
-    for key, value in ((ID_KEY, 0), (SERVICE_KEY, 0), (DEPLOYMENT_KEY, secrets.randbits(62))):
-        with engine.begin() as conn:
-            exists = conn.execute(sa.select(counters_t.c.key).where(counters_t.c.key == key)).first()
-            if not exists:
-                try:
-                    conn.execute(counters_t.insert().values(key=key, value=value))
-                except sa.exc.IntegrityError:  # another process won the race
-                    pass
-
-
 def deployment_id(engine):
-    """This database's random id, made by ``init_db`` (one per deployment)."""
+    """This database's random id, made by ``migrate.init_db`` (one per deployment)."""
     with engine.connect() as conn:
         return conn.execute(sa.select(counters_t.c.value)
                             .where(counters_t.c.key == DEPLOYMENT_KEY)).scalar_one()

@@ -22,10 +22,6 @@ STDERR_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message
 STDERR_DATEFMT = "%Y-%m-%d %H:%M:%S %z"  # gunicorn's own lines look the same
 
 
-class StartupError(RuntimeError):
-    """The server cannot start; the message is one line saying why."""
-
-
 # -- Quaero's warnings and errors on stderr -------------------------------------------------
 
 class StderrHandler(logging.Handler):
@@ -146,26 +142,6 @@ def port_problem(address):
 
 # -- the database ----------------------------------------------------------------------------
 
-def _cause(exc):
-    """The reason in ``exc`` (a SQLAlchemy error: its driver's), on one line."""
-    orig = getattr(exc, "orig", None) or exc
-    primary = getattr(getattr(orig, "diag", None), "message_primary", None)
-    lines = [" ".join(line.split()) for line in str(primary or orig).splitlines()]
-    text = "; ".join(line for line in lines if line) or type(orig).__name__
-    for prefix in ("connection failed: ",):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    state = getattr(orig, "sqlstate", None) or ""
-    if state == "42501":
-        text += " (the role needs to own the database: createdb --owner ROLE NAME)"
-    return text
-
-
-def describe(url, exc, doing="cannot connect to the database"):
-    from .bus import redact
-    return f"{doing} {redact(url)}: {_cause(exc)}"
-
-
 def _connect_args(url):
     if url.startswith("postgresql"):
         return {"connect_timeout": max(2, int(CONNECT_SECONDS))}
@@ -175,6 +151,8 @@ def _connect_args(url):
 def _check_here(url, report):
     """In the child: connect, say so, bring the schema up to date, say so."""
     import sqlalchemy as sa
+
+    from .migrate import StartupError, describe, init_db
     try:
         engine = sa.create_engine(url, connect_args=_connect_args(url))
         with engine.connect() as conn:
@@ -184,7 +162,6 @@ def _check_here(url, report):
         return
     report("C")
     try:
-        from .models import init_db
         init_db(engine)
     except StartupError as exc:
         report("E" + str(exc))

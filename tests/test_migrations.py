@@ -3,7 +3,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from quaero.models import Base, init_db
+from quaero.migrate import init_db
+from quaero.models import Base
 from quaero.queries import not_search_index
 
 

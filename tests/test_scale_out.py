@@ -36,7 +36,7 @@ def redis_url():
 
 def _init_schema(url):
     """Create the schema once, before several servers start on it."""
-    from quaero.models import init_db
+    from quaero.migrate import init_db
     engine = sa.create_engine(url)
     init_db(engine)
     engine.dispose()
@@ -63,7 +63,8 @@ def collect(stream, want_last, timeout=20, out=None):
 def test_ids_become_visible_in_commit_order(pg_url):
     """A reader that resumes from "id > last" never skips a line that committed late."""
     from quaero.storage import write_lines
-    from quaero.models import init_db, utcnow
+    from quaero.migrate import init_db
+    from quaero.models import utcnow
     engine = sa.create_engine(pg_url, pool_size=12)
     init_db(engine)
     seen, written = [], []
