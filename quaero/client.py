@@ -37,7 +37,12 @@ def leave_signals_to_the_main_thread():
     """Called first in a background thread: Ctrl-C and SIGTERM go to the main thread. The
     kernel may deliver a process signal to any thread that does not block it, and then a
     main thread waiting in a system call (``exec`` waiting for its command) is not woken to
-    run its handler."""
+    run its handler. Not when threads are gevent's greenlets (an app served by gevent, the
+    tests): the "thread" is then the main thread itself, whose mask every child process
+    inherits (a SIGTERM-proof redis-server hung the test suite)."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        return
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 

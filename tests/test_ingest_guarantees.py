@@ -465,3 +465,16 @@ def test_the_sender_resends_a_batch_with_its_one_key():
     sender.add({"level": "info", "message": "c"})
     assert sender.close(timeout=5)
     assert seen[2][0] != seen[0][0], "a new batch has a new key"
+
+
+def test_a_sender_under_gevent_leaves_the_process_signals_alone():
+    """Under gevent a LineSender's thread is a greenlet of the main thread: blocking SIGTERM
+    there blocked it for the process and every child it started afterwards."""
+    import signal
+    from quaero.client import LineSender
+    sender = LineSender("http://quaero.test", transport=httpx.MockTransport(
+        lambda request: httpx.Response(201, json={"accepted": 1, "first_id": 1, "last_id": 1})))
+    sender.add({"level": "info", "message": "a"})
+    assert sender.close(timeout=5)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert signal.SIGTERM not in blocked and signal.SIGINT not in blocked
