@@ -131,7 +131,29 @@ def job(job_id):
     found = db.session.get(Job, job_id) if len(job_id) <= 64 else None
     if found is None:
         db.session.rollback()
-        return render_template("not_found.html", page="job", job_id=job_id), 404
+        return render_template("not_found.html", page="error", job_id=job_id), 404
     data = job_dict(found, level_counts(db.session.connection(), [found.id])[found.id])
     db.session.rollback()   # never hold a read transaction open
     return render_template("job.html", page="job", job=data)
+
+
+# --- errors ----------------------------------------------------------------------------
+
+def error_page(exc):
+    """An HTTP error a browser gets (an unknown address, a wrong method...) as a page in
+    the site's layout. errors.py calls it for every path but the API's, which keeps its
+    JSON errors."""
+    if exc.code == 404:
+        response = current_app.make_response(
+            (render_template("not_found.html", page="error", path=request.path), 404))
+    else:
+        response = current_app.make_response((render_template(
+            "error.html", page="error", code=exc.code, name=exc.name), exc.code))
+    if exc.code == 405 and getattr(exc, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return page_headers(response)
+
+
+@bp.record_once
+def _register_error_page(state):
+    state.app.extensions["quaero_error_page"] = error_page
