@@ -25,6 +25,11 @@
     target.when = Q.formatDateTime;
     target.jobUrl = function (job) { return "/jobs/" + encodeURIComponent(job.id); };
     target.errorCount = function (job) { return (job.log_counts && job.log_counts.error) || 0; };
+    /** The last error's message as text: its colour codes (ANSI) dropped, not shown raw. */
+    target.lastError = function (job) { return job.last_error ? Q.stripAnsi(job.last_error.message) : ""; };
+    target.lastErrorTitle = function (job) {
+      return job.last_error ? "Last error, line " + job.last_error.line_number + ": " + this.lastError(job) : "";
+    };
     target.errorLink = function (job) {
       return job.last_error ? this.jobUrl(job) + "#L" + job.last_error.line_number : this.jobUrl(job);
     };

@@ -20,6 +20,11 @@
 
   // --- Alpine: the service-logs panel --------------------------------------------------
 
+  /**
+   * `options.folded`: the panel starts folded to its bar (the job page, whose log wants the
+   * height); narrow screens always start so. Whether the reader opened or folded it is
+   * remembered apart for those pages and the others.
+   */
   function sseServiceLogs(options) {
     options = options || {};
     var view = null;
@@ -28,8 +33,7 @@
       level: options.level || "info",
       autoScroll: true,
       paused: false,
-      // narrow screens start with the panel folded to its bar (until the reader opens it)
-      open: !(root.matchMedia && root.matchMedia("(max-width: 720px)").matches),
+      open: !(options.folded || (root.matchMedia && root.matchMedia("(max-width: 720px)").matches)),
       lineCount: 0,
       newLines: 0,
       showTimestamps: true,
@@ -39,7 +43,8 @@
       init: function () {
         var self = this;
         var box = this.$refs.lines;
-        rememberPrefs(this, "serviceLogs", ["open", "level", "showTimestamps"]);
+        rememberPrefs(this, "serviceLogs", ["level", "showTimestamps"]);
+        rememberPrefs(this, options.folded ? "serviceLogsFolded" : "serviceLogsOpen", ["open"]);
         if (LEVELS.indexOf(this.level) < 0) this.level = "info";
         view = new LogView({ root: box, maxLines: options.maxLines || 1000, showStep: false });
         box.addEventListener("scroll", function () { self.onScroll(); }, { passive: true });

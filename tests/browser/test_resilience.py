@@ -116,7 +116,7 @@ def test_login_session_cookie_streams_and_csrf(server_factory, page):
     expect(page).to_have_url(f"{srv.url}/jobs/{job}")
     panel = service_panel(page)
     expect(panel.get_by_role("status")).to_have_text("connected")
-    expect(panel.locator(".ql-line", has_text="for logged-in eyes")).to_be_visible()
+    expect(panel.locator(".ql-line", has_text="for logged-in eyes")).to_have_count(1)   # folded here
     expect(page.locator("#L1")).to_contain_text("job line")
 
     # the page's own POSTs carry the CSRF token; a cookie-only POST without it is refused

@@ -181,15 +181,18 @@ function ratio(a, b2) {
 const PAIRS = [  // [text, background row tint or null]
   ["log-ink", null], ["log-muted", null], ["log-ln", null], ["ink-debug", null], ["lv-debug", null],
   ["lv-info", null], ["lv-warn", "row-warn"], ["lv-error", "row-error"], ["ink-error", "row-error"],
-  ["log-ink", "row-warn"], ["mark-ink", "mark-bg"], ["stephead-ink", "stephead-bg"]];
+  ["log-ink", "row-warn"], ["mark-ink", "mark-bg"], ["stephead-ink", "stephead-bg"], ["where-ink", null],
+  ["badge-ink", "badge-bg"], ...["running", "completed", "failed", "cancelled", "skipped", "pending"]
+    .map((s) => [`badge-${s}-ink`, `badge-${s}-bg`])];
+const OPAQUE = /^(mark|stephead|badge)/;   // backgrounds of their own, not tints of the log's
 
 for (const name of ["light", "dark"]) {
-  test(`${name} theme: log text and level colours meet WCAG AA (4.5:1)`, () => {
+  test(`${name} theme: log text, level and status badge colours meet WCAG AA (4.5:1)`, () => {
     const v = theme(name);
     const bg = rgba(v["log-bg"]);
     const report = [];
     for (const [fg, tint] of PAIRS) {
-      const back = tint ? (tint === "mark-bg" || tint === "stephead-bg" ? rgba(v[tint]) : over(rgba(v[tint]), bg)) : bg;
+      const back = tint ? (OPAQUE.test(tint) ? rgba(v[tint]) : over(rgba(v[tint]), bg)) : bg;
       const r = ratio(rgba(v[fg]), back);
       report.push(`${fg}${tint ? " on " + tint : ""} ${r.toFixed(2)}`);
       assert.ok(r >= 4.5, `${name}: ${fg} on ${tint || "log-bg"} is ${r.toFixed(2)}:1`);
