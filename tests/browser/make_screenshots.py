@@ -3,8 +3,10 @@
     /work/venv/bin/python -m tests.browser.make_screenshots [OUT_DIR]
 
 OUT_DIR defaults to docs/screenshots/ (docs/screenshots/before/ holds the pages as they
-were before issue 15). Besides the desktop shots: the job page on a 390 x 844 phone, and
-the job and home pages in the dark colour scheme.
+were before issue 15). Every page (home, queue, a job, search, a 404, login) at 1280 x 900
+and on a 390 x 844 phone, in the light and the dark colour scheme:
+``{page}[-phone][-dark].png`` (``home-defs-phone*.png``: the phone's home page scrolled to
+the definitions); then a job searched, a failed job and the demo running.
 Starts its own gunicorn servers (one open, one with a token for the login page) on
 temporary databases, fills them through the API and photographs the pages in Debian's
 Chromium. Not a test; run it after changing how the pages look.
@@ -78,6 +80,62 @@ def fill(api):
     return backup, deploy, tests
 
 
+SIZES = {"": {"width": 1280, "height": 900}, "-phone": {"width": 390, "height": 844}}
+SCHEMES = ("light", "dark")
+
+
+def shape_page(browser, size, scheme):
+    """A page of one size and colour scheme: `{name}{size}{-dark}.png`."""
+    phone = size == "-phone"
+    page = browser.new_page(viewport=SIZES[size], color_scheme=scheme, is_mobile=phone, has_touch=phone)
+    page.suffix = size + ("-dark" if scheme == "dark" else "")
+    return page
+
+
+def every_shape(browser, srv, auth, tests, deploy):
+    """Each page at 1280 x 900 and 390 x 844, light and dark: {page}[-phone][-dark].png."""
+    for size in SIZES:
+        for scheme in SCHEMES:
+            page = shape_page(browser, size, scheme)
+            sfx = page.suffix
+            page.goto(srv.url + "/")
+            expect(page.get_by_role("link", name="integration-tests").first).to_be_visible()
+            expect(page.get_by_role("button", name="Run demo")).to_be_attached()
+            time.sleep(1)
+            page.screenshot(path=str(OUT / f"home{sfx}.png"))
+            if size == "-phone":       # the rest of the home page: the definitions and their Run
+                page.get_by_role("button", name="Run demo").scroll_into_view_if_needed()
+                time.sleep(0.3)
+                page.screenshot(path=str(OUT / f"home-defs{sfx}.png"))
+
+            page.goto(srv.url + "/queue")
+            page.locator("li.qrow", has_text="integration-tests").locator("button[aria-expanded]").click()
+            expect(page.locator(".qlog .ql-line").first).to_be_visible()
+            time.sleep(1.5)
+            page.screenshot(path=str(OUT / f"queue{sfx}.png"))
+
+            page.goto(f"{srv.url}/jobs/{tests}")
+            expect(page.locator("#L20")).to_be_attached()
+            time.sleep(1.5)
+            page.screenshot(path=str(OUT / f"job{sfx}.png"))
+
+            page.goto(f"{srv.url}/search?q=test_module_1")
+            expect(page.locator(".result").first).to_be_visible()
+            time.sleep(1)
+            page.screenshot(path=str(OUT / f"search{sfx}.png"))
+
+            page.goto(srv.url + "/no/such/page")
+            time.sleep(0.5)
+            page.screenshot(path=str(OUT / f"404{sfx}.png"))
+
+            page.goto(auth.url + "/")
+            page.get_by_label("API token").fill("wrong")
+            page.get_by_role("button", name="Log in").click()
+            expect(page.get_by_role("alert")).to_be_visible()
+            page.screenshot(path=str(OUT / f"login{sfx}.png"))
+            page.close()
+
+
 def main():
     if not os.path.exists(CHROMIUM):
         sys.exit(f"{CHROMIUM} is not installed")
@@ -92,24 +150,10 @@ def main():
     try:
         api = httpx.Client(base_url=srv.url, timeout=30)
         backup, deploy, tests = fill(api)
-        demo = api.post("/api/jobs", json={"definition": "demo"})
-        demo = demo.json()["id"] if demo.status_code == 201 else None
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1360, "height": 900})
-            page.goto(srv.url + "/")
-            expect(page.get_by_role("link", name="integration-tests").first).to_be_visible()
-            expect(page.locator(".svc .ql-line").first).to_be_visible()
-            time.sleep(1)
-            page.screenshot(path=str(OUT / "home.png"))
-
-            page.goto(srv.url + "/queue")
-            for name in ("integration-tests", "deploy-eu-west"):
-                page.locator("li.qrow", has_text=name).locator("button[aria-expanded]").click()
-            expect(page.locator(".qlog .ql-line").first).to_be_visible()
-            time.sleep(1.5)
-            page.screenshot(path=str(OUT / "queue.png"))
-
+            every_shape(browser, srv, auth, tests, deploy)
+            page = browser.new_page(viewport=SIZES[""])
             page.goto(f"{srv.url}/jobs/{tests}#L20")
             expect(page.locator("#L20")).to_be_in_viewport()
             page.get_by_role("searchbox", name="Search the log").fill("deprecat")
@@ -117,37 +161,19 @@ def main():
             post(api, [{"level": "info", "message": f"{ESC}[32mPASSED{ESC}[0m tests/test_live.py (streamed)",
                         "job_id": tests, "step": "unit"}])
             time.sleep(1.5)
-            page.screenshot(path=str(OUT / "job.png"))
+            page.screenshot(path=str(OUT / "job-search.png"))
 
             page.goto(f"{srv.url}/jobs/{deploy}")
             expect(page.locator("#L3")).to_be_visible()
             time.sleep(1)
             page.screenshot(path=str(OUT / "job-failed.png"))
 
-            phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
-            phone.goto(f"{srv.url}/jobs/{tests}")
-            expect(phone.locator("#L20")).to_be_attached()
-            time.sleep(1.5)
-            phone.screenshot(path=str(OUT / "job-phone.png"))
-            phone.close()
-            for path, name in ((f"/jobs/{tests}", "job-dark.png"), ("/", "home-dark.png")):
-                dark = browser.new_page(viewport={"width": 1360, "height": 900}, color_scheme="dark")
-                dark.goto(srv.url + path)
-                time.sleep(1.5)
-                dark.screenshot(path=str(OUT / name))
-                dark.close()
-
-            if demo:
-                page.goto(f"{srv.url}/jobs/{demo}")
+            demo = api.post("/api/jobs", json={"definition": "demo"})
+            if demo.status_code == 201:
+                page.goto(f"{srv.url}/jobs/{demo.json()['id']}")
                 expect(page.locator(".stephead").get_by_role("button", name=re.compile("^trickle.*running"))).to_be_visible(timeout=30000)
                 time.sleep(4)
                 page.screenshot(path=str(OUT / "job-demo-running.png"))
-
-            page.goto(auth.url + "/")
-            page.get_by_label("API token").fill("wrong")
-            page.get_by_role("button", name="Log in").click()
-            time.sleep(0.5)
-            page.screenshot(path=str(OUT / "login.png"))
             browser.close()
     finally:
         srv.stop()
