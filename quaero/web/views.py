@@ -65,13 +65,15 @@ def template_globals():
 
 
 def _static_version():
-    """A cache-buster for our assets: their newest modification time."""
+    """A cache-buster for our assets: the newest modification time of the scripts and the
+    stylesheet (a change to the stylesheet alone must reach browsers too)."""
     state = current_app.extensions.setdefault("quaero_views", {})
     if "static_version" not in state:
-        folder = os.path.join(current_app.static_folder, "js")
+        folders = [os.path.join(current_app.static_folder, name) for name in ("js", "css")]
         try:
             state["static_version"] = str(int(max(
-                os.path.getmtime(os.path.join(folder, f)) for f in os.listdir(folder))))
+                os.path.getmtime(os.path.join(folder, f))
+                for folder in folders for f in os.listdir(folder))))
         except (OSError, ValueError):
             state["static_version"] = "0"
     return state["static_version"]
