@@ -1003,6 +1003,8 @@ class QuaeroModel(RuleBasedStateMachine):
                         self.delete_job_obj(job)
                         if not job.deleted:
                             s.change, target = None, None  # running: 409, nothing changed
+                        else:  # its own lines went with it: they may never be sent
+                            s.change = (job.id, target, {i for i in want if i in self.lines})
                     else:
                         self.set_status(job, finish)
                 want = [i for i in want if i in self.lines]  # a deleted job's may never come
