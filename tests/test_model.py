@@ -24,6 +24,13 @@ carries; service-log and everywhere-search reads always ask for ``q`` containing
 token, so the model knows every line such a read can return (the server's own service
 lines, and other examples' lines, never match).
 
+Where the contract leaves room, the model accepts either answer: a resume (or ``after``)
+above every id the example saw may be beyond the server's newest id, and then the stream
+may start afresh with the tail (or a poll answer ``last_id`` = the newest); a deleted job's
+own lines that a stream still held for its 150 ms pacing may never be sent (they went with
+the job), while every other line committed before a status change must precede its
+``status``/``end``; a finished job's cancel or PATCH is a 409 or changes nothing.
+
 Configurations: SQLite with one worker; PostgreSQL + Redis with two workers
 (QUAERO_TEST_POSTGRES_URL and QUAERO_TEST_REDIS_URL; skipped when they are not set).
 
@@ -51,7 +58,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule, run_state_machine_as_test)
 
-from tests.conftest import REDIS_URL, Server
+from tests.helpers import REDIS_URL, Server
 from tests.sse_client import SSEClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
