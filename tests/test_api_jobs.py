@@ -100,7 +100,7 @@ def test_service_log_names_the_job(c):
 
 
 def test_token(tmp_path, sqlite_url):
-    from tests.conftest import make_app
+    from tests.helpers import make_app
     app = make_app(sqlite_url, tmp_path, QUAERO_API_TOKEN="s3cret")
     try:
         c = app.test_client()

@@ -117,7 +117,7 @@ def test_size_limits(c, any_app):
 
 
 def test_body_over_the_limit_is_refused_before_parsing(tmp_path, sqlite_url):
-    from tests.conftest import make_app
+    from tests.helpers import make_app
     app = make_app(sqlite_url, tmp_path, MAX_CONTENT_LENGTH=1000)
     try:
         r = app.test_client().post("/api/logs", data=b"{" + b" " * 2000 + b"}",

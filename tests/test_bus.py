@@ -5,7 +5,7 @@ import gevent
 from gevent.pool import Group
 
 from quaero.bus import RedisBus, redact
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 def test_redact_hides_only_the_password():

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 
 
 def define(tmp_path, name, text):

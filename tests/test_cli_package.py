@@ -18,7 +18,7 @@ import pytest
 
 from quaero import __version__
 from quaero.config import Config, ConfigError
-from tests.conftest import ROOT, Server, free_port
+from tests.helpers import ROOT, Server, free_port
 
 SERVER_ONLY = ("flask", "gevent", "sqlalchemy")
 

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.helpers import eventually, free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG_URL = os.environ.get("QUAERO_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("QUAERO_TEST_REDIS_URL")
@@ -33,24 +35,6 @@ ENTRIES = {  # the three ways the issue names, as a user types them in the check
     "gunicorn wsgi:app": [sys.executable, "-m", "gunicorn", "wsgi:app"],
 }
 server_test = [pytest.mark.server, pytest.mark.slow]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def eventually(check, timeout, interval=0.05, what="the condition"):
-    """``check()``'s first true value, polled until ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {timeout} s")
-        time.sleep(interval)
 
 
 def base_env(tmp_path, **settings):
@@ -476,9 +460,9 @@ def test_700_streams_on_600_connections_all_answered(db, server_factory, request
     if db == "postgresql":
         if not PG_URL:
             pytest.skip("QUAERO_TEST_POSTGRES_URL is not set: PostgreSQL tests run in CI")
-        from tests.conftest import _reset_pg
+        from tests.helpers import reset_pg
         env["QUAERO_DATABASE_URL"] = request.getfixturevalue("pg_database")
-        _reset_pg(env["QUAERO_DATABASE_URL"])
+        reset_pg(env["QUAERO_DATABASE_URL"])
     server = server_factory(env=env)
     import httpx
     assert httpx.get(server.url + "/healthz").json()["streams"]["max"] == 540

@@ -12,7 +12,7 @@ import gevent
 import httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 JS = os.path.join(ROOT, "tests", "js")
 ENV = {"QUAERO_STREAM_RETRY_SCALE": "0.1", "QUAERO_PING_INTERVAL": "1"}

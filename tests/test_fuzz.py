@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Server
+from tests.helpers import Server
 
 
 @pytest.fixture(scope="module")

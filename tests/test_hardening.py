@@ -9,7 +9,7 @@ import gevent
 import httpx
 import pytest
 
-from tests.conftest import PG_URL, make_app
+from tests.helpers import PG_URL, make_app
 from tests.sse_client import SSEClient
 from tests.tcp_proxy import TCPProxy
 
@@ -170,8 +170,8 @@ def test_sigterm_drains_ingest_and_closes_streams(server_factory, tmp_path):
 
 @pytest.fixture
 def pg_behind_proxy(pg_database):
-    from tests.conftest import _reset_pg
-    _reset_pg(pg_database)
+    from tests.helpers import reset_pg
+    reset_pg(pg_database)
     proxy = TCPProxy("127.0.0.1", 5432).start()
     host_part = pg_database.split("@", 1)[1].split("/", 1)
     url = pg_database.replace(host_part[0], f"127.0.0.1:{proxy.port}")

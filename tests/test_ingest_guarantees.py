@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from quaero.web.otlp import count_records
-from tests.conftest import REDIS_URL, make_app
+from tests.helpers import REDIS_URL, make_app
 
 
 def _job(c, name="j", steps=("test",)):
@@ -133,8 +133,8 @@ def test_records_older_than_a_day_are_forgotten(any_app):
 # --- a stalled database: answered within the bound, never committed later -----------------
 
 def test_a_write_stalled_past_its_deadline_is_refused_and_never_committed(pg_database, tmp_path):
-    from tests.conftest import _reset_pg
-    _reset_pg(pg_database)
+    from tests.helpers import reset_pg
+    reset_pg(pg_database)
     app = make_app(pg_database, tmp_path, QUAERO_INGEST_TIMEOUT=1.0)
     c = app.test_client()
     try:
@@ -154,9 +154,9 @@ def test_a_write_stalled_past_its_deadline_is_refused_and_never_committed(pg_dat
 
 
 def test_a_frozen_database_gives_prompt_503s_not_hangs(pg_database, tmp_path):
-    from tests.conftest import _reset_pg
+    from tests.helpers import reset_pg
     from tests.tcp_proxy import TCPProxy
-    _reset_pg(pg_database)
+    reset_pg(pg_database)
     proxy = TCPProxy("127.0.0.1", 5432).start()
     host = pg_database.split("@", 1)[1].split("/", 1)[0]
     url = pg_database.replace(host, f"127.0.0.1:{proxy.port}")

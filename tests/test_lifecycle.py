@@ -5,7 +5,7 @@ import gc
 import gevent
 import pytest
 
-from tests.conftest import REDIS_URL, make_app
+from tests.helpers import REDIS_URL, make_app
 
 
 def _running_quaero_greenlets():
@@ -70,7 +70,7 @@ def test_a_gunicorn_without_our_config_starts_the_work(tmp_path):
 
     import httpx
 
-    from tests.conftest import ROOT, free_port
+    from tests.helpers import ROOT, free_port
     port = free_port()
     env = dict(os.environ, QUAERO_DATABASE_URL=f"sqlite:///{tmp_path}/q.db",
                QUAERO_JOBS_DIR=str(tmp_path / "jobs"))

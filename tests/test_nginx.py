@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 from tests.sse_client import SSEClient
 
 

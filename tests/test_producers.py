@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import ROOT, Server, free_port
+from .helpers import ROOT, Server, free_port
 
 
 @pytest.fixture

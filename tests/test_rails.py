@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, make_app
+from tests.helpers import ROOT, free_port, make_app
 
 TOKEN = "rails-" + "t0k3n" * 6
 DEEP = "[" * 100000 + "]" * 100000

@@ -61,7 +61,7 @@ def test_retention_days_drops_old_finished_jobs_and_service_lines(any_app):
 def test_pruner_runs_in_the_background(tmp_path, sqlite_url):
     import gevent
 
-    from tests.conftest import make_app
+    from tests.helpers import make_app
     app = make_app(sqlite_url, tmp_path, QUAERO_MAX_LINES_PER_JOB=100, QUAERO_PRUNE_INTERVAL=0.1)
     try:
         c = app.test_client()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import make_app
+from tests.helpers import eventually, make_app
 from tests.sse_client import SSEClient
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -79,13 +79,6 @@ def service_messages(c):
 
 def steps_of(job):
     return [(s["name"], s["status"]) for s in job["steps"]]
-
-
-def wait_for(predicate, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        gevent.sleep(0.05)
 
 
 def pid_gone(pid):
@@ -375,7 +368,7 @@ def test_cancel_kills_the_whole_process_group(tmp_path, database_url):
                 if word in ("stubborn", "sleeper", "leader") and pid.isdigit():
                     found[word] = int(pid)
             return found
-        wait_for(lambda: len(pids()) == 3, what="the step's processes")
+        eventually(lambda: len(pids()) == 3, what="the step's processes")
         procs = pids()
         assert not any(pid_gone(p) for p in procs.values())
         asked = time.monotonic()
@@ -384,7 +377,7 @@ def test_cancel_kills_the_whole_process_group(tmp_path, database_url):
         job = wait_job(c, job_id, until=("cancelled",), timeout=15)
         assert time.monotonic() - asked < 10
         assert steps_of(job) == [("long", "cancelled"), ("after", "skipped")]
-        wait_for(lambda: all(pid_gone(p) for p in procs.values()), timeout=10,
+        eventually(lambda: all(pid_gone(p) for p in procs.values()), timeout=10,
                  what="every process of the group to be killed (SIGTERM, then SIGKILL)")
         lines = job_lines(c, job_id)
         assert "never" not in [ln["message"] for ln in lines]
@@ -409,7 +402,7 @@ def test_concurrent_cancels_of_a_running_job_stop_it_once(tmp_path, database_url
             run = "echo up; sleep 300"
         """)
         job_id = start(c, "long")["id"]
-        wait_for(lambda: "up" in [ln["message"] for ln in job_lines(c, job_id)],
+        eventually(lambda: "up" in [ln["message"] for ln in job_lines(c, job_id)],
                  what="the step to run")
         from gevent.event import Event
         go = Event()
@@ -450,7 +443,7 @@ def test_cancel_pending_and_python_steps(tmp_path, sqlite_url):
         first = start(c, "forever")["id"]
         second = start(c, "forever")["id"]
         wait_job(c, first, until=("running",))
-        wait_for(lambda: len(job_lines(c, first)) > 3, what="ticks")
+        eventually(lambda: len(job_lines(c, first)) > 3, what="ticks")
         assert c.get(f"/api/jobs/{second}").json["status"] == "pending"
         r = c.post(f"/api/jobs/{second}/cancel")
         assert r.status_code == 202 and r.json["status"] == "cancelled"
@@ -544,11 +537,11 @@ def test_a_claim_starts_the_job_after_the_end_that_made_room(tmp_path, pg_databa
     makes room for it. The claimed job's started_at is not older than that end: taken
     before the wait, it said three jobs ran at once under a bound of two (the two-runner
     test failed 2 runs in 30 so)."""
-    from tests.conftest import _reset_pg
+    from tests.helpers import reset_pg
     from quaero import jobs as jobops
     from quaero.runner.leases import CLAIM_LOCK, Leases
-    _reset_pg(pg_database)
-    app = make_app(pg_database, tmp_path)
+    reset_pg(pg_database)
+    app = make_app(pg_database, tmp_path, start=False)  # this test's Leases is the only runner
     engine = app.extensions["quaero"].engine
     try:
         with app.app_context():
@@ -562,7 +555,7 @@ def test_a_claim_starts_the_job_after_the_end_that_made_room(tmp_path, pg_databa
             claim = gevent.spawn(leases.claim, second, 1)
             waiting = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                               "AND NOT granted")
-            wait_for(lambda: holder.execute(waiting).scalar() == 1, what="the claim to wait")
+            eventually(lambda: holder.execute(waiting).scalar() == 1, what="the claim to wait")
             with app.app_context():
                 jobops.set_job_status(first, "completed")
             holder.commit()
@@ -653,7 +646,17 @@ def test_definition_files_with_errors(c, any_app, tmp_path):
 
 # --- recovery after a crash --------------------------------------------------------------
 
-def test_jobs_of_dead_runners_are_failed_at_start(c, any_app):
+def test_jobs_of_dead_runners_are_failed_at_start(database_url, tmp_path):
+    # the runner starts (and recovers) only once the jobs below are in place, as in a
+    # worker that starts after others died
+    any_app = make_app(database_url, tmp_path, start=False)
+    try:
+        _dead_runners_are_failed_at_start(any_app, any_app.test_client())
+    finally:
+        any_app.extensions["quaero"].close()
+
+
+def _dead_runners_are_failed_at_start(any_app, c):
     from quaero import jobs as jobops
     from quaero.models import Job, heartbeats_t, leases_t
     from quaero.runner.leases import epoch_ms as _epoch_ms, runner_number as _runner_number
@@ -684,7 +687,7 @@ def test_jobs_of_dead_runners_are_failed_at_start(c, any_app):
                 continue
             conn.execute(leases_t.insert().values(job_id=ids[label], runner_id=owner))
             conn.execute(heartbeats_t.insert().values(runner_id=owner, beat_ms=beats[label]))
-    c.get("/healthz")  # the first request starts this process's runner
+    any_app.extensions["quaero"].start()
     for label in ("dead_pid", "stale_elsewhere", "no_lease"):
         assert wait_job(c, ids[label], timeout=15)["status"] == "failed", label
     gevent.sleep(0.5)
@@ -780,7 +783,7 @@ def test_cancel_on_a_real_stream_ends_it(served):
     assert last["job"]["status"] == "cancelled"
     assert [(st["name"], st["status"]) for st in last["steps"]] == [
         ("wait", "cancelled"), ("never", "skipped")]
-    wait_for(lambda: pid_gone(pid), timeout=10, what="the step's process to die")
+    eventually(lambda: pid_gone(pid), timeout=10, what="the step's process to die")
 
 
 def test_a_killed_server_leaves_its_job_failed_after_restart(tmp_path, served, server_factory):
@@ -792,7 +795,7 @@ def test_a_killed_server_leaves_its_job_failed_after_restart(tmp_path, served, s
             for ln in api.get(f"/api/logs?scope=job&job_id={job_id}").json()["logs"]:
                 if ln["message"].startswith("pid "):
                     return int(ln["message"].split()[1])
-        wait_for(lambda: step_pid() is not None, what="the step to start")
+        eventually(lambda: step_pid() is not None, what="the step to start")
         pid = step_pid()
         os.killpg(served.proc.pid, signal.SIGKILL)  # gunicorn and its worker die at once
         served.proc.wait()
@@ -802,18 +805,18 @@ def test_a_killed_server_leaves_its_job_failed_after_restart(tmp_path, served, s
 
         def status():
             return api.get(f"/api/jobs/{job_id}").json()["status"]
-        wait_for(lambda: status() == "failed", timeout=20, what="recovery")
+        eventually(lambda: status() == "failed", timeout=20, what="recovery")
         messages = [ln["message"] for ln in
                     api.get("/api/logs?scope=service&limit=500").json()["logs"]]
         assert any(job_id in m and "failed" in m and "no longer exists" in m for m in messages)
         # a graceful stop ends the running job and kills its processes
         job2 = api.post("/api/jobs", json={"definition": "long"}).json()["id"]
-        wait_for(lambda: any(ln["message"].startswith("pid ") for ln in api.get(
+        eventually(lambda: any(ln["message"].startswith("pid ") for ln in api.get(
             f"/api/logs?scope=job&job_id={job2}").json()["logs"]), what="second job")
         pid2 = next(int(ln["message"].split()[1]) for ln in api.get(
             f"/api/logs?scope=job&job_id={job2}").json()["logs"] if ln["message"].startswith("pid "))
         again.stop()
-        wait_for(lambda: pid_gone(pid2), timeout=10, what="the stopped server's step to die")
+        eventually(lambda: pid_gone(pid2), timeout=10, what="the stopped server's step to die")
         engine = sa.create_engine(again.env["QUAERO_DATABASE_URL"])
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT status FROM jobs WHERE id = :i"),
@@ -864,11 +867,11 @@ def test_two_gunicorn_workers_share_the_jobs(tmp_path, server_factory):
                 for ln in api.get(f"/api/logs?scope=job&job_id={job_id}").json()["logs"]:
                     if ln["message"].startswith("pid "):
                         return int(ln["message"].split()[1])
-            wait_for(step_pid, what="the long step")
+            eventually(step_pid, what="the long step")
             pid = step_pid()
             asked = time.monotonic()
             assert api.post(f"/api/jobs/{job_id}/cancel").status_code == 202
-            wait_for(lambda: api.get(f"/api/jobs/{job_id}").json()["status"] == "cancelled",
+            eventually(lambda: api.get(f"/api/jobs/{job_id}").json()["status"] == "cancelled",
                      timeout=15, what="cancelled")
-            wait_for(lambda: pid_gone(pid), timeout=15, what="the step's process to die")
+            eventually(lambda: pid_gone(pid), timeout=15, what="the step's process to die")
             assert time.monotonic() - asked < 12

@@ -14,14 +14,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import REDIS_URL, free_port
+from tests.helpers import REDIS_URL, free_port
 from tests.sse_client import SSEClient
 
 
 @pytest.fixture
 def pg_url(pg_database):
-    from tests.conftest import _reset_pg
-    _reset_pg(pg_database)
+    from tests.helpers import reset_pg
+    reset_pg(pg_database)
     return pg_database
 
 

@@ -328,21 +328,21 @@ def wait_indexed(app, last_id, timeout=10):
 @pytest.fixture
 def c_locale_pg(pg_database):
     """A PostgreSQL database whose own locale folds only ASCII (LC_CTYPE C)."""
-    from tests.conftest import _pg_admin
+    from tests.helpers import pg_admin
     name = pg_database.rsplit("/", 1)[1] + "_c"
-    with _pg_admin() as conn:
+    with pg_admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\' '
                      "LC_COLLATE 'C' LC_CTYPE 'C'")
     yield pg_database.rsplit("/", 1)[0] + "/" + name
-    with _pg_admin() as conn:
+    with pg_admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_q_folds_case_the_same_whatever_the_postgresql_locale(c_locale_pg, tmp_path):
     """The database's own locale does not decide: a database created with LC_CTYPE C
     (whose lower() and ILIKE fold only ASCII) answers as every other."""
-    from tests.conftest import make_app
+    from tests.helpers import make_app
     app = make_app(c_locale_pg, tmp_path)
     try:
         c = app.test_client()

@@ -12,7 +12,7 @@ import gevent
 import httpx
 import pytest
 
-from tests.conftest import ROOT, _reset_pg
+from tests.helpers import ROOT, reset_pg
 from tests.test_stream import metric
 
 PRODUCERS, POSTS, LINES, LINE_BYTES = 4, 25, 32, 16 << 10  # 3,200 lines, about 50 MB
@@ -116,7 +116,7 @@ def test_a_reader_that_reads_gets_every_line_of_a_burst_of_big_lines(
     env = {"QUAERO_STREAM_BUFFER_BYTES": str(buffer_bytes)} if buffer_bytes else {}
     if database == "postgresql":
         env["QUAERO_DATABASE_URL"] = request.getfixturevalue("pg_database")
-        _reset_pg(env["QUAERO_DATABASE_URL"])
+        reset_pg(env["QUAERO_DATABASE_URL"])
     srv = server_factory(env=env)
     api = httpx.Client(base_url=srv.url, timeout=30)
     job = api.post("/api/jobs", json={"name": "burst", "steps": []}).json()["id"]

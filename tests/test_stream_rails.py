@@ -10,7 +10,7 @@ import gevent
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Server, _reset_pg
+from tests.helpers import ROOT, Server, reset_pg
 from tests.sse_client import SSEClient
 from tests.test_stream import assert_refused, ids_of, new_job, post, stream
 
@@ -262,7 +262,7 @@ def test_a_database_that_does_not_answer_refuses_the_stream_in_bounded_time(
     database): past QUAERO_DB_TIMEOUT the stream is told to retry, as when the database is
     away, instead of hanging."""
     import psycopg
-    _reset_pg(pg_database)
+    reset_pg(pg_database)
     srv = server_factory(env={"QUAERO_DATABASE_URL": pg_database, "QUAERO_DB_TIMEOUT": "1"})
     assert httpx.post(f"{srv.url}/api/logs", json={"logs": [
         {"level": "info", "message": "before"}]}).status_code == 201

@@ -27,7 +27,7 @@ import httpx  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from tests.browser.conftest import ARGS, CHROMIUM, new_job, post, set_status  # noqa: E402
-from tests.conftest import ROOT, Server  # noqa: E402
+from tests.helpers import ROOT, Server  # noqa: E402
 
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(ROOT) / "docs" / "screenshots"
 ESC = "\x1b"

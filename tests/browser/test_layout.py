@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import ROOT, Server
+from tests.helpers import ROOT, Server
 
 from .conftest import ARGS, CHROMIUM, TIMEOUT, new_job, post, set_status
 

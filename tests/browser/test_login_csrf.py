@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from tests.conftest import make_app
+from tests.helpers import make_app
 
 TOKEN = "t0ken-for-tests"
 

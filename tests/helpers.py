@@ -1,0 +1,149 @@
+"""What the tests share besides pytest's fixtures (those are in conftest.py): the app as a
+worker runs it, a real gunicorn, free ports, PostgreSQL's admin connection, and
+``eventually`` — the one way to wait for something (never sleep, then assert)."""
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PG_URL = os.environ.get("QUAERO_TEST_POSTGRES_URL")
+REDIS_URL = os.environ.get("QUAERO_TEST_REDIS_URL")
+
+
+def eventually(check, timeout=20.0, interval=0.05, what=None):
+    """Call ``check`` until it returns something truthy (returned) or stops raising
+    AssertionError; after ``timeout`` seconds the last failure is raised. The one way the
+    tests wait: polling with a deadline, never a fixed sleep followed by an assert."""
+    import gevent
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            failure = AssertionError(f"{what or 'condition'} not met within {timeout:g} s")
+        except AssertionError as exc:
+            failure = exc
+        if time.monotonic() >= deadline:
+            raise failure
+        gevent.sleep(interval)
+
+
+def free_port():
+    """A port free now (another process may take it before it is used: Server retries)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+
+def pg_admin():
+    import psycopg
+    url = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    return psycopg.connect(url, autocommit=True)
+
+
+def reset_pg(url):
+    import sqlalchemy as sa
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        tables = conn.execute(sa.text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'alembic_version'")).scalars().all()
+        if tables:
+            conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+    engine.dispose()
+
+
+def make_app(url, tmp_path, start=True, **extra):
+    """The app on ``url``, its background work started as gunicorn's post_worker_init
+    starts a worker's (``start=False``: none, for a test that plays a part itself)."""
+    from quaero import create_app
+    config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": url,
+              "INSTANCE_PATH": str(tmp_path / "instance"), "QUAERO_JOBS_DIR": str(tmp_path / "jobs")}
+    config.update(extra)
+    app = create_app(config)
+    if start:
+        app.extensions["quaero"].start()
+    return app
+
+
+class Server:
+    """A real gunicorn (gevent worker) on a free port, as `python app.py` runs it."""
+
+    def __init__(self, tmp_path, env=None, workers=1, port=None):
+        self.tmp_path = tmp_path
+        self.fixed_port = port is not None
+        self.env = dict(os.environ)
+        self.env.update({"QUAERO_HOST": "127.0.0.1", "QUAERO_WORKERS": str(workers),
+                         "QUAERO_DATABASE_URL": f"sqlite:///{tmp_path}/server.db",
+                         "QUAERO_JOBS_DIR": str(tmp_path / "jobs"),
+                         "PYTHONUNBUFFERED": "1"})
+        self.env.update(env or {})
+        self._use_port(port or free_port())
+        self.proc = None
+
+    def _use_port(self, port):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env["QUAERO_PORT"] = str(port)
+        self.log_path = self.tmp_path / f"gunicorn-{port}.log"
+
+    def start(self, timeout=20):
+        """Start and wait for /healthz; a port another process took meanwhile (free_port
+        races) is traded for another, unless the test asked for that port."""
+        for _ in range(3):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                if self.fixed_port:
+                    raise
+                self._use_port(free_port())
+        return self._start(timeout)
+
+    def _start(self, timeout):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", os.path.join(ROOT, "gunicorn.conf.py"),
+             "wsgi:app"], cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        import urllib.request
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.close()
+                text = self.log_path.read_text(errors="replace")
+                if _IN_USE.search(text):
+                    raise _PortTaken(text)
+                raise RuntimeError(f"gunicorn exited: {text[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gunicorn did not come up: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+
+    def logs(self):
+        return self.log_path.read_text(errors="replace")
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+_IN_USE = re.compile(r"in use|Address already in use|Errno 98")
