@@ -4,15 +4,11 @@ Never downloads a browser. The browser is launched once per module; each test ge
 fresh context (cookies, storage) and a page that records console errors.
 """
 import os
-import re
 
 import httpx
 import pytest
 
-CHROMIUM = os.environ.get("QUAERO_TEST_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
-TIMEOUT = 20_000  # ms: generous, for a loaded 2-core machine
+from tests.browser.helpers import ARGS, CHROMIUM, TIMEOUT
 
 
 @pytest.fixture(scope="module")
@@ -54,27 +50,3 @@ def live(server_factory):
     with httpx.Client(base_url=srv.url, timeout=30) as client:
         client.server = srv
         yield client
-
-
-def new_job(api, name="job", steps=("build", "test")):
-    r = api.post("/api/jobs", json={"name": name, "steps": list(steps)})
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
-
-
-def post(api, lines):
-    r = api.post("/api/logs", json={"logs": lines})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def set_status(api, job_id, status, step=None):
-    url = f"/api/jobs/{job_id}" + (f"/steps/{step}" if step else "")
-    r = api.patch(url, json={"status": status})
-    assert r.status_code == 200, r.text
-
-
-def streams_open(api, scope):
-    text = api.get("/metrics").text
-    m = re.search(r'^quaero_sse_streams_open\{scope="%s"\} ([0-9.e+]+)$' % scope, text, re.M)
-    return float(m.group(1)) if m else 0.0

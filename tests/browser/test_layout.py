@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from tests.helpers import ROOT, Server
 
-from .conftest import ARGS, CHROMIUM, TIMEOUT, new_job, post, set_status
+from .helpers import TIMEOUT, new_job, post, set_status
 
 pytestmark = pytest.mark.server     # its own server, shared by the module (conftest marks browsers slow)
 

@@ -3,7 +3,7 @@ import re
 
 from playwright.sync_api import expect
 
-from .conftest import new_job, post, set_status, streams_open
+from .helpers import new_job, post, set_status, streams_open
 
 
 def service_panel(page):

@@ -5,7 +5,7 @@ import time
 import httpx
 from playwright.sync_api import expect
 
-from .conftest import new_job, post, set_status
+from .helpers import new_job, post, set_status
 from .test_pages import service_panel
 
 FAST = {"QUAERO_PING_INTERVAL": "1"}

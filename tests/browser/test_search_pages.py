@@ -5,7 +5,7 @@ import re
 
 from playwright.sync_api import expect
 
-from .conftest import new_job, post, set_status
+from .helpers import new_job, post, set_status
 
 
 def job_lines(page):

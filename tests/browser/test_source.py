@@ -1,7 +1,7 @@
 """A line's ``source`` is shown beside its level, in real Chromium."""
 from playwright.sync_api import expect
 
-from .conftest import new_job, post
+from .helpers import new_job, post
 
 
 def test_source_is_shown_beside_the_level(live, page):

@@ -8,7 +8,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import TIMEOUT, new_job, post, set_status
+from .helpers import TIMEOUT, new_job, post, set_status
 
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
