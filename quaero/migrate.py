@@ -109,7 +109,7 @@ def init_db(engine):
     to run concurrently and repeatedly."""
     import secrets
 
-    from .models import DEPLOYMENT_KEY, ID_KEY, SERVICE_KEY, counters_t
+    from .models import DEPLOYMENT_KEY, ID_KEY, SERVICE_KEY, counters_t, log_t
     upgrade(engine)
     for key, value in ((ID_KEY, 0), (SERVICE_KEY, 0), (DEPLOYMENT_KEY, secrets.randbits(62))):
         with engine.begin() as conn:
@@ -119,3 +119,9 @@ def init_db(engine):
                     conn.execute(counters_t.insert().values(key=key, value=value))
                 except sa.exc.IntegrityError:  # another process won the race
                     pass
+    # The id allocator is never behind the lines it handed out (a database restored or
+    # copied in parts): behind them, every write would collide with a stored id.
+    newest = sa.select(sa.func.coalesce(sa.func.max(log_t.c.id), 0)).scalar_subquery()
+    with engine.begin() as conn:
+        conn.execute(counters_t.update().where(counters_t.c.key == ID_KEY,
+                                               counters_t.c.value < newest).values(value=newest))

@@ -75,3 +75,25 @@ def test_log_volume_is_counted_from_the_lines_and_the_marks_go(database_url):
             ("service", "", 20, 1795996802, 1)]
         assert "log_volume_marks" not in sa.inspect(conn).get_table_names()
     engine.dispose()
+
+
+def test_the_id_allocator_is_never_behind_the_stored_lines(database_url, tmp_path):
+    """A database whose id counter is behind its lines (restored or copied in parts) made
+    every write collide with a stored id (500 for ever); the start sets it right."""
+    import sqlalchemy as sa
+
+    from tests.helpers import make_app
+    app = make_app(database_url, tmp_path)
+    c = app.test_client()
+    assert c.post("/api/logs", json={"logs": [{"level": "info", "message": m}
+                                              for m in "abc"]}).status_code == 201
+    engine = app.extensions["quaero"].engine
+    app.extensions["quaero"].close()
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE line_counters SET value = 0 WHERE key = '__id__'"))
+    again = make_app(database_url, tmp_path)
+    try:
+        r = again.test_client().post("/api/logs", json={"logs": [{"level": "info", "message": "d"}]})
+        assert r.status_code == 201 and r.json["first_id"] == 4
+    finally:
+        again.extensions["quaero"].close()

@@ -58,7 +58,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule, run_state_machine_as_test)
 
-from tests.helpers import REDIS_URL, Server
+from tests.helpers import REDIS_URL, Server, reset_pg
 from tests.sse_client import SSEClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -1093,6 +1093,7 @@ def sqlite_server(tmp_path_factory):
 def pg_server(tmp_path_factory, pg_database):
     if not REDIS_URL:
         pytest.skip("QUAERO_TEST_REDIS_URL is not set: the PostgreSQL + Redis model runs in CI")
+    reset_pg(pg_database)  # the session's database, as other modules' tests left it: emptied
     server = Server(tmp_path_factory.mktemp("model-pg"), workers=2,
                     env={"QUAERO_DATABASE_URL": pg_database,
                          "QUAERO_REDIS_URL": REDIS_URL}).start(timeout=60)
