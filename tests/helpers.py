@@ -71,6 +71,32 @@ def make_app(url, tmp_path, start=True, **extra):
     return app
 
 
+def nginx_conf(tmp_path, upstreams, listen_port):
+    """docs/nginx-quaero.conf as shipped, in front of ``upstreams`` (ports) on
+    ``listen_port``, inside a minimal nginx.conf of Debian's defaults (gzip on: the site
+    must turn it off for streams); returns the file's path."""
+    site = open(os.path.join(ROOT, "docs", "nginx-quaero.conf")).read()
+    assert site.count("server 127.0.0.1:5000;") == 1 and site.count("listen 80;") == 1
+    site = site.replace("server 127.0.0.1:5000;",
+                        "\n".join(f"server 127.0.0.1:{p};" for p in upstreams))
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/body;
+    proxy_temp_path {tmp_path}/proxy;
+    gzip on; gzip_types text/event-stream application/json;
+    {site}
+}}
+""")
+    return conf
+
+
 class Server:
     """A real gunicorn (gevent worker) on a free port, as `python app.py` runs it."""
 

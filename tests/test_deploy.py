@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.helpers import eventually, free_port
+from tests.helpers import eventually, free_port, nginx_conf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PG_URL = os.environ.get("QUAERO_TEST_POSTGRES_URL")
@@ -327,24 +327,8 @@ def test_deploy_doc_unit_and_nginx_site(tmp_path, request):
     with open(err, "wb") as journal:
         proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=journal,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    site = open(os.path.join(ROOT, "docs", "nginx-quaero.conf")).read()
-    assert site.count("server 127.0.0.1:5000;") == 1 and site.count("listen 80;") == 1
     front = free_port()
-    site = site.replace("server 127.0.0.1:5000;", f"server 127.0.0.1:{port};")
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{front};")
-    (tmp_path / "nginx.conf").write_text(f"""
-daemon off;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp_path}/body;
-    proxy_temp_path {tmp_path}/proxy;
-    gzip on; gzip_types text/event-stream application/json;  # Debian's; the site turns it off
-    {site}
-}}
-""")
+    nginx_conf(tmp_path, [port], front)
     web = subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
                            stderr=subprocess.DEVNULL)
     stream = None

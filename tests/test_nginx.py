@@ -1,6 +1,5 @@
 """docs/nginx-quaero.conf in front of two Quaero servers: streams flow unbuffered."""
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -8,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import free_port, nginx_conf
 from tests.sse_client import SSEClient
 
 
@@ -21,25 +20,8 @@ def nginx(tmp_path, server_factory):
     from tests.test_scale_out import _init_schema
     _init_schema(db)
     servers = [server_factory(env={"QUAERO_DATABASE_URL": db}) for _ in range(2)]
-    site = open(os.path.join(ROOT, "docs", "nginx-quaero.conf")).read()
-    site = re.sub(r"server 127\.0\.0\.1:5000;",  # the site's one upstream line: both servers
-                  "\n".join(f"server 127.0.0.1:{s.port};" for s in servers), site)
     port = free_port()
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"""
-daemon off;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp_path}/body;
-    proxy_temp_path {tmp_path}/proxy;
-    gzip on; gzip_types text/event-stream application/json;  # the site must turn it off
-    {site}
-}}
-""")
+    conf = nginx_conf(tmp_path, [s.port for s in servers], port)
     proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(tmp_path)])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 10
