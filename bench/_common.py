@@ -68,8 +68,9 @@ class Server:
     """``gunicorn -c gunicorn.conf.py wsgi:app`` as production runs it, on a free port,
     optionally pinned to CPUs (the worker inherits the master's affinity)."""
 
-    def __init__(self, db_url, cpus=None, env=None, workers=1, app="wsgi:app"):
+    def __init__(self, db_url, cpus=None, env=None, workers=1, app="wsgi:app", root=ROOT):
         self.app = app
+        self.root = root  # the checkout to serve (bench/storage.py --before: an older one)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp = tempfile.mkdtemp(prefix="quaero-bench-srv-")
@@ -84,8 +85,8 @@ class Server:
         self.log_path = os.path.join(self.tmp, "gunicorn.log")
 
     def start(self, timeout=30):
-        cmd = [sys.executable, "-m", "gunicorn", "-c", os.path.join(ROOT, "gunicorn.conf.py"),
-               self.app]
+        cmd = [sys.executable, "-m", "gunicorn", "-c",
+               os.path.join(self.root, "gunicorn.conf.py"), self.app]
         self._log = open(self.log_path, "ab")
 
         def pin():
@@ -93,7 +94,7 @@ class Server:
             if self.cpus is not None:
                 os.sched_setaffinity(0, self.cpus)
 
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self._log,
+        self.proc = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=pin)
         deadline = time.monotonic() + timeout

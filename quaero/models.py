@@ -8,6 +8,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase
 
 from .levels import LEVEL_NAMES, LEVELS  # noqa: F401  (re-exported: the one level vocabulary)
+from .levels import WARN as RARE_LEVEL  # the level index holds lines at this level and above
 
 LEVEL_ALIASES = {"warning": "warn"}
 
@@ -90,8 +91,11 @@ class LogEntry(db.Model):
         sa.Index("ix_log_job_id", "job_id", "id"),
         # ... of one step
         sa.Index("ix_log_job_step_id", "job_id", "step_name", "id"),
-        # ... at a level (the planner combines levels for "X and above")
-        sa.Index("ix_log_job_level_id", "job_id", "level", "id"),
+        # ... at warn or error (the rare levels: "info and above" reads ix_log_job_id);
+        # queries._where states the index's condition for the planners to see it applies
+        sa.Index("ix_log_job_level_id", "job_id", "level", "id",
+                 sqlite_where=sa.text(f"level >= {RARE_LEVEL}"),
+                 postgresql_where=sa.text(f"level >= {RARE_LEVEL}")),
     )
     id = sa.Column(BigId, primary_key=True, autoincrement=False)
     job_id = sa.Column(sa.String(32), sa.ForeignKey("jobs.id", ondelete="CASCADE"),

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .models import (ID_KEY, LEVEL_NAMES, LEVELS, SEARCH_KEY, SERVICE_KEY, counters_t, counts_t,
-                     line_dict, log_t)
+from .models import (ID_KEY, LEVEL_NAMES, LEVELS, RARE_LEVEL, SEARCH_KEY, SERVICE_KEY,
+                     counters_t, counts_t, line_dict, log_t)
 
 
 @dataclass(frozen=True)
@@ -160,10 +160,13 @@ def _where(f, dialect):
     """The filter as conditions. "info and above" (the default) matches nearly every line,
     so its level test is kept out of the index choice (``level + 0``): the job's or step's
     index is then read backwards from the newest line, instead of every line at a level
-    being collected and sorted. Rarer levels (warn, error) use the (job, level, id) index."""
+    being collected and sorted. Rarer levels (warn, error) use the (job, level, id) index,
+    which holds only them: its condition is stated as written (a literal), since neither
+    planner proves ``level >= :bound`` implies it."""
     conds = []
-    if f.min_level > LEVELS["info"]:
+    if f.min_level > LEVELS["info"]:  # warn or error: RARE_LEVEL and above
         conds.append(log_t.c.level >= f.min_level)
+        conds.append(log_t.c.level >= sa.literal_column(str(RARE_LEVEL)))
     elif f.min_level > LEVELS["debug"]:
         conds.append((log_t.c.level + 0) >= f.min_level)
     if f.job_ids:
