@@ -42,8 +42,14 @@ class Quaero:
                              stream_cap(cfg["QUAERO_WORKER_CONNECTIONS"], cfg["QUAERO_MAX_STREAMS"]),
                              cfg["QUAERO_WATCH_INTERVAL"])
         self.hub.retry_scale = float(cfg["QUAERO_STREAM_RETRY_SCALE"])
+        archive = None
+        if cfg["QUAERO_ARCHIVE_DIR"]:
+            from .archive import Archiver
+            from .retention import let_others_run
+            archive = Archiver(cfg["QUAERO_ARCHIVE_DIR"], let_others_run)
         self.pruner = Pruner(engine, cfg["QUAERO_RETENTION_DAYS"],
-                             cfg["QUAERO_MAX_LINES_PER_JOB"], cfg["QUAERO_PRUNE_INTERVAL"])
+                             cfg["QUAERO_MAX_LINES_PER_JOB"], cfg["QUAERO_PRUNE_INTERVAL"],
+                             cfg["QUAERO_MAX_DB_BYTES"], self.disk, archive)
         self.log_handler = IngestHandler(self.ingestor)
         self.runner = Runner(app, self)
         self.version = __version__  # what /healthz reports
@@ -110,8 +116,10 @@ class Quaero:
 
 def _sqlite_pragmas(dbapi_conn, record):
     cur = dbapi_conn.cursor()
+    # journal_size_limit: a WAL that a long transaction or a burst grew is cut back to
+    # 64 MiB at its next reset (else it keeps its largest size on the disk for good)
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
-                   "busy_timeout=10000"):
+                   "busy_timeout=10000", "journal_size_limit=67108864"):
         cur.execute("PRAGMA " + pragma)
     cur.close()
     from .queries import register_sqlite_functions

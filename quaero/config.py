@@ -14,14 +14,15 @@ SETTINGS = {
     **dict.fromkeys(("QUAERO_HOST", "QUAERO_DATABASE_URL", "QUAERO_REDIS_URL",
                      "QUAERO_REDIS_CHANNEL", "QUAERO_API_TOKEN", "QUAERO_METRICS_TOKEN",
                      "QUAERO_SECRET_KEY", "QUAERO_JOBS_DIR", "QUAERO_ACCESS_LOG",
-                     "QUAERO_URL"), "text"),
+                     "QUAERO_URL", "QUAERO_ARCHIVE_DIR"), "text"),
     "QUAERO_LOG_LEVEL": ("debug", "info", "warning", "error", "critical"),
     "QUAERO_PORT": "port",
     **dict.fromkeys(("QUAERO_WORKERS",), "positive integer"),
     **dict.fromkeys(("QUAERO_WORKER_CONNECTIONS", "QUAERO_MAX_RUNNING", "QUAERO_MAX_STREAMS",
                      "QUAERO_STREAM_LIFETIME", "QUAERO_STREAM_BUFFER_BYTES",
                      "QUAERO_MAX_LINES_PER_JOB", "QUAERO_LOG_BUFFER_LINES",
-                     "QUAERO_MIN_FREE_BYTES", "QUAERO_MAX_BODY_BYTES"), "integer"),
+                     "QUAERO_MIN_FREE_BYTES", "QUAERO_MAX_DB_BYTES",
+                     "QUAERO_MAX_BODY_BYTES"), "integer"),
     **dict.fromkeys(("QUAERO_KILL_GRACE", "QUAERO_RUNNER_POLL", "QUAERO_RUNNER_HEARTBEAT",
                      "QUAERO_RUNNER_STALE", "QUAERO_STREAM_RETRY_SCALE",
                      "QUAERO_STREAM_STALL_SECONDS", "QUAERO_PING_INTERVAL",
@@ -31,6 +32,11 @@ SETTINGS = {
     "QUAERO_CAPTURE_ROOT_LOGGER": "boolean",
 }
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
+
+# Retention is on unless turned off (0): a disk that simply fills is the worse default.
+RETENTION_DAYS = 30            # finished jobs and service lines older than this go
+MAX_DB_BYTES = 10 << 30        # the database's size budget (10 GiB)
+MIN_FREE_BYTES = 64 << 20      # SQLite: free space kept on the database's volume
 
 
 class ConfigError(ValueError):
@@ -123,6 +129,18 @@ def export_file_settings():
         os.environ.setdefault(name, value)
 
 
+def retention_settings(env):
+    """``(retention days, size budget in bytes, free-space floor in bytes, archive folder
+    or None)`` as ``env`` (a mapping of settings, as text) sets them; each 0 is off."""
+    def number(name, default, kind):
+        value = env.get(name)
+        return kind(value) if value not in (None, "") else default
+    return (number("QUAERO_RETENTION_DAYS", RETENTION_DAYS, float),
+            max(number("QUAERO_MAX_DB_BYTES", MAX_DB_BYTES, int), 0),
+            max(number("QUAERO_MIN_FREE_BYTES", MIN_FREE_BYTES, int), 0),
+            env.get("QUAERO_ARCHIVE_DIR") or None)
+
+
 class Config:
     """Settings read once, when the app is created."""
 
@@ -169,8 +187,11 @@ class Config:
         # How often each process reads the database for lines and job changes made by
         # other processes (what keeps streams complete without Redis, or while it is down)
         self.QUAERO_WATCH_INTERVAL = float(env.get("QUAERO_WATCH_INTERVAL", "0.5"))
-        # Retention (0: keep everything)
-        self.QUAERO_RETENTION_DAYS = float(env.get("QUAERO_RETENTION_DAYS", "0"))
+        # Retention (quaero.retention), each 0 = off: an age in days, a size budget for the
+        # database, the free space kept on its volume (ingest answers 507 below it), and
+        # where finished jobs are archived before they are pruned (unset: not archived)
+        (self.QUAERO_RETENTION_DAYS, self.QUAERO_MAX_DB_BYTES, self.QUAERO_MIN_FREE_BYTES,
+         self.QUAERO_ARCHIVE_DIR) = retention_settings(env)
         self.QUAERO_MAX_LINES_PER_JOB = _int("QUAERO_MAX_LINES_PER_JOB", 0)
         self.QUAERO_PRUNE_INTERVAL = float(env.get("QUAERO_PRUNE_INTERVAL", "60"))
         # Service log: also capture the root logger's records
@@ -183,8 +204,6 @@ class Config:
         self.QUAERO_INGEST_TIMEOUT = float(env.get("QUAERO_INGEST_TIMEOUT") or 8)
         # Reads that wait longer than this for the database answer 503 (/healthz: 1.5 s)
         self.QUAERO_DB_TIMEOUT = float(env.get("QUAERO_DB_TIMEOUT") or 10)
-        # SQLite: ingest answers 507 while the database's volume has less free space
-        self.QUAERO_MIN_FREE_BYTES = _int("QUAERO_MIN_FREE_BYTES", 64 << 20)
         # the session's signing key; unset: derived from the API token (web.auth), else random
         self.QUAERO_SECRET_KEY = env.get("QUAERO_SECRET_KEY") or None
         self.SECRET_KEY = self.QUAERO_SECRET_KEY or os.urandom(32).hex()

@@ -5,6 +5,11 @@ below ``QUAERO_MIN_FREE_BYTES`` ingest is refused with 507 before the disk is ac
 full, so the database always has room to finish a transaction, checkpoint its WAL and
 prune. On either database a write that failed for a full disk counts as full until a
 later write succeeds (PostgreSQL's volume cannot be seen from here).
+
+SQLite never gives a file's pages back to the volume when rows are deleted: it keeps them
+on its freelist and fills them before it grows the file. Below the floor, those pages count
+as free space too, so that ingest resumes once the pruner has deleted rows (it cannot make
+the volume's free space grow; see quaero/retention.py).
 """
 import os
 import time
@@ -19,6 +24,7 @@ class DiskGuard:
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             self.path = os.path.dirname(os.path.abspath(engine.url.database))
         self.min_free = max(int(min_free_bytes), 0)
+        self._engine = engine
         self._clock = clock
         self._statvfs = statvfs
         self._checked_at = None
@@ -26,18 +32,48 @@ class DiskGuard:
         self._full_at = None   # when the last write failed for a full disk
 
     def free_bytes(self):
-        """Free bytes on the database's volume (None when it cannot be seen)."""
+        """Bytes the database can still fill (None when its volume cannot be seen): the
+        volume's free space, and when that is below the floor, the free pages inside the
+        database's file as well."""
         if self.path is None:
             return None
         now = self._clock()
         if self._checked_at is None or now - self._checked_at >= self.CHECK_EVERY:
-            try:
-                st = self._statvfs(self.path)
-                self._free = st.f_bavail * st.f_frsize
-            except OSError:
-                self._free = None
+            self._free = self.volume_free()
+            if self._free is not None and self._free < self.min_free:
+                self._free += self.reusable_bytes()
             self._checked_at = now
         return self._free
+
+    def room(self):
+        """The volume's free space and the file's free pages, read now (the pruner's
+        measure), or None when the volume cannot be seen."""
+        free = self.volume_free()
+        return None if free is None else free + self.reusable_bytes()
+
+    def volume_free(self):
+        if self.path is None:
+            return None
+        try:
+            st = self._statvfs(self.path)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def reusable_bytes(self):
+        """SQLite: the bytes of the file's free pages (its freelist), which new rows fill
+        before the file grows; 0 when they cannot be read."""
+        try:
+            with self._engine.connect() as conn:
+                pages = conn.exec_driver_sql("PRAGMA freelist_count").scalar()
+                size = conn.exec_driver_sql("PRAGMA page_size").scalar()
+        except Exception:  # noqa: BLE001 - a database that does not answer frees nothing
+            return 0
+        return int(pages) * int(size)
+
+    def recheck(self):
+        """Read the free space again at the next look (the pruner freed some)."""
+        self._checked_at = None
 
     def note_full(self):
         self._full_at = self._clock()

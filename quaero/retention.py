@@ -1,11 +1,21 @@
 """Retention: prune old jobs and lines in the background, in small transactions.
 
-``QUAERO_RETENTION_DAYS``: finished jobs (with their lines) and service lines older than
-that go. ``QUAERO_MAX_LINES_PER_JOB``: a job keeps only its newest lines. Counts in
-``log_counts`` and ``log_volume`` go down with every deleted line, so ``meta.total_count``,
-``log_counts`` and the histogram stay true; ``has_more`` follows from what is left.
+``QUAERO_RETENTION_DAYS`` (default 30): finished jobs (with their lines) and service lines
+older than that go. ``QUAERO_MAX_LINES_PER_JOB``: a job keeps only its newest lines.
+``QUAERO_MAX_DB_BYTES`` (default 10 GiB) and ``QUAERO_MIN_FREE_BYTES`` (SQLite): while the
+database is over its budget, or its volume's free space under twice the floor, the oldest
+finished jobs and the oldest service lines go first, whichever is older, never a pending
+or running job and never anything younger than :data:`FLOOR` (see :class:`Budget` for how
+the size is counted). With ``QUAERO_ARCHIVE_DIR`` a job is archived before it goes
+(quaero/archive.py); a job that cannot be archived stays.
+
+Counts in ``log_counts`` and ``log_volume`` go down with every deleted line, so
+``meta.total_count``, ``log_counts`` and the histogram stay true; ``has_more`` follows
+from what is left. Every transaction deletes at most CHUNK lines: ingest waits for at most
+one of them (bench/prune.py).
 """
 import logging
+import os
 from collections import Counter
 from datetime import timedelta
 
@@ -21,6 +31,12 @@ log = logging.getLogger("quaero.retention")
 
 CHUNK = 5000
 _LOCK = 0x51554146
+# Nothing younger than this is removed for size or free space: not a job that finished,
+# nor a service line stamped, less than an hour ago (what someone may be reading now).
+FLOOR = timedelta(hours=1)
+LOW_WATER = 0.9      # over the budget: prune down to 90 % of it
+FREE_FACTOR = 2      # free space under twice QUAERO_MIN_FREE_BYTES: prune until above it
+BUDGET_KEY = "__budget__"  # PostgreSQL: the database's size after the last prune for size
 
 
 _TAKE_OFF_COUNT = (counts_t.update().where(counts_t.c.key == sa.bindparam("k"),
@@ -70,27 +86,52 @@ def _delete_lines(conn, key, where):
     return conn.execute(log_t.delete().where(*span)).rowcount
 
 
-def prune_once(engine, retention_days=None, max_lines_per_job=None):
-    """One pass; returns ``(jobs_deleted, lines_deleted)``."""
+def remove_job(engine, job_id, pause=None):
+    """Delete a job: its lines a chunk per transaction, then the job. Returns the lines
+    deleted. ``pause``: called between two transactions (the pruner lets others run)."""
+    lines = 0
+    while True:
+        with engine.begin() as conn:
+            n = _delete_lines(conn, job_id, ())
+        lines += n
+        if n < CHUNK:
+            break
+        if pause is not None:
+            pause()
+    with engine.begin() as conn:
+        # the counter row first, as the writer locks it (a late write then 404s)
+        conn.execute(counters_t.delete().where(counters_t.c.key == job_id))
+        conn.execute(counts_t.delete().where(counts_t.c.key == job_id))
+        conn.execute(volume_t.delete().where(volume_t.c.key == job_id))
+        conn.execute(sa.delete(Job.__table__).where(Job.id == job_id))
+    return lines
+
+
+def _archived(archive, engine, job_id):
+    """Archive the job before it goes: True when it may go (archived, or no archive)."""
+    if archive is None:
+        return True
+    try:
+        archive(engine, job_id)
+        return True
+    except Exception as exc:  # noqa: BLE001 - a full disk, a folder that went away...
+        log.error("could not archive job %s, so it is kept: %s", job_id, exc)
+        return False
+
+
+def prune_once(engine, retention_days=None, max_lines_per_job=None, archive=None, pause=None):
+    """One pass by age and by lines per job; returns ``(jobs_deleted, lines_deleted)``.
+    ``archive(engine, job_id)``: writes a job that is about to go (quaero.archive)."""
     jobs_deleted = lines_deleted = 0
     if retention_days:
         cutoff = utcnow() - timedelta(days=retention_days)
         with engine.connect() as conn:
             old = conn.execute(sa.select(Job.id).where(
-                Job.status.in_(FINISHED), Job.finished_at < cutoff).limit(100)).scalars().all()
+                Job.status.in_(FINISHED), Job.finished_at < cutoff)
+                .order_by(Job.finished_at).limit(100)).scalars().all()
         for job_id in old:
-            while True:  # its lines first, in chunks, then the job
-                with engine.begin() as conn:
-                    n = _delete_lines(conn, job_id, ())
-                lines_deleted += n
-                if n < CHUNK:
-                    break
-            with engine.begin() as conn:
-                # the counter row first, as the writer locks it (a late write then 404s)
-                conn.execute(counters_t.delete().where(counters_t.c.key == job_id))
-                conn.execute(counts_t.delete().where(counts_t.c.key == job_id))
-                conn.execute(volume_t.delete().where(volume_t.c.key == job_id))
-                conn.execute(sa.delete(Job.__table__).where(Job.id == job_id))
+            if _archived(archive, engine, job_id):
+                lines_deleted += remove_job(engine, job_id, pause)
                 jobs_deleted += 1
         while True:
             with engine.begin() as conn:
@@ -98,6 +139,8 @@ def prune_once(engine, retention_days=None, max_lines_per_job=None):
             lines_deleted += n
             if n < CHUNK:
                 break
+            if pause is not None:
+                pause()
     if max_lines_per_job:
         with engine.connect() as conn:
             over = conn.execute(
@@ -115,31 +158,146 @@ def prune_once(engine, retention_days=None, max_lines_per_job=None):
                 lines_deleted += n
                 if n < CHUNK:
                     break
+                if pause is not None:
+                    pause()
     return jobs_deleted, lines_deleted
 
 
-def forget_keys(engine):
-    """Remove idempotency records past their day (``POST /api/logs``), a chunk per
-    transaction; returns how many went."""
-    cutoff, gone = utcnow() - IDEMPOTENCY_TTL, 0
-    while True:
-        with engine.begin() as conn:
-            keys = sa.select(idempotency_t.c.key).where(
-                idempotency_t.c.created_at < cutoff).limit(CHUNK).scalar_subquery()
-            n = conn.execute(idempotency_t.delete().where(idempotency_t.c.key.in_(keys))).rowcount
-        gone += n
-        if n < CHUNK:
-            return gone
+class Budget:
+    """How far the database is over ``QUAERO_MAX_DB_BYTES`` or under twice
+    ``QUAERO_MIN_FREE_BYTES`` of free space: :meth:`excess`, the bytes to free now.
+
+    SQLite counts the pages in use, ``(page_count - freelist_count) * page_size``: deleted
+    rows leave free pages inside the file, which new rows fill before the file grows, so a
+    file kept under the budget this way stops growing near it (it never shrinks: that
+    would take a VACUUM, a copy of the whole database). The WAL beside it is bounded apart
+    (``journal_size_limit``). It is measured again after each job or chunk removed.
+
+    PostgreSQL counts ``pg_database_size(current_database())``. Its files do not shrink
+    either: autovacuum marks deleted rows' space free, and new rows reuse it. So the size
+    after a prune for size is remembered (``line_counters['__budget__']``, shared by every
+    process) and nothing more goes until the database grows past it: the space freed is
+    being reused meanwhile. What to remove is estimated from the bytes per stored line."""
+
+    def __init__(self, engine, max_bytes, disk=None):
+        self.engine = engine
+        self.max_bytes = max(int(max_bytes or 0), 0)
+        self.disk = disk     # DiskGuard: the volume's free space and floor (SQLite)
+        self.sqlite = engine.dialect.name == "sqlite"
+
+    def used_bytes(self, conn):
+        if self.sqlite:
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+            free = conn.exec_driver_sql("PRAGMA freelist_count").scalar()
+            return (pages - free) * conn.exec_driver_sql("PRAGMA page_size").scalar()
+        return conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar()
+
+    def excess(self):
+        """``(bytes to free, why)``, ``(0, None)`` when the database is within bounds."""
+        need, why = 0, None
+        with self.engine.connect() as conn:
+            if self.max_bytes:
+                used = self.used_bytes(conn)
+                if used > self.max_bytes and not self._reusing(conn, used):
+                    need = used - int(self.max_bytes * LOW_WATER)
+                    why = (f"the database takes {used} bytes, over QUAERO_MAX_DB_BYTES "
+                           f"({self.max_bytes})")
+        floor = self.disk.min_free if self.disk is not None else 0
+        if floor:
+            free = self.disk.room()
+            self.disk.recheck()  # ingest looks again at once
+            if free is not None and free < FREE_FACTOR * floor and FREE_FACTOR * floor - free > need:
+                need = FREE_FACTOR * floor - free
+                why = (f"{free} bytes free on the database's volume, under twice "
+                       f"QUAERO_MIN_FREE_BYTES ({floor})")
+        return need, why
+
+    def _reusing(self, conn, used):
+        """PostgreSQL: the database has not grown past its size after the last prune for
+        size (with this budget): the space freed then is still being reused."""
+        if self.sqlite:
+            return False
+        row = conn.execute(sa.select(counters_t.c.value, counters_t.c.last_id)
+                           .where(counters_t.c.key == BUDGET_KEY)).first()
+        return row is not None and row[1] == self.max_bytes and used <= row[0]
+
+    def pruned(self):
+        """After a prune for size: PostgreSQL remembers the size it left (see above)."""
+        if self.sqlite or not self.max_bytes:
+            return
+        with self.engine.begin() as conn:
+            used = self.used_bytes(conn)
+            values = {"value": used, "last_id": self.max_bytes}
+            if not conn.execute(counters_t.update().where(counters_t.c.key == BUDGET_KEY)
+                                .values(**values)).rowcount:
+                conn.execute(counters_t.insert().values(key=BUDGET_KEY, **values))
+
+    def bytes_per_line(self):
+        """PostgreSQL: the database's size over the lines it holds (the estimate of what
+        removing a line frees)."""
+        with self.engine.connect() as conn:
+            lines = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(counts_t.c.count), 0))).scalar()
+            return self.used_bytes(conn) / max(int(lines), 1)
+
+
+def _oldest(engine, cutoff, skip):
+    """The oldest finished job and the oldest service line older than ``cutoff``:
+    ``(job id or None, its finished_at, service line's timestamp or None)``."""
+    with engine.connect() as conn:
+        job = conn.execute(sa.select(Job.id, Job.finished_at).where(
+            Job.status.in_(FINISHED), Job.finished_at < cutoff, Job.id.not_in(skip))
+            .order_by(Job.finished_at).limit(1)).first()
+        line = conn.execute(sa.select(log_t.c.timestamp).where(
+            log_t.c.job_id.is_(None), log_t.c.timestamp < cutoff)
+            .order_by(log_t.c.id).limit(1)).scalar()
+    return (job[0], job[1], line) if job is not None else (None, None, line)
+
+
+def prune_for_room(engine, budget, archive=None, pause=None):
+    """Remove the oldest finished jobs and service lines (whichever is older first,
+    nothing younger than FLOOR) until ``budget`` has nothing in excess. Returns
+    ``(jobs, lines, why, short)``: ``why`` is None when nothing had to go, ``short`` says
+    that not enough could go."""
+    need, why = budget.excess()
+    if not need:
+        return 0, 0, None, False
+    estimate = None if budget.sqlite else budget.bytes_per_line()
+    cutoff, skip = utcnow() - FLOOR, set()
+    jobs = lines = 0
+    while need > 0:
+        job_id, finished_at, line_at = _oldest(engine, cutoff, skip)
+        if job_id is not None and (line_at is None or finished_at <= line_at):
+            if not _archived(archive, engine, job_id):
+                skip.add(job_id)
+                continue
+            n = remove_job(engine, job_id, pause)
+            jobs += 1
+        elif line_at is not None:
+            with engine.begin() as conn:
+                n = _delete_lines(conn, SERVICE_KEY, (log_t.c.timestamp < cutoff,))
+        else:
+            break
+        lines += n
+        if pause is not None:
+            pause()
+        need = need - n * estimate if estimate is not None else budget.excess()[0]
+    if jobs or lines:
+        budget.pruned()
+    return jobs, lines, why, need > 0
 
 
 class Pruner:
     """A greenlet per process; on PostgreSQL only one process prunes at a time."""
 
-    def __init__(self, engine, retention_days, max_lines_per_job, interval):
+    def __init__(self, engine, retention_days, max_lines_per_job, interval, max_db_bytes=0,
+                 disk=None, archive=None):
         self.engine = engine
         self.retention_days = retention_days
         self.max_lines_per_job = max_lines_per_job
         self.interval = interval
+        self.budget = Budget(engine, max_db_bytes, disk)
+        self.archive = archive   # archive(engine, job_id) before a job goes, or None
+        self.short = False       # over the budget with nothing left to prune (said once)
         self.stopped = False
 
     def start(self, group):
@@ -175,7 +333,42 @@ class Pruner:
 
     def _prune(self):
         forget_keys(self.engine)
-        jobs, lines = prune_once(self.engine, self.retention_days, self.max_lines_per_job)
+        pause = let_others_run
+        jobs, lines = prune_once(self.engine, self.retention_days, self.max_lines_per_job,
+                                 self.archive, pause)
         if jobs or lines:
-            log.info("retention pruned %d jobs and %d lines", jobs, lines)
-        return jobs, lines
+            log.info("retention pruned %d jobs and %d lines (older than %g days, or over "
+                     "QUAERO_MAX_LINES_PER_JOB)%s", jobs, lines, self.retention_days or 0,
+                     self._archived_note(jobs))
+        more_jobs, more_lines, why, short = prune_for_room(self.engine, self.budget,
+                                                          self.archive, pause)
+        if more_jobs or more_lines:
+            log.warning("retention pruned %d jobs and %d lines, oldest first: %s%s",
+                        more_jobs, more_lines, why, self._archived_note(more_jobs))
+        if short and not self.short:  # said once, until there is room again
+            log.warning("%s, and nothing else finished or was stamped more than %s ago: "
+                        "nothing more can be pruned", why, FLOOR)
+        self.short = short
+        return jobs + more_jobs, lines + more_lines
+
+    def _archived_note(self, jobs):
+        folder = getattr(self.archive, "directory", None)
+        return f"; jobs archived to {os.path.abspath(folder)}" if jobs and folder else ""
+
+
+def let_others_run():
+    gevent.sleep(0.0001)  # a timer, so that the loop polls sockets too (web.params)
+
+
+def forget_keys(engine):
+    """Remove idempotency records past their day (``POST /api/logs``), a chunk per
+    transaction; returns how many went."""
+    cutoff, gone = utcnow() - IDEMPOTENCY_TTL, 0
+    while True:
+        with engine.begin() as conn:
+            keys = sa.select(idempotency_t.c.key).where(
+                idempotency_t.c.created_at < cutoff).limit(CHUNK).scalar_subquery()
+            n = conn.execute(idempotency_t.delete().where(idempotency_t.c.key.in_(keys))).rowcount
+        gone += n
+        if n < CHUNK:
+            return gone

@@ -236,13 +236,36 @@ def check_database(url, seconds=CONNECT_SECONDS):
 def preflight(addresses, database_url):
     """Every problem that stops the start, one line each: the listening addresses first
     (instant), then the database (``database_url``; SQLite is not tried: its file is made
-    on first use)."""
+    on first use). None: what retention will keep is said on stderr (:func:`retention_line`)."""
     problems = [p for p in map(port_problem, addresses) if p]
     if not problems and database_url and not database_url.startswith("sqlite"):
         problem = check_database(database_url)
         if problem:
             problems.append(problem)
+    if not problems:
+        print(f"quaero: {retention_line()}", file=sys.stderr, flush=True)
     return problems
+
+
+def _size(n):
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.3g} {unit}"
+    return f"{n} bytes"
+
+
+def retention_line(env=None):
+    """What the pruner keeps, in one line: the age, the size budget, the free-space floor
+    and the archive, each with its setting (0 turns one off)."""
+    from .config import environment, retention_settings
+    days, max_bytes, min_free, archive = retention_settings(environment() if env is None else env)
+    return "; ".join((
+        f"retention: finished jobs and service lines older than {days:g} days go"
+        if days else "retention by age: off",
+        f"database size budget {_size(max_bytes)}" if max_bytes else "size budget: off",
+        f"free-space floor {_size(min_free)}" if min_free else "free-space floor: off",
+        f"archived to {archive} first" if archive else "not archived",
+    )) + " (QUAERO_RETENTION_DAYS, QUAERO_MAX_DB_BYTES, QUAERO_MIN_FREE_BYTES, QUAERO_ARCHIVE_DIR)"
 
 
 def preflight_or_exit(addresses, database_url):
