@@ -8,6 +8,7 @@ send any program's output; ``serve`` runs the server.
     quaero definitions | cancel <job-id> | rerun <job-id> | grep TEXT [--job ID]
     quaero exec -- make test        |  make 2>&1 | quaero pipe
     quaero serve [--host H] [--port P] [--workers N] [--config FILE]
+    quaero import ARCHIVE.ndjson.gz...   # archived jobs back into the local database
 
 ``--url`` (env ``QUAERO_URL``; unset: ``QUAERO_HOST``/``QUAERO_PORT``, where ``python app.py``
 listens, default http://127.0.0.1:5000) and ``--token`` (env ``QUAERO_API_TOKEN``) pick the
@@ -16,7 +17,7 @@ with ``Last-Event-ID``: each line once. Exit status of ``run`` and ``tail <job>`
 completed, 1 failed, 2 cancelled, 3 deleted.
 
 The commands that talk HTTP import neither Flask, gevent nor SQLAlchemy (``pip install .``
-is enough); ``serve`` and ``run --local`` need ``pip install "quaero[server]"``.
+is enough); ``serve``, ``import`` and ``run --local`` need ``pip install "quaero[server]"``.
 """
 import json
 import sys
@@ -27,6 +28,7 @@ from .. import __version__
 from .common import (DEFAULT_URL, EXIT, RETRY_FOR, Printer, Settings, Unreachable, api_call,
                      default_url, follow_until_ctrl_c, json_option, level_option,
                      server_options)
+from .archive import import_
 from .grep import grep
 from .serve import SERVER_EXTRA, serve
 
@@ -50,6 +52,7 @@ def cli(ctx, url, token):
 
 cli.add_command(grep)
 cli.add_command(serve)
+cli.add_command(import_)
 
 
 @cli.command()
