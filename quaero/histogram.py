@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from .models import LEVELS, LEVEL_NAMES, SERVICE_KEY, iso, log_t, volume_t as vol_t
+from .models import LEVELS, LEVEL_NAMES, SERVICE_KEY, iso, log_t, to_millis, volume_t as vol_t
 from .queries import _where as line_conditions
 
 DEFAULT_BUCKETS = 60
@@ -41,7 +41,7 @@ def second_of(dialect):
     ts = log_t.c.timestamp
     if dialect == "postgresql":
         return sa.cast(sa.func.floor(sa.extract("epoch", ts)), sa.BigInteger)
-    return sa.cast(sa.func.strftime("%s", ts), sa.Integer)
+    return sa.type_coerce(ts, sa.BigInteger) // 1000   # milliseconds (models.EpochMillis)
 
 
 # --- the answer -------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def _from_volume(conn, f, buckets, until):
 
 def _from_lines(conn, f, buckets, until):
     """Buckets of whole milliseconds counted from the lines: ``date_bin`` on PostgreSQL,
-    ``julianday`` (SQLite keeps timestamps as text) on SQLite."""
+    the stored milliseconds on SQLite (``models.EpochMillis``)."""
     conds = line_conditions(f, conn.dialect.name)
     ts = log_t.c.timestamp
     first, last = conn.execute(sa.select(sa.func.min(ts), sa.func.max(ts)).where(*conds)).one()
@@ -89,8 +89,7 @@ def _from_lines(conn, f, buckets, until):
     if conn.dialect.name == "postgresql":
         b = sa.func.date_bin(width, ts, t0)
     else:
-        ms = (sa.func.julianday(ts) - sa.func.julianday(t0.isoformat(sep=" "))) * 86400000.0
-        b = sa.cast(ms / width_ms, sa.Integer)
+        b = (sa.type_coerce(ts, sa.BigInteger) - to_millis(t0)) // width_ms
     b = b.label("b")
     rows = conn.execute(sa.select(b, log_t.c.level, sa.func.count())
                         .where(*conds).group_by(b, log_t.c.level)).all()

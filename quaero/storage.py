@@ -50,6 +50,7 @@ _SQL = {
 _SQL = {"sqlite": _SQL, "postgresql": {k: v.replace("?", "%s") for k, v in _SQL.items()}}
 _EPOCH = datetime(1970, 1, 1)
 _SECOND = timedelta(seconds=1)
+_MS = timedelta(milliseconds=1)
 
 
 def driver_errors(engine):
@@ -79,11 +80,11 @@ def _insert(cur, sqlite, sql, rows):
     """On PostgreSQL, COPY inside the same transaction (psycopg's executemany waits on
     the socket once per row under gevent). On SQLite, the DB-API's executemany with
     tuples: SQLAlchemy's per-row parameter processing cost as much as SQLite's insert.
-    Timestamps go in as SQLAlchemy stores them there (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
+    Timestamps go in as the column keeps them there (``models.EpochMillis``)."""
     if sqlite:
         cur.executemany(sql["insert"], [
             (r["id"], r["job_id"], r["step_name"], r["level"], r["message"],
-             r["timestamp"].isoformat(" ", "microseconds"), r["line_number"], r["source"])
+             (r["timestamp"] - _EPOCH) // _MS, r["line_number"], r["source"])
             for r in rows])
         return
     with cur.copy(_COPY) as copy:  # one buffer: psycopg's write_row was a third of a batch

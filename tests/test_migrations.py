@@ -97,3 +97,48 @@ def test_the_id_allocator_is_never_behind_the_stored_lines(database_url, tmp_pat
         assert r.status_code == 201 and r.json["first_id"] == 4
     finally:
         again.extensions["quaero"].close()
+
+
+def test_sqlite_timestamps_become_milliseconds_and_search_still_finds_the_lines(tmp_path):
+    """0011 copies SQLite's lines with their timestamps as milliseconds (the text form
+    with or without a fraction), keeping ids, so the search index still points at them;
+    a downgrade gives the text back."""
+    from alembic import command
+    from quaero.migrate import alembic_config
+    from tests.helpers import make_app
+    url = f"sqlite:///{tmp_path}/quaero.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0010_level_partial")
+        conn.execute(sa.text("INSERT INTO jobs (id, name, status, created_at) "
+                             "VALUES ('j11', 'demo', 'completed', '2026-11-30 00:00:00')"))
+        conn.execute(sa.text("INSERT INTO line_counters (key, value, first_id, last_id) "
+                             "VALUES ('j11', 2, 1, 2)"))
+        conn.execute(sa.text(
+            "INSERT INTO log_entries (id, job_id, step_name, level, message, timestamp, "
+            "line_number) VALUES (1, 'j11', 'build', 20, 'needle one', "
+            "'2026-11-30 10:30:45.123999', 1), (2, 'j11', NULL, 40, 'needle two', "
+            "'2199-12-31 23:59:59', 2)"))
+        conn.execute(sa.text("INSERT INTO log_fts(log_fts) VALUES ('rebuild')"))
+        conn.execute(sa.text("UPDATE line_counters SET value = 2 WHERE key IN ('__id__', '__search__')"))
+    engine.dispose()
+    app = make_app(url, tmp_path)
+    try:
+        client = app.test_client()
+        lines = client.get("/api/logs?scope=job&job_id=j11").get_json()["logs"]
+        assert [(x["id"], x["timestamp"]) for x in lines] == [
+            (1, "2026-11-30T10:30:45.123Z"), (2, "2199-12-31T23:59:59.000Z")]
+        found = client.get("/api/search?q=needle").get_json()["results"]
+        assert sorted(x["id"] for x in found) == [1, 2]
+    finally:
+        app.extensions["quaero"].close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT typeof(timestamp) FROM log_entries")).scalars().all() \
+            == ["integer", "integer"]
+        command.downgrade(alembic_config(conn), "0010_level_partial")
+        assert conn.execute(sa.text("SELECT timestamp FROM log_entries ORDER BY id")).scalars().all() \
+            == ["2026-11-30 10:30:45.123000", "2199-12-31 23:59:59.000000"]
+        conn.execute(sa.text("DELETE FROM log_entries WHERE id = 1"))  # the trigger is back
+        assert conn.execute(sa.text("SELECT count(*) FROM log_fts WHERE log_fts MATCH 'one'")).scalar() == 0
+    engine.dispose()
