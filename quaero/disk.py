@@ -16,7 +16,9 @@ import time
 
 
 class DiskGuard:
-    CHECK_EVERY = 1.0   # seconds between two reads of the free space
+    CHECK_EVERY = 1.0   # seconds between two reads of the free space...
+    NEAR = 4            # ...unless it was under 4 floors: then at every look (a second of
+                        # ingest could cross the floor; statvfs costs a microsecond)
     FULL_FOR = 5.0      # a write that failed for a full disk: refuse, then try again
 
     def __init__(self, engine, min_free_bytes, clock=time.monotonic, statvfs=os.statvfs):
@@ -38,7 +40,8 @@ class DiskGuard:
         if self.path is None:
             return None
         now = self._clock()
-        if self._checked_at is None or now - self._checked_at >= self.CHECK_EVERY:
+        near = self._free is not None and self._free < self.NEAR * self.min_free
+        if self._checked_at is None or near or now - self._checked_at >= self.CHECK_EVERY:
             self._free = self.volume_free()
             if self._free is not None and self._free < self.min_free:
                 self._free += self.reusable_bytes()
