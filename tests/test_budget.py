@@ -2,6 +2,7 @@
 (QUAERO_MIN_FREE_BYTES) and retention on by default. The pruner removes the oldest finished
 jobs and service lines first, never a pending or running job, never anything younger than
 retention.FLOOR, and says what it removed in the service log."""
+import os
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -104,7 +105,8 @@ def test_the_budget_measures_the_database(any_app):
     assert Budget(engine, 0).excess() == (0, None)                   # 0: off
     assert Budget(engine, used * 10).excess() == (0, None)
     need, why = Budget(engine, used // 2).excess()
-    assert need == used - int(used // 2 * 0.9) and "QUAERO_MAX_DB_BYTES" in why
+    # (PostgreSQL's size moves a little by itself: its statistics, the service log)
+    assert 0 <= need - (used - int(used // 2 * 0.9)) < used / 10 and "QUAERO_MAX_DB_BYTES" in why
     _job(c, "big", 2000, "completed", timedelta(days=2), any_app)
     budget = Budget(engine, used)
     jobs, lines, why, short = prune_for_room(engine, budget)
@@ -179,9 +181,9 @@ def test_507_below_the_floor_then_the_pruner_makes_room(tmp_path):
         old = _job(c, "old", 0, "completed")
         for _ in range(3):
             _job_lines(c, old, 5000)
-        _checkpoint(state.engine)
-        free = state.disk.volume_free()
-        state.disk.min_free = free + 100_000      # the volume alone is below the floor now
+        # a volume with nothing free (tests beside this one write to the real one)
+        state.disk._statvfs = lambda path: os.statvfs_result((4096,) * 2 + (1 << 20, 0, 0) + (0,) * 5)
+        state.disk.min_free = 500_000
         state.disk.recheck()
         r = c.post("/api/logs", json={"logs": [{"level": "info", "message": "refused"}]})
         assert r.status_code == 507 and "free-space floor" in r.json["error"]
@@ -194,8 +196,7 @@ def test_507_below_the_floor_then_the_pruner_makes_room(tmp_path):
             db.session.commit()
         state.pruner.run_once()
         assert c.get(f"/api/jobs/{old}").status_code == 404
-        _checkpoint(state.engine)  # the deletes' WAL back into the file (which keeps its size)
-        state.disk.recheck()
+        assert state.disk.reusable_bytes() > 1_000_000   # the job's pages, free in the file
         assert c.post("/api/logs", json={"logs": [{"level": "info", "message": "back"}]}).status_code == 201
         assert c.get("/healthz").status_code == 200
     finally:
