@@ -71,8 +71,8 @@ def write_archive(engine, job_id, directory, pause=None):
     f = LineFilter(job_ids=(job_id,), min_level=LEVELS["debug"])
     with engine.connect() as conn:
         job = _job_header(conn, job_id)
-        total = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(counts_t.c.count), 0))
-                             .where(counts_t.c.key == job_id)).scalar()
+        total = int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(counts_t.c.count), 0))
+                                 .where(counts_t.c.key == job_id)).scalar())  # PostgreSQL: a Decimal
     fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=f".{job_id}.", dir=directory)
     try:
         with os.fdopen(fd, "wb") as raw:
