@@ -192,7 +192,8 @@ def sqlite_sizes(url):
     con = sqlite3.connect(path)
     try:
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        rows = con.execute("SELECT name, sum(pgsize) - sum(unused) FROM dbstat GROUP BY name").fetchall()
+        rows = con.execute("SELECT name, sum(pgsize) - sum(unused) FROM dbstat "
+                           "GROUP BY name").fetchall()
         file_bytes = os.path.getsize(path)
     finally:
         con.close()

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import orjson
 import sqlalchemy as sa
 
-from .models import FINISHED, LEVELS, Job, Step, counters_t, counts_t, iso
+from .models import FINISHED, LEVELS, Job, Step, counters_t, counts_t, iso, next_job_seq
 from .queries import LineFilter, select_lines
 from .storage import index_behind, write_lines
 
@@ -157,8 +157,9 @@ def import_archive(engine, path):
         if conn.execute(sa.select(_jobs_t.c.id).where(_jobs_t.c.id == job["id"])).first():
             raise ArchiveRefused(f"{path}: job {job['id']} ({job['name']}) exists already; "
                                  "nothing imported (delete it first to import it again)")
+        seq = next_job_seq(conn)  # a new number: the job's lines refer to it
         conn.execute(_jobs_t.insert().values(
-            id=job["id"], name=job["name"], definition=job.get("definition"),
+            id=job["id"], seq=seq, name=job["name"], definition=job.get("definition"),
             status=job["status"], created_at=_time(job["created_at"]),
             started_at=_time(job.get("started_at")), finished_at=_time(job.get("finished_at"))))
         if job["steps"]:
@@ -166,7 +167,7 @@ def import_archive(engine, path):
                 {"id": s["id"], "job_id": job["id"], "position": i, "name": s["name"],
                  "status": s["status"], "started_at": _time(s.get("started_at")),
                  "finished_at": _time(s.get("finished_at"))} for i, s in enumerate(job["steps"])])
-        conn.execute(counters_t.insert().values(key=job["id"], value=0))
+        conn.execute(counters_t.insert().values(key=job["id"], value=0, job_seq=seq))
     try:
         n = _import_lines(engine, job["id"], records)
     except BaseException:

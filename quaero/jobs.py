@@ -5,7 +5,7 @@ import sqlalchemy as sa
 
 from .errors import Conflict, Invalid, JobNotFound, StepNotFound
 from .models import (FINISHED, Job, LineCounter, LogCount, LogVolume, Step, db, deleted_payload,
-                     new_id, status_payload, step_name_problem, utcnow)
+                     new_id, next_job_seq, status_payload, step_name_problem, utcnow)
 
 log = logging.getLogger("quaero.jobs")
 
@@ -29,12 +29,13 @@ def create_job(name, step_names, definition=None):
         problem = step_name_problem(step_name)
         if problem:
             raise Invalid(problem)
-    job = Job(id=new_id(), name=name, definition=definition, status="pending",
+    seq = next_job_seq(db.session.connection())
+    job = Job(id=new_id(), seq=seq, name=name, definition=definition, status="pending",
               created_at=utcnow())
     job.steps = [Step(id=new_id(), name=s, position=i, status="pending")
                  for i, s in enumerate(step_names)]
     db.session.add(job)
-    db.session.add(LineCounter(key=job.id, value=0))
+    db.session.add(LineCounter(key=job.id, value=0, job_seq=seq))
     db.session.commit()
     return job
 

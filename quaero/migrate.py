@@ -109,9 +109,11 @@ def init_db(engine):
     to run concurrently and repeatedly."""
     import secrets
 
-    from .models import DEPLOYMENT_KEY, ID_KEY, SERVICE_KEY, counters_t, log_t
+    from .models import (DEPLOYMENT_KEY, ID_KEY, JOBS_KEY, SERVICE_KEY, counters_t, jobs_t,
+                         log_t)
     upgrade(engine)
-    for key, value in ((ID_KEY, 0), (SERVICE_KEY, 0), (DEPLOYMENT_KEY, secrets.randbits(62))):
+    for key, value in ((ID_KEY, 0), (SERVICE_KEY, 0), (JOBS_KEY, 0),
+                       (DEPLOYMENT_KEY, secrets.randbits(62))):
         with engine.begin() as conn:
             exists = conn.execute(sa.select(counters_t.c.key).where(counters_t.c.key == key)).first()
             if not exists:
@@ -121,7 +123,9 @@ def init_db(engine):
                     pass
     # The id allocator is never behind the lines it handed out (a database restored or
     # copied in parts): behind them, every write would collide with a stored id.
-    newest = sa.select(sa.func.coalesce(sa.func.max(log_t.c.id), 0)).scalar_subquery()
-    with engine.begin() as conn:
-        conn.execute(counters_t.update().where(counters_t.c.key == ID_KEY,
-                                               counters_t.c.value < newest).values(value=newest))
+    # So is the job numbers' (``jobs.seq``).
+    for key, column in ((ID_KEY, log_t.c.id), (JOBS_KEY, jobs_t.c.seq)):
+        newest = sa.select(sa.func.coalesce(sa.func.max(column), 0)).scalar_subquery()
+        with engine.begin() as conn:
+            conn.execute(counters_t.update().values(value=newest).where(
+                counters_t.c.key == key, counters_t.c.value < newest))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from .models import (ID_KEY, LEVEL_NAMES, LEVELS, RARE_LEVEL, SEARCH_KEY, SERVICE_KEY,
-                     counters_t, counts_t, line_dict, log_t)
+                     counters_t, counts_t, jobs_t, line_dict, log_t, of_jobs)
 
 
 @dataclass(frozen=True)
@@ -169,13 +169,8 @@ def _where(f, dialect):
         conds.append(log_t.c.level >= sa.literal_column(str(RARE_LEVEL)))
     elif f.min_level > LEVELS["debug"]:
         conds.append((log_t.c.level + 0) >= f.min_level)
-    if f.job_ids:
-        if len(f.job_ids) == 1:
-            conds.append(log_t.c.job_id == f.job_ids[0])
-        else:
-            conds.append(log_t.c.job_id.in_(f.job_ids))
-    elif not f.everywhere:
-        conds.append(log_t.c.job_id.is_(None))
+    if f.job_ids or not f.everywhere:
+        conds.append(of_jobs(f.job_ids))
     if f.step is not None:
         conds.append(log_t.c.step_name == f.step)
     if f.q is not None:
@@ -185,8 +180,14 @@ def _where(f, dialect):
     return conds
 
 
-_COLS = (log_t.c.id, log_t.c.job_id, log_t.c.step_name, log_t.c.level, log_t.c.message,
-         log_t.c.timestamp, log_t.c.line_number, log_t.c.source)
+# A line as line_dict takes it; its job's id from the job its ``job_seq`` refers to.
+_COLS = (log_t.c.id, jobs_t.c.id.label("job_id"), log_t.c.step_name, log_t.c.level,
+         log_t.c.message, log_t.c.timestamp, log_t.c.line_number, log_t.c.source)
+_FROM = log_t.outerjoin(jobs_t, jobs_t.c.seq == log_t.c.job_seq)
+
+
+def _select_lines():
+    return sa.select(*_COLS).select_from(_FROM)
 
 
 _BOUNDS = sa.select(counters_t.c.key, counters_t.c.first_id, counters_t.c.last_id).where(
@@ -224,9 +225,8 @@ def select_lines(conn, f, *, after=None, before=None, limit=100):
         conds.append(log_t.c.id > after)
     if before is not None:
         conds.append(log_t.c.id < before)
-    cols = _COLS
     order = log_t.c.id.asc() if after is not None else log_t.c.id.desc()
-    rows = conn.execute(sa.select(*cols).where(*conds).order_by(order).limit(limit + 1)).all()
+    rows = conn.execute(_select_lines().where(*conds).order_by(order).limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     if after is None:
@@ -245,7 +245,7 @@ def newest_id(conn):
 
 def all_lines_between(conn, after, before, limit=None):
     """Every line with ``after < id < before`` (any job, any level), oldest first."""
-    q = sa.select(*_COLS).where(log_t.c.id > after, log_t.c.id < before).order_by(log_t.c.id)
+    q = _select_lines().where(log_t.c.id > after, log_t.c.id < before).order_by(log_t.c.id)
     if limit is not None:
         q = q.limit(limit)
     return [line_dict(*r) for r in conn.execute(q)]
@@ -263,7 +263,7 @@ def tail_lines(conn, f, limit):
         conds = _where(one, conn.dialect.name)
         if job_id in bounds:
             conds.append(log_t.c.id.between(*bounds[job_id]))
-        parts.append(sa.select(*_COLS).where(*conds)
+        parts.append(_select_lines().where(*conds)
                      .order_by(log_t.c.id.desc()).limit(limit + 1).subquery().select())
     rows = conn.execute(sa.union_all(*parts)).all()
     per_job = {}

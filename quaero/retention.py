@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from .histogram import second_of
 from .storage import IDEMPOTENCY_TTL
 from .models import (FINISHED, SERVICE_KEY, Job, counters_t, counts_t, idempotency_t, log_t,
-                     utcnow, volume_t)
+                     of_jobs, utcnow, volume_t)
 
 log = logging.getLogger("quaero.retention")
 
@@ -76,7 +76,7 @@ def _count_away(conn, key, span):
 def _delete_lines(conn, key, where, limit=CHUNK):
     """Delete up to ``limit`` lines of one job (or the service log) matching ``where``,
     and take them off the counts. Returns how many went."""
-    job_cond = log_t.c.job_id.is_(None) if key == SERVICE_KEY else log_t.c.job_id == key
+    job_cond = of_jobs(() if key == SERVICE_KEY else (key,))
     ids = conn.execute(sa.select(log_t.c.id).where(job_cond, *where)
                        .order_by(log_t.c.id).limit(limit)).scalars().all()
     if not ids:
@@ -174,7 +174,7 @@ def prune_once(engine, retention_days=None, max_lines_per_job=None, archive=None
         for job_id in over:
             with engine.connect() as conn:
                 threshold = conn.execute(
-                    sa.select(log_t.c.id).where(log_t.c.job_id == job_id)
+                    sa.select(log_t.c.id).where(of_jobs((job_id,)))
                     .order_by(log_t.c.id.desc()).offset(max_lines_per_job).limit(1)).scalar()
             if threshold is not None:
                 lines_deleted += chunks.delete_all(engine, job_id, (log_t.c.id <= threshold,))
@@ -266,7 +266,7 @@ def _oldest(engine, cutoff, skip):
             Job.status.in_(FINISHED), Job.finished_at < cutoff, Job.id.not_in(skip))
             .order_by(Job.finished_at).limit(1)).first()
         line = conn.execute(sa.select(log_t.c.timestamp).where(
-            log_t.c.job_id.is_(None), log_t.c.timestamp < cutoff)
+            of_jobs(()), log_t.c.timestamp < cutoff)
             .order_by(log_t.c.id).limit(1)).scalar()
     return (job[0], job[1], line) if job is not None else (None, None, line)
 

@@ -30,9 +30,11 @@ def line_key(line):
 _SQL = {
     # the global id counter
     'bump': 'UPDATE line_counters SET value = value + ? WHERE "key" = ? RETURNING value',
-    # a job's (or the service log's) line counter, and its first and last line id
+    # a job's (or the service log's) line counter, and its first and last line id; the
+    # job's seq, which its lines refer to
     "bump_key": ("UPDATE line_counters SET value = value + ?, "
-                 'first_id = coalesce(first_id, ?), last_id = ? WHERE "key" = ? RETURNING value'),
+                 'first_id = coalesce(first_id, ?), last_id = ? WHERE "key" = ? '
+                 "RETURNING value, job_seq"),
     # log_counts: lines per (job, step, level); log_volume: the same per second as well
     "counts": ('INSERT INTO log_counts ("key", step_name, level, count) VALUES (?, ?, ?, ?) '
                'ON CONFLICT ("key", step_name, level) '
@@ -44,7 +46,7 @@ _SQL = {
     "key_stale": 'DELETE FROM idempotency_keys WHERE "key" = ? AND created_at < ?',
     "key": ('INSERT INTO idempotency_keys ("key", digest, status, response, created_at) '
             'VALUES (?, ?, 201, ?, ?) ON CONFLICT ("key") DO NOTHING'),
-    "insert": ("INSERT INTO log_entries (id, job_id, step_name, level, message, timestamp, "
+    "insert": ("INSERT INTO log_entries (id, job_seq, step_name, level, message, timestamp, "
                "line_number, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
 }
 _SQL = {"sqlite": _SQL, "postgresql": {k: v.replace("?", "%s") for k, v in _SQL.items()}}
@@ -72,24 +74,26 @@ def _upsert_counts(cur, sql, volume):
                                     for (k, s, lv, sec), n in sorted(volume.items())])
 
 
-_COPY = ("COPY log_entries (id, job_id, step_name, level, message, timestamp, line_number, "
+_COPY = ("COPY log_entries (id, job_seq, step_name, level, message, timestamp, line_number, "
          "source) FROM STDIN")
 
 
-def _insert(cur, sqlite, sql, rows):
+def _insert(cur, sqlite, sql, rows, seqs):
     """On PostgreSQL, COPY inside the same transaction (psycopg's executemany waits on
     the socket once per row under gevent). On SQLite, the DB-API's executemany with
     tuples: SQLAlchemy's per-row parameter processing cost as much as SQLite's insert.
-    Timestamps go in as the column keeps them there (``models.EpochMillis``)."""
+    Timestamps go in as the column keeps them there (``models.EpochMillis``); a line's
+    job as its ``seq`` (``seqs``: job id to seq, None to None)."""
     if sqlite:
         cur.executemany(sql["insert"], [
-            (r["id"], r["job_id"], r["step_name"], r["level"], r["message"],
+            (r["id"], seqs[r["job_id"]], r["step_name"], r["level"], r["message"],
              (r["timestamp"] - _EPOCH) // _MS, r["line_number"], r["source"])
             for r in rows])
         return
     with cur.copy(_COPY) as copy:  # one buffer: psycopg's write_row was a third of a batch
         copy.write("".join([
-            f"{r['id']}\t{_copy_text(r['job_id'])}\t{_copy_text(r['step_name'])}\t{r['level']}\t"
+            f"{r['id']}\t{_copy_int(seqs[r['job_id']])}\t{_copy_text(r['step_name'])}\t"
+            f"{r['level']}\t"
             f"{_copy_text(r['message'])}\t{r['timestamp'].isoformat(' ')}\t{r['line_number']}\t"
             f"{_copy_text(r['source'])}\n" for r in rows]))
 
@@ -97,6 +101,10 @@ def _insert(cur, sqlite, sql, rows):
 # COPY's text format: a backslash, tab, newline or carriage return in a value is escaped;
 # None is \N. Most values have none (str.translate with this table cost 5x the tests).
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_int(value):
+    return "\\N" if value is None else str(value)
 
 
 def _copy_text(value):
@@ -182,7 +190,7 @@ def _write(cur, sqlite, sql, lines):
         per_key[key] += 1
         first_of.setdefault(key, first_id + i)
         last_of[key] = first_id + i
-    next_line = {}
+    next_line, seqs = {}, {None: None}
     for key in sorted(per_key):
         n = per_key[key]
         cur.execute(sql["bump_key"], (n, first_of[key], last_of[key], key))
@@ -190,6 +198,10 @@ def _write(cur, sqlite, sql, lines):
         if row is None:
             raise JobGone(key)
         next_line[key] = row[0] - n
+        if key != SERVICE_KEY:
+            if row[1] is None:  # a counter row that is not a job's: no line can go there
+                raise JobGone(key)
+            seqs[key] = row[1]
     rows = []
     volume = Counter()
     for i, line in enumerate(lines):
@@ -201,6 +213,6 @@ def _write(cur, sqlite, sql, lines):
                      "line_number": next_line[key], "source": line.get("source")})
         volume[(key, line["step_name"] or "", line["level"],
                 (line["timestamp"] - _EPOCH) // _SECOND)] += 1
-    _insert(cur, sqlite, sql, rows)
+    _insert(cur, sqlite, sql, rows, seqs)
     _upsert_counts(cur, sql, volume)
     return rows

@@ -23,7 +23,7 @@ def post(c, *lines):
 def stored(app):
     with app.app_context():
         return db.session.execute(sa.select(sa.func.count()).select_from(LogEntry).where(
-            LogEntry.job_id.is_not(None))).scalar()
+            LogEntry.job_seq.is_not(None))).scalar()
 
 
 def test_ingest_acknowledges_committed_ids(c, any_app):
@@ -36,7 +36,8 @@ def test_ingest_acknowledges_committed_ids(c, any_app):
     # acknowledged means committed: a fresh connection sees the lines
     engine = any_app.extensions["quaero"].engine
     with engine.connect() as conn:
-        ids = conn.execute(sa.text("SELECT id FROM log_entries WHERE job_id = :j ORDER BY id"),
+        ids = conn.execute(sa.text("SELECT l.id FROM log_entries l JOIN jobs j ON j.seq = l.job_seq "
+                                   "WHERE j.id = :j ORDER BY l.id"),
                            {"j": job}).scalars().all()
     assert ids == list(range(r.json["first_id"], r.json["last_id"] + 1))
     lines = c.get(f"/api/logs?scope=job&job_id={job}&level=debug").json["logs"]

@@ -25,7 +25,8 @@ def _job(c, name="j", steps=("test",)):
 def _lines(app, job_id=None):
     with app.extensions["quaero"].engine.connect() as conn:
         q = "SELECT message FROM log_entries WHERE " + (
-            "job_id = :j" if job_id else "job_id IS NULL") + " ORDER BY id"
+            "job_seq = (SELECT seq FROM jobs WHERE id = :j)" if job_id else "job_seq IS NULL"
+        ) + " ORDER BY id"
         return conn.execute(sa.text(q), {"j": job_id}).scalars().all()
 
 

@@ -4,7 +4,8 @@ from flask import Blueprint, current_app, jsonify, request
 
 from .. import jobs as jobops
 from ..errors import Conflict, Invalid, NotFound
-from ..models import JOB_STATUSES, LEVELS, STEP_STATUSES, Job, db, iso, job_dict, log_t
+from ..models import (JOB_STATUSES, LEVELS, RARE_LEVEL, STEP_STATUSES, Job, db, iso, job_dict,
+                      log_t, of_jobs)
 from ..queries import level_counts
 from .params import MAX_NAME, clean_text, json_body, parse_int
 
@@ -55,9 +56,11 @@ def last_errors(conn, job_ids):
     backwards read of its (job_id, level, id) index that stops at the first row."""
     if not job_ids:
         return {}
-    cols = (log_t.c.id, log_t.c.job_id, log_t.c.line_number, log_t.c.step_name,
-            log_t.c.timestamp, sa.func.substr(log_t.c.message, 1, LAST_ERROR_CHARS))
-    parts = [sa.select(*cols).where(log_t.c.job_id == jid, log_t.c.level == LEVELS["error"])
+    parts = [sa.select(log_t.c.id, sa.literal(jid).label("job_id"), log_t.c.line_number,
+                       log_t.c.step_name, log_t.c.timestamp,
+                       sa.func.substr(log_t.c.message, 1, LAST_ERROR_CHARS))
+             .where(of_jobs((jid,)), log_t.c.level == LEVELS["error"],
+                    log_t.c.level >= sa.literal_column(str(RARE_LEVEL)))  # the index's condition
              .order_by(log_t.c.id.desc()).limit(1).subquery().select() for jid in job_ids]
     rows = conn.execute(sa.union_all(*parts)).all()
     return {r[1]: {"id": r[0], "line_number": r[2], "step_name": r[3], "timestamp": iso(r[4]),
