@@ -6,7 +6,8 @@ Operations: create jobs with steps; post batches of lines that mix several jobs,
 and the service log in one request, with and without ``Idempotency-Key`` (fresh keys,
 reused keys with the same or another body, invalid keys), some naming an unknown or
 deleted job or an unknown step; resend a recorded request; move jobs through their
-statuses (PATCH), cancel and delete them; poll ``GET /api/logs`` (scope, several
+statuses (PATCH), cancel and delete them; archive, prune and import a finished job
+(issue 22) as the pruner and ``quaero import`` do; poll ``GET /api/logs`` (scope, several
 ``job_id``, step, level, q, limit, after, before); ``GET /api/search`` and its
 ``next_before`` pages; ``GET /api/jobs/<id>`` and ``logs.txt``; SSE streams
 (``GET /api/logs/stream``): backfill, status, live lines, ``end``, and a resume with
@@ -42,6 +43,7 @@ Size: ``QUAERO_MODEL_EXAMPLES`` (default 40) examples per configuration, each of
 ``QUAERO_MODEL_SKIP=keys,stream_service,...`` leaves out operations by rule name (``keys``:
 no ``Idempotency-Key`` at all), to look for other bugs while some failures are known.
 """
+import dataclasses
 import json
 import os
 import re
@@ -53,6 +55,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
@@ -262,6 +265,8 @@ class Stream:
 
 class QuaeroModel(RuleBasedStateMachine):
     url = None      # set by the test: the server under test
+    engine = None   # its database, as `quaero import` opens it (archive_prune_import)
+    archive_dir = None
     shared = None   # across the examples on one server: {"max_id": n}
 
     def __init__(self):
@@ -706,6 +711,46 @@ class QuaeroModel(RuleBasedStateMachine):
             for line_id in [k for k, ln in self.lines.items() if ln.job == job.id]:
                 self.gone[line_id] = self.lines.pop(line_id)
 
+    @precondition(lambda self: self.engine is not None and any(j.status in FINISHED and not j.deleted
+                                                   for j in self.jobs))
+    @rule(i=st.integers(0, 7))
+    def archive_prune_import(self, i):
+        """The pruner archives a finished job and removes it (then it is a 404), and
+        ``quaero import`` brings it back (issue 22), as other processes on the database:
+        the same lines (messages, levels, steps, sources, line numbers), in the same order,
+        under new ids after every id handed out before. Its old ids are never used again."""
+        if SKIP & {"archive_prune_import"}:
+            return
+        from quaero.archive import import_archive, write_archive
+        from quaero.retention import remove_job
+        job = self.pick([j for j in self.jobs if j.status in FINISHED and not j.deleted], i)
+        engine = self.engine
+        path = write_archive(engine, job.id, self.archive_dir)
+        remove_job(engine, job.id)
+        is_json_error(self.http[0].get(f"/api/jobs/{job.id}"), 404)
+        with engine.connect() as conn:
+            before = conn.execute(sa.text(
+                "SELECT value FROM line_counters WHERE key = '__id__'")).scalar()
+        import_archive(engine, path)
+        os.remove(path)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT l.id, l.line_number FROM log_entries l JOIN jobs j "
+                "ON j.seq = l.job_seq WHERE j.id = :j ORDER BY l.id"), {"j": job.id}).all()
+        old = sorted((ln for ln in self.lines.values() if ln.job == job.id), key=lambda ln: ln.id)
+        assert [n for _, n in rows] == [ln.line_number for ln in old], (rows, old)
+        assert all(new > before for new, _ in rows), (before, rows)
+        for ln, (new, _) in zip(old, rows):
+            self.gone[ln.id] = dataclasses.replace(ln)
+            del self.lines[ln.id]
+            ln.id = new
+            self.lines[new] = ln
+        self.shared["max_id"] = max([self.shared["max_id"]] + [new for new, _ in rows])
+        r = self.http[0].get(f"/api/jobs/{job.id}")
+        assert r.status_code == 200, r.text
+        self.check_job_json(r.json(), job)
+        SEEN["archive, prune, import"] += 1
+
     # -- reads ------------------------------------------------------------------------
 
     limits = st.sampled_from([None, 0, 1, 2, 3, 5])
@@ -1074,10 +1119,19 @@ class QuaeroModel(RuleBasedStateMachine):
 
 def run_model(server):
     QuaeroModel.url = server.url
+    QuaeroModel.archive_dir = str(server.tmp_path / "archive")
     QuaeroModel.shared = {"max_id": 0}
     SEEN.clear()
     started = time.monotonic()
-    run_state_machine_as_test(QuaeroModel, settings=SETTINGS)
+    from quaero import create_app
+    app = create_app({"SQLALCHEMY_DATABASE_URI": server.env["QUAERO_DATABASE_URL"],
+                      "INSTANCE_PATH": str(server.tmp_path / "instance")})
+    QuaeroModel.engine = app.extensions["quaero"].engine
+    try:
+        run_state_machine_as_test(QuaeroModel, settings=SETTINGS)
+    finally:
+        QuaeroModel.engine = None
+        app.extensions["quaero"].close()
     print(f"\n{EXAMPLES} examples of up to {STEPS} steps in {time.monotonic() - started:.1f} s:",
           ", ".join(f"{k} {v}" for k, v in sorted(SEEN.items())))
 
