@@ -76,7 +76,7 @@ def _from_volume(conn, f, buckets, until):
 def _from_lines(conn, f, buckets, until):
     """Buckets of whole milliseconds counted from the lines: ``date_bin`` on PostgreSQL,
     the stored milliseconds on SQLite (``models.EpochMillis``)."""
-    conds = line_conditions(f, conn.dialect.name)
+    conds = line_conditions(f, conn)
     ts = log_t.c.timestamp
     first, last = conn.execute(sa.select(sa.func.min(ts), sa.func.max(ts)).where(*conds)).one()
     if first is None:

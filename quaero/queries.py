@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from .models import (ID_KEY, LEVEL_NAMES, LEVELS, RARE_LEVEL, SEARCH_KEY, SERVICE_KEY,
                      counters_t, counts_t, jobs_t, line_dict, log_t, of_jobs)
+from .storage import BLOCK, generation_table, generations
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ class LineFilter:
 TRIGRAM = 3
 MAX_Q = 200
 ICU_ROOT = "und-x-icu"  # PostgreSQL's ICU root locale; the index of migration 0009 uses it
-_fts_t = sa.table("log_fts", sa.column("rowid"), sa.column("log_fts"))
+# a block's ids are its number * BLOCK + 0 .. BLOCK - 1 (storage.index_behind)
+_OFFSETS = "(SELECT column1 AS n FROM (VALUES " + ", ".join(f"({i})" for i in range(BLOCK)) + "))"
 
 
 def sqlite_contains(message, q_folded):
@@ -138,7 +140,8 @@ def _fts_query(folded, most=16):
     return " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
 
 
-def _text_condition(q, dialect):
+def _text_condition(q, dialect, gens=()):
+    """``gens``: SQLite's search index generations (storage.generations)."""
     folded = q.lower()
     if dialect == "postgresql":
         col = sa.func.lower(log_t.c.message.collate(ICU_ROOT))
@@ -149,14 +152,19 @@ def _text_condition(q, dialect):
     match = _fts_query(folded)
     if match is None:
         return exact
-    indexed = sa.select(_fts_t.c.rowid).where(_fts_t.c.log_fts.op("MATCH")(match))
-    mark = sa.select(counters_t.c.value).where(counters_t.c.key == SEARCH_KEY).scalar_subquery()
-    not_yet = sa.select(log_t.c.id).where(log_t.c.id > mark)
-    candidates = sa.union_all(indexed, not_yet)
+    # the lines of every block holding the trigrams, and every line not indexed yet
+    parts = [f"SELECT {t}.rowid * {BLOCK} + o.n FROM {t}, {_OFFSETS} AS o WHERE {t} MATCH :match"
+             for t in map(generation_table, gens)]
+    parts.append("SELECT id FROM log_entries WHERE id > "
+                 f"(SELECT value FROM line_counters WHERE key = '{SEARCH_KEY}')")
+    candidates = sa.text(" UNION ALL ".join(parts))
+    if gens:  # (unique: a statement may hold this condition once per job)
+        candidates = candidates.bindparams(sa.bindparam("match", match, unique=True))
+    candidates = candidates.columns(sa.column("id", sa.Integer))
     return sa.and_(log_t.c.id.in_(candidates), exact)
 
 
-def _where(f, dialect):
+def _where(f, conn):
     """The filter as conditions. "info and above" (the default) matches nearly every line,
     so its level test is kept out of the index choice (``level + 0``): the job's or step's
     index is then read backwards from the newest line, instead of every line at a level
@@ -174,7 +182,8 @@ def _where(f, dialect):
     if f.step is not None:
         conds.append(log_t.c.step_name == f.step)
     if f.q is not None:
-        conds.append(_text_condition(f.q, dialect))
+        sqlite = conn.dialect.name == "sqlite"
+        conds.append(_text_condition(f.q, conn.dialect.name, generations(conn) if sqlite else ()))
     if f.source is not None:
         conds.append(log_t.c.source == f.source)
     return conds
@@ -216,7 +225,7 @@ def select_lines(conn, f, *, after=None, before=None, limit=100):
     """Matching lines, oldest first: the first ``limit`` after ``after``, or else the
     last ``limit`` (before ``before``). Fetches one extra row to tell whether more exist.
     Returns ``(lines, more)``."""
-    conds = _where(f, conn.dialect.name)
+    conds = _where(f, conn)
     bounds = job_bounds(conn, f) if after is None else None
     if bounds and len(bounds) == len(f.job_ids):
         conds.append(log_t.c.id.between(min(b[0] for b in bounds.values()),
@@ -260,7 +269,7 @@ def tail_lines(conn, f, limit):
     parts = []
     for job_id in f.job_ids:
         one = dataclasses.replace(f, job_ids=(job_id,))
-        conds = _where(one, conn.dialect.name)
+        conds = _where(one, conn)
         if job_id in bounds:
             conds.append(log_t.c.id.between(*bounds[job_id]))
         parts.append(_select_lines().where(*conds)
@@ -283,7 +292,7 @@ def count_matches(conn, f):
     few rows, never a scan); with ``q`` or ``source`` (not in the counts) by counting
     matches, stopping at COUNT_CAP."""
     if f.q is not None or f.source is not None:
-        found = sa.select(log_t.c.id).where(*_where(f, conn.dialect.name)).limit(COUNT_CAP + 1)
+        found = sa.select(log_t.c.id).where(*_where(f, conn)).limit(COUNT_CAP + 1)
         n = conn.execute(sa.select(sa.func.count()).select_from(found.subquery())).scalar()
         return min(n, COUNT_CAP), n > COUNT_CAP
     keys = list(f.job_ids) if f.job_ids else [SERVICE_KEY]

@@ -24,7 +24,7 @@ import gevent
 import sqlalchemy as sa
 
 from .histogram import second_of
-from .storage import IDEMPOTENCY_TTL
+from .storage import IDEMPOTENCY_TTL, clear_generations
 from .models import (FINISHED, SERVICE_KEY, Job, counters_t, counts_t, idempotency_t, log_t,
                      of_jobs, utcnow, volume_t)
 
@@ -75,16 +75,16 @@ def _count_away(conn, key, span):
 
 def _delete_lines(conn, key, where, limit=CHUNK):
     """Delete up to ``limit`` lines of one job (or the service log) matching ``where``,
-    and take them off the counts. Returns how many went."""
+    and take them off the counts. Returns ``(how many went, the last id deleted)``."""
     job_cond = of_jobs(() if key == SERVICE_KEY else (key,))
     ids = conn.execute(sa.select(log_t.c.id).where(job_cond, *where)
                        .order_by(log_t.c.id).limit(limit)).scalars().all()
     if not ids:
-        return 0
+        return 0, None
     lo, hi = ids[0], ids[-1]
     span = (job_cond, log_t.c.id >= lo, log_t.c.id <= hi, *where)
     _count_away(conn, key, span)
-    return conn.execute(log_t.delete().where(*span)).rowcount
+    return conn.execute(log_t.delete().where(*span)).rowcount, hi
 
 
 class Chunks:
@@ -102,24 +102,29 @@ class Chunks:
         self.rest = rest
         self.size = 500
 
-    def delete(self, engine, key, where=()):
-        """One transaction; returns ``(lines deleted, whether more may match)``."""
+    def delete(self, engine, key, where=(), after=None):
+        """One transaction, of lines with ids above ``after`` (the last id a previous one
+        deleted: PostgreSQL's index still holds the deleted rows until vacuum, and a scan
+        from the start read them all again, 0.5 s a transaction after a million).
+        Returns ``(lines deleted, whether more may match, the last id deleted)``."""
         size = self.size
         started = time.perf_counter()
+        if after is not None:
+            where = (*where, log_t.c.id > after)
         with engine.begin() as conn:
-            n = _delete_lines(conn, key, where, size)
+            n, last = _delete_lines(conn, key, where, size)
         took = time.perf_counter() - started
         if n == size and took > 0:
             self.size = int(min(CHUNK, max(self.MIN_CHUNK, size * min(self.TXN_SECONDS / took, 2))))
         if self.rest is not None:
             gevent.sleep(max(took * self.rest, 0.0001))  # a timer: the loop polls sockets too
-        return n, n == size
+        return n, n == size, last if last is not None else after
 
     def delete_all(self, engine, key, where=()):
         """Every matching line, a transaction at a time; returns how many went."""
-        total, more = 0, True
+        total, more, after = 0, True, None
         while more:
-            n, more = self.delete(engine, key, where)
+            n, more, after = self.delete(engine, key, where, after)
             total += n
         return total
 
@@ -282,6 +287,7 @@ def prune_for_room(engine, budget, archive=None, chunks=None):
     chunks = chunks or Chunks()
     estimate = None if budget.sqlite else budget.bytes_per_line()
     cutoff, skip = utcnow() - FLOOR, set()
+    old_lines, after = (log_t.c.timestamp < cutoff,), None
     jobs = lines = 0
     while need > 0:
         job_id, finished_at, line_at = _oldest(engine, cutoff, skip)
@@ -292,7 +298,7 @@ def prune_for_room(engine, budget, archive=None, chunks=None):
             n = remove_job(engine, job_id, chunks)
             jobs += 1
         elif line_at is not None:
-            n = chunks.delete(engine, SERVICE_KEY, (log_t.c.timestamp < cutoff,))[0]
+            n, _, after = chunks.delete(engine, SERVICE_KEY, old_lines, after)
         else:
             break
         lines += n
@@ -356,8 +362,11 @@ class Pruner:
             log.info("retention pruned %d jobs and %d lines (older than %g days, or over "
                      "QUAERO_MAX_LINES_PER_JOB)%s", jobs, lines, self.retention_days or 0,
                      self._archived_note(jobs))
+        self._clear_search_index()
         more_jobs, more_lines, why, short = prune_for_room(self.engine, self.budget,
                                                           self.archive, chunks)
+        if more_jobs or more_lines:
+            self._clear_search_index()
         if more_jobs or more_lines:
             log.warning("retention pruned %d jobs and %d lines, oldest first: %s%s",
                         more_jobs, more_lines, why, self._archived_note(more_jobs))
@@ -366,6 +375,15 @@ class Pruner:
                         "nothing more can be pruned", why, FLOOR)
         self.short = short
         return jobs + more_jobs, lines + more_lines
+
+    def _clear_search_index(self):
+        """SQLite: empty the search index's generations whose lines are all gone (the
+        index only ever adds, see storage.clear_generations)."""
+        with self.engine.begin() as conn:
+            cleared = clear_generations(conn)
+        if cleared:
+            log.info("search index: emptied generation(s) %s (none of their lines is left)",
+                     ", ".join(map(str, cleared)))
 
     def _archived_note(self, jobs):
         folder = getattr(self.archive, "directory", None)

@@ -115,20 +115,49 @@ def _copy_text(value):
     return value
 
 
-_INDEX_SQLITE = sa.text("INSERT INTO log_fts(rowid, message) SELECT id, message FROM log_entries "
-                        "WHERE id > :after AND id <= :upto")
 INDEX_CHUNK = 20000
 MAX_UNINDEXED = 200000
 INDEX_AFTER_QUIET = 0.25  # seconds without a write
 
+# SQLite's search index (migration 0012): a trigram document per BLOCK of consecutive ids,
+# the messages of the block's lines; a search reads the lines of the blocks that hold
+# every trigram asked and tests them (queries._text_condition). Logs repeat themselves
+# from line to line: a block holds a trigram once where its lines held it each, 10 bytes
+# a line where one document per line took 68 (bench/storage.py). The documents of ids
+# [g * GENERATION, (g + 1) * GENERATION) go to table ``log_fts_<g>``; documents are only
+# ever added (a line deleted leaves its block's trigrams: a search then finds a block
+# without that line, which the test drops), and a generation's table is emptied
+# ('delete-all') once no line of its ids is left (``clear_generations``, the pruner).
+BLOCK = 64
+GENERATION = 1 << 20
+_GEN_PREFIX = "log_fts_"
+_FTS_DDL = ("CREATE VIRTUAL TABLE IF NOT EXISTS {name} USING fts5(message, content='', "
+            "tokenize='trigram', detail=none, columnsize=0)")
+_INDEX_READ = sa.text("SELECT id, message FROM log_entries WHERE id > :after AND id <= :upto "
+                      "ORDER BY id")
+
+
+def generation_table(g):
+    return f"{_GEN_PREFIX}{int(g)}"
+
+
+def generations(conn):
+    """The numbers of the search index's generation tables, oldest first."""
+    names = conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                 "AND name GLOB 'log_fts_[0-9]*'")).scalars()
+    return sorted(int(n[len(_GEN_PREFIX):]) for n in names if n[len(_GEN_PREFIX):].isdigit())
+
 
 def index_behind(conn, chunk=INDEX_CHUNK):
-    """SQLite: put the next ``chunk`` committed lines into the search index (``log_fts``)
-    in the open transaction ``conn``; returns the last id indexed. Indexing in the write
+    """SQLite: put the next (about) ``chunk`` committed lines into the search index, whole
+    blocks only, in the open transaction ``conn``; returns the last id indexed (the end of
+    a block: a block is indexed once every id in it is final). Indexing in the write
     transaction halves ingest (a trigram per character); behind it, in big chunks while
-    the writer has been idle for a moment, it costs a third as much, and searches scan what it has not
-    reached. The first statement is a write, so the transaction holds SQLite's write lock
-    before it reads the mark: processes never index the same lines twice."""
+    the writer has been idle for a moment, it costs a third as much, and searches scan
+    what it has not reached. The first statement is a write, so the transaction holds
+    SQLite's write lock before it reads the mark: no other transaction commits lines
+    meanwhile (every id up to the newest is final), and processes never index a block
+    twice."""
     mark = conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY)
                         .values(value=counters_t.c.value).returning(counters_t.c.value)).scalar()
     upto = conn.execute(sa.select(sa.func.max(sa.text("id"))).select_from(
@@ -136,9 +165,49 @@ def index_behind(conn, chunk=INDEX_CHUNK):
         .subquery())).scalar()
     if upto is None:
         return mark
-    conn.execute(_INDEX_SQLITE, {"after": mark, "upto": upto})
+    upto = (upto + 1) // BLOCK * BLOCK - 1   # the end of the last whole block
+    if upto <= mark:
+        return mark
+    docs = {}
+    for line_id, message in conn.execute(_INDEX_READ, {"after": mark, "upto": upto}):
+        docs.setdefault(line_id // BLOCK, []).append(message)
+    per_table = {}
+    for block, messages in docs.items():
+        per_table.setdefault(block * BLOCK // GENERATION, []).append(
+            (block, "\n".join(messages)))
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        for g, rows in per_table.items():
+            name = generation_table(g)
+            cur.execute(_FTS_DDL.format(name=name))
+            cur.executemany(f"INSERT INTO {name}(rowid, message) VALUES (?, ?)", rows)
+    finally:
+        cur.close()
     conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY).values(value=upto))
     return upto
+
+
+def clear_generations(conn):
+    """SQLite: empty the search index's generations that no line's id falls in any more
+    (the pruner removed them all) in the open transaction ``conn``; returns their
+    numbers. Their tables stay (a search running meanwhile names them), empty. The first
+    statement is a write, as in ``index_behind``: no line is committed or indexed while
+    this looks."""
+    if conn.dialect.name != "sqlite":
+        return []
+    conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY)
+                 .values(value=counters_t.c.value))
+    oldest = conn.execute(sa.select(sa.func.min(log_t.c.id))).scalar()
+    cleared = []
+    for g in generations(conn):
+        if oldest is not None and g >= oldest // GENERATION:
+            break
+        name = generation_table(g)
+        # (``_data`` rows 1 and 10 are the table's own; anything more is documents)
+        if conn.execute(sa.text(f"SELECT 1 FROM {name}_data WHERE id > 10 LIMIT 1")).first():
+            conn.execute(sa.text(f"INSERT INTO {name}({name}) VALUES ('delete-all')"))
+            cleared.append(g)
+    return cleared
 
 
 def write_lines(conn, lines):

@@ -218,17 +218,21 @@ def test_stream_with_q_sends_only_matches_in_backfill_and_live(api):
 
 def test_sqlite_index_behind_the_writer(app):
     """Lines the index has not reached are found by the scan after the mark; the idle
-    writer then indexes them, and the index alone finds them."""
+    writer then indexes every whole block of 64 ids (storage.BLOCK), and the index alone
+    finds them. Deleted lines are never found; a generation none of whose lines is left
+    is emptied by the pruner's clear_generations."""
     from datetime import datetime
 
-    from quaero.storage import index_behind, write_lines
+    from quaero.storage import BLOCK, clear_generations, generations, index_behind, write_lines
     c = app.test_client()
     engine = app.extensions["quaero"].engine
     job = new_job(c)
-    with engine.begin() as conn:  # written but not indexed: no writer to index behind
-        rows = write_lines(conn, [{"job_id": job, "step_name": None, "level": 20,
-                                   "message": f"Behind {i}", "timestamp": datetime(2026, 1, 1)}
-                                  for i in range(3)])
+
+    def write(messages):
+        with engine.begin() as conn:  # written but not indexed: no writer to index behind
+            return write_lines(conn, [{"job_id": job, "step_name": None, "level": 20,
+                                       "message": m, "timestamp": datetime(2026, 1, 1)}
+                                      for m in messages])
 
     def mark():
         with engine.connect() as conn:
@@ -237,23 +241,40 @@ def test_sqlite_index_behind_the_writer(app):
 
     def indexed(text):
         with engine.connect() as conn:
-            return conn.exec_driver_sql("SELECT rowid FROM log_fts WHERE log_fts MATCH ? "
-                                        "ORDER BY rowid", (text,)).scalars().all()
+            return [b for g in generations(conn) for b in conn.exec_driver_sql(
+                f"SELECT rowid FROM log_fts_{g} WHERE log_fts_{g} MATCH ? ORDER BY rowid",
+                (text,)).scalars()]
+    rows = write([f"Behind {i}" for i in range(3)])
     assert mark() < rows[0]["id"] and indexed('"beh"') == []
     assert messages(c.get("/api/search?q=behind")) == ["Behind 2", "Behind 1", "Behind 0"]
+    with engine.begin() as conn:  # the block is not whole yet: nothing is indexed
+        assert index_behind(conn) == mark() < rows[0]["id"]
+    rows += write([f"filler {i}" for i in range(BLOCK)])
     with engine.begin() as conn:
-        assert index_behind(conn) == rows[-1]["id"]
-    assert indexed('"beh"') == [r["id"] for r in rows]
-    # the write path's lines: indexed by the writer once it is idle
-    last = post(c, {"level": "info", "message": "fresh one", "job_id": job})["last_id"]
+        upto = index_behind(conn)
+    assert upto == (rows[-1]["id"] + 1) // BLOCK * BLOCK - 1 and upto >= rows[2]["id"]
+    assert indexed('"beh"') == [rows[0]["id"] // BLOCK]
+    assert messages(c.get("/api/search?q=behind")) == ["Behind 2", "Behind 1", "Behind 0"]
+    # the write path's lines: indexed by the writer once it is idle, a whole block at a time
+    last = post(c, *[{"level": "info", "message": f"fresh {i}", "job_id": job}
+                     for i in range(2 * BLOCK)])["last_id"]
     import time
     deadline = time.monotonic() + 2
-    while mark() < last and time.monotonic() < deadline:
+    while mark() < last // BLOCK * BLOCK - 1 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert mark() == last and indexed('"fre"') == [last]
-    assert messages(c.get("/api/search?q=FRESH")) == ["fresh one"]
-    # deleted lines leave the index
+    assert mark() == (last + 1) // BLOCK * BLOCK - 1 and indexed('"fre"')
+    assert len(messages(c.get("/api/search?q=FRESH&limit=500"))) == 2 * BLOCK
+    # deleted lines are never found; their generation is emptied once none is left
+    post(c, {"level": "info", "message": "a service line"})
     assert c.delete(f"/api/jobs/{job}").status_code in (200, 204)
+    assert messages(c.get("/api/search?q=behind")) == []
+    assert indexed('"beh"')   # (the block's trigrams stay until then)
+    with engine.begin() as conn:
+        assert clear_generations(conn) == []   # the service line is in it still
+        conn.exec_driver_sql("DELETE FROM log_entries")
+    with engine.begin() as conn:
+        assert clear_generations(conn) == [0]
+        assert clear_generations(conn) == []   # once
     assert indexed('"beh"') == [] and indexed('"fre"') == []
 
 
@@ -309,11 +330,15 @@ def test_q_folds_case_as_str_lower_on_both_databases(c, any_app, q, expected):
 
 def wait_indexed(app, last_id, timeout=10):
     """SQLite: until the search index holds every line up to ``last_id`` (the writer
-    fills it when idle), so that a search goes through the index, not the scan after it."""
+    fills it when idle, a whole block of ids at a time: service lines of "0" fill the
+    block), so that a search goes through the index, not the scan after it."""
     import time
+
+    from quaero.storage import BLOCK
     engine = app.extensions["quaero"].engine
     if engine.dialect.name != "sqlite":
         return
+    post(app.test_client(), *[{"level": "debug", "message": "0"}] * BLOCK)
     deadline = time.monotonic() + timeout
     while True:
         with engine.connect() as conn:
