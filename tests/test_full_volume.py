@@ -77,10 +77,11 @@ def test_filled_to_507_it_stays_clean_and_resumes_after_pruning(volume, tmp_path
             db.session.execute(sa.update(Job).where(Job.id == job).values(
                 finished_at=utcnow() - timedelta(hours=2)))
             db.session.commit()
+        eventually(lambda: c.get(f"/api/jobs/{job}").status_code == 404, timeout=30,
+                   what="the pruner removes the job")
         eventually(lambda: c.post("/api/logs", json={"logs": [
             {"level": "info", "message": "back"}]}).status_code == 201, timeout=30,
             what="ingest resumes once the pruner made room")
-        assert c.get(f"/api/jobs/{job}").status_code == 404
         assert c.get("/healthz").status_code == 200
         assert _integrity(app) == "ok"
         said = eventually(lambda: c.get("/api/logs?scope=service&q=retention pruned").json["logs"],
