@@ -263,15 +263,17 @@ class Budget:
             return self.used_bytes(conn) / max(int(lines), 1)
 
 
-def _oldest(engine, cutoff, skip):
-    """The oldest finished job and the oldest service line older than ``cutoff``:
-    ``(job id or None, its finished_at, service line's timestamp or None)``."""
+def _oldest(engine, cutoff, skip, after=None):
+    """The oldest finished job and the oldest service line older than ``cutoff`` (and
+    after line id ``after``, as in Chunks.delete): ``(job id or None, its finished_at,
+    service line's timestamp or None)``."""
     with engine.connect() as conn:
         job = conn.execute(sa.select(Job.id, Job.finished_at).where(
             Job.status.in_(FINISHED), Job.finished_at < cutoff, Job.id.not_in(skip))
             .order_by(Job.finished_at).limit(1)).first()
+        since = () if after is None else (log_t.c.id > after,)
         line = conn.execute(sa.select(log_t.c.timestamp).where(
-            of_jobs(()), log_t.c.timestamp < cutoff)
+            of_jobs(()), log_t.c.timestamp < cutoff, *since)
             .order_by(log_t.c.id).limit(1)).scalar()
     return (job[0], job[1], line) if job is not None else (None, None, line)
 
@@ -290,7 +292,7 @@ def prune_for_room(engine, budget, archive=None, chunks=None):
     old_lines, after = (log_t.c.timestamp < cutoff,), None
     jobs = lines = 0
     while need > 0:
-        job_id, finished_at, line_at = _oldest(engine, cutoff, skip)
+        job_id, finished_at, line_at = _oldest(engine, cutoff, skip, after)
         if job_id is not None and (line_at is None or finished_at <= line_at):
             if not _archived(archive, engine, job_id):
                 skip.add(job_id)
