@@ -109,10 +109,14 @@ def post_all(port, bodies):
                 if not todo:
                     break
                 body = todo.pop()
-            conn.request("POST", "/api/logs", body=body,
-                         headers={"Content-Type": "application/json"})
-            r = conn.getresponse()
-            data = r.read()
+            for _ in range(10):   # a 503 stored nothing: send it again, as a producer does
+                conn.request("POST", "/api/logs", body=body,
+                             headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                data = r.read()
+                if r.status != 503:
+                    break
+                time.sleep(1)
             if r.status != 201:
                 raise RuntimeError(f"POST /api/logs -> {r.status} {data[:300]!r}")
             with lock:
@@ -125,7 +129,7 @@ def post_all(port, bodies):
         t.start()
     for t in threads:
         t.join()
-    return sent[0] / (time.perf_counter() - t0)
+    return sent[0], sent[0] / (time.perf_counter() - t0)
 
 
 def get(port, path, **params):
@@ -243,7 +247,9 @@ def run(kind, total, corpus_lines, root, label):
         with Server(url, root=root) as server:
             job_ids = [create_job(server.url, f"build-{j}", STEPS) for j in range(JOBS)]
             bodies, n = batches(corpus_lines, total, job_ids)
-            rate = post_all(server.port, bodies)
+            stored, rate = post_all(server.port, bodies)
+            if stored != n:
+                raise RuntimeError(f"{n - stored} of {n} lines were not stored")
             wait_indexed(url)
             reads = read_figures(server.port, job_ids[len(job_ids) // 2])
         sizes, total_bytes = sqlite_sizes(url) if kind == "sqlite" else pg_sizes(url)
