@@ -1,3 +1,5 @@
+import os
+
 from gevent import monkey
 
 monkey.patch_all()  # as the entry points do, before socket/threading are imported
@@ -11,9 +13,55 @@ import pytest  # noqa: E402
 from tests.helpers import PG_URL, Server, make_app, pg_admin, reset_pg  # noqa: E402
 
 
+class _ThreadSafeEvent:
+    """An Event that a real thread sets and a gevent-patched thread waits on, by polling
+    with the real ``sleep`` (neither side needs the other's hub)."""
+
+    _sleep = staticmethod(monkey.get_original("time", "sleep"))
+    _clock = staticmethod(monkey.get_original("time", "monotonic"))
+
+    def __init__(self):
+        self._flag = False
+
+    def is_set(self):
+        return self._flag
+
+    def set(self):
+        self._flag = True
+
+    def clear(self):
+        self._flag = False
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else self._clock() + timeout
+        while not self._flag:
+            if deadline is not None and self._clock() >= deadline:
+                return False
+            self._sleep(0.002)
+        return True
+
+
+def _xdist_worker_waits_on_real_threads():
+    """pytest-xdist (``-n``, pytest.ini): a worker's channel to the controller is read by a
+    real thread, started before this module patched threading, which fills the queue the
+    worker takes its next test from. Made after the patch, that queue's lock and event would
+    be gevent's, which a real thread cannot wake (the worker dies with LoopExit): give execnet
+    a real lock and an event both sides can use. The controller is left alone: everything of
+    its own is made after the patch, so it is all gevent's and consistent."""
+    from execnet import gateway_base
+    real_rlock = monkey.get_original("_thread", "RLock")
+    model = gateway_base.MainThreadOnlyExecModel
+    model.Lock = model.RLock = lambda self: real_rlock()
+    model.Event = lambda self: _ThreadSafeEvent()
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _xdist_worker_waits_on_real_threads()
+
+
 # Tests that start a server, a browser or other processes are marked ``slow`` here, in one
 # place: ``python -m pytest -m "not slow"`` runs the in-process rest in a minute or two.
-SERVER_FIXTURES = {"server", "server_factory"}
+SERVER_FIXTURES = {"server", "server_factory", "module_server"}
 SLOW_FIXTURES = SERVER_FIXTURES | {"browser", "context", "page"}
 SLOW_MODULES = {"test_cli", "test_cli_grep", "test_producers", "test_js_unit", "test_fuzz",
                 "test_eventsource_node", "test_eventsource_browser", "test_nginx",
@@ -21,6 +69,7 @@ SLOW_MODULES = {"test_cli", "test_cli_grep", "test_producers", "test_js_unit", "
                 "test_scale_out", "test_metrics_workers"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
@@ -29,6 +78,20 @@ def pytest_collection_modifyitems(config, items):
         if names & SLOW_FIXTURES or item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES \
                 or "browser" in item.module.__name__.split("."):
             item.add_marker(pytest.mark.slow)
+        if shares_a_module_fixture(item):
+            # pytest-xdist (--dist loadgroup, pytest.ini): the module's tests on one worker,
+            # so its server or browser starts once, not once per worker
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # the long ones first, the in-process ones last to fill the workers' gaps (every
+        # worker sorts alike: xdist needs the same order everywhere)
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def shares_a_module_fixture(item):
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(
+        d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs)
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +160,12 @@ def server_factory(tmp_path):
 @pytest.fixture
 def server(server_factory):
     return server_factory()
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """One real gunicorn for a module's tests that only read, or touch only what they made
+    (their own jobs): a server start costs a second or two of CPU."""
+    s = Server(tmp_path_factory.mktemp("server")).start()
+    yield s
+    s.stop()
