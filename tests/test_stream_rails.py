@@ -10,7 +10,7 @@ import gevent
 import httpx
 import pytest
 
-from tests.helpers import ROOT, Server, reset_pg
+from tests.helpers import ROOT, Server, eventually, reset_pg
 from tests.sse_client import SSEClient
 from tests.test_stream import assert_refused, ids_of, new_job, post, stream
 
@@ -20,9 +20,10 @@ from flood import flood  # noqa: E402
 
 
 @pytest.fixture
-def api(server):
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        client.server = server
+def api(module_server):
+    """The module's server: these tests touch only jobs of their own."""
+    with httpx.Client(base_url=module_server.url, timeout=30) as client:
+        client.server = module_server
         yield client
 
 
@@ -113,10 +114,14 @@ def test_total_count_stays_true_when_a_job_of_the_stream_is_deleted(api):
         events = s.events(until=lambda e: e.event == "logs")
         assert events[-1].json()["meta"]["total_count"] == 10
         assert api.delete(f"/api/jobs/{b}").status_code == 204
-        gevent.sleep(1.2)  # the watcher's ticks (0.5 s) recount
-        post(api, [{"level": "info", "message": "live", "job_id": a}])
-        ev = s.events(until=lambda e: e.event == "logs", timeout=5)[-1]
-        assert ev.json()["meta"]["total_count"] == 6
+        live = []
+
+        def recounted():  # by the watcher's ticks (0.5 s): each live line shows the count
+            live.append(post(api, [{"level": "info", "message": "live", "job_id": a}]))
+            ev = s.events(until=lambda e: e.event == "logs", timeout=5)[-1]
+            assert ev.json()["meta"]["total_count"] == 5 + len(live)
+            return True
+        eventually(recounted, interval=0.3, what="the count without the deleted job's lines")
     finally:
         s.close()
 
@@ -133,14 +138,13 @@ def test_total_count_stays_true_when_lines_are_pruned(server_factory):
             first = s.events(until=lambda e: e.event == "logs", timeout=5)[-1]
             assert len(first.json()["logs"]) == 10
             # pruned to 3, recounted by the watcher (every 5 s): each live line shows it
-            deadline = time.monotonic() + 12
-            while True:
+            def pruned():
                 post(api, [{"level": "info", "message": "live", "job_id": job}])
                 ev = s.events(until=lambda e: e.event == "logs", timeout=5)[-1]
                 total = ev.json()["meta"]["total_count"]
-                if total <= 4 or time.monotonic() > deadline:
-                    break
-                gevent.sleep(0.5)
+                assert total <= 4, total
+                return total
+            total = eventually(pruned, timeout=30, interval=0.5, what="the count after a prune")
             assert total in (3, 4), total  # 3 kept (+ the live one until the next prune)
         finally:
             s.close()
