@@ -2,17 +2,21 @@
 
 A restart (SIGTERM, then a new server on the same port) and the stream cap must not make
 it give up, and it loses no line; a 204 makes it stop."""
+import fcntl
 import json
 import os
 import shutil
 import signal
 import subprocess
+import time
 
 import gevent
 import httpx
 import pytest
 
 from tests.helpers import ROOT
+from tests.sse_client import SSEClient
+from tests.tcp_proxy import TCPProxy
 
 JS = os.path.join(ROOT, "tests", "js")
 ENV = {"QUAERO_STREAM_RETRY_SCALE": "0.1", "QUAERO_PING_INTERVAL": "1"}
@@ -24,10 +28,15 @@ def node_eventsource():
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("node and npm are needed for the WHATWG EventSource tests (apt-get install nodejs npm)")
-    if not os.path.exists(os.path.join(JS, "node_modules", "eventsource", "package.json")):
-        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    folder = os.open(JS, os.O_RDONLY)  # locked: the suite's workers (xdist) may all get here
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(JS, "node_modules", "eventsource", "package.json")):
+            proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS,
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    finally:
+        os.close(folder)
     return node
 
 
@@ -72,22 +81,39 @@ def refused(url):
     return httpx.get(url + "/healthz").json()["streams"]["refused"].get("stream_cap", 0)
 
 
+def front(server):
+    """A TCP proxy the client under test reaches ``server`` (its port) through."""
+    return TCPProxy("127.0.0.1", server.port).start()
+
+
+def restart_with_the_one_stream_taken(server_factory, first, proxy):
+    """SIGTERM ``first`` and start a server with room for one stream on its port; a test
+    client takes that stream before the client under test, which reaches the port through
+    ``proxy``, is let back in: its next try is refused at the cap. Returns the server and the
+    test client holding the stream."""
+    first.proc.send_signal(signal.SIGTERM)
+    first.proc.wait(10)
+    proxy.cut()  # until the one stream is taken (else whoever comes first gets it)
+    second = server_factory(port=first.port, env=dict(ENV, QUAERO_MAX_STREAMS="1"))
+    hog = SSEClient(f"{second.url}/api/logs/stream?scope=service", timeout=10)
+    assert hog.events(until=lambda e: e.event == "logs"), "the test client got the one stream"
+    proxy.restore()
+    return second, hog
+
+
 def test_restart_and_stream_cap_do_not_make_it_give_up(node_eventsource, server_factory):
-    from tests.sse_client import SSEClient
     first = server_factory(env=ENV)
     job = httpx.post(first.url + "/api/jobs", json={"name": "es", "steps": []}).json()["id"]
     acked = post(first.url, job, 5, "before")
+    proxy = front(first)
     es = Follower(node_eventsource,
-                  f"{first.url}/api/logs/stream?scope=job&job_id={job}&limit=0")
+                  f"http://127.0.0.1:{proxy.port}/api/logs/stream?scope=job&job_id={job}&limit=0")
     try:
         es.wait_for(lambda: any("logs" in r for r in es.reports), what="backfill")
         acked += post(first.url, job, 20, "live")
         es.wait_for(lambda: es.ids() == acked[5:], what="live lines")
         # a restart: the old server goes away, a new one takes the port (one stream at most)
-        first.proc.send_signal(signal.SIGTERM)
-        first.proc.wait(10)
-        second = server_factory(port=first.port, env=dict(ENV, QUAERO_MAX_STREAMS="1"))
-        hog = SSEClient(f"{second.url}/api/logs/stream?scope=service", timeout=10)
+        second, hog = restart_with_the_one_stream_taken(server_factory, first, proxy)
         acked += post(second.url, job, 30, "while-away")
         with gevent.Timeout(15, AssertionError("the client was never refused at the cap")):
             while refused(second.url) < 1:
@@ -100,6 +126,7 @@ def test_restart_and_stream_cap_do_not_make_it_give_up(node_eventsource, server_
         es.wait_for(lambda: any(r.get("end") for r in es.reports), what="end")
     finally:
         err = es.stop()
+        proxy.cut()
     assert not any(r.get("gaveUp") for r in es.reports), err
     assert sum(1 for r in es.reports if "open" in r) >= 3, "reconnected after restart and cap"
     assert es.ids() == acked[5:]
