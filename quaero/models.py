@@ -126,6 +126,10 @@ class LogEntry(db.Model):
         sa.Index("ix_log_job_level_id", "job_seq", "level", "id",
                  sqlite_where=sa.text(f"level >= {RARE_LEVEL}"),
                  postgresql_where=sa.text(f"level >= {RARE_LEVEL}")),
+        # the service log, newest first (PostgreSQL does not order (job_seq, id) by id
+        # under "job_seq IS NULL")
+        sa.Index("ix_log_service_id", "id", sqlite_where=sa.text("job_seq IS NULL"),
+                 postgresql_where=sa.text("job_seq IS NULL")),
     )
     id = sa.Column(BigId, primary_key=True, autoincrement=False)
     # the job's ``seq`` (None: the service log); readers ask by job id (``of_jobs``)
