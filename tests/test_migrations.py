@@ -99,46 +99,72 @@ def test_the_id_allocator_is_never_behind_the_stored_lines(database_url, tmp_pat
         again.extensions["quaero"].close()
 
 
-def test_sqlite_timestamps_become_milliseconds_and_search_still_finds_the_lines(tmp_path):
-    """0011 copies SQLite's lines with their timestamps as milliseconds (the text form
-    with or without a fraction), keeping ids, so the search index still points at them;
-    a downgrade gives the text back."""
+def test_lines_refer_to_jobs_by_number_and_sqlite_timestamps_become_milliseconds(
+        database_url, tmp_path):
+    """0011: a database's lines keep their ids, jobs, steps and times while their job
+    becomes a number (and SQLite's timestamps milliseconds, with or without a fraction);
+    0012: SQLite's search index is made again behind the writer, lines are found
+    meanwhile; a downgrade gives the old layout back."""
     from alembic import command
     from quaero.migrate import alembic_config
     from tests.helpers import make_app
-    url = f"sqlite:///{tmp_path}/quaero.db"
-    engine = sa.create_engine(url)
+    sqlite = database_url.startswith("sqlite")
+    engine = sa.create_engine(database_url)
     with engine.begin() as conn:
-        command.upgrade(alembic_config(conn), "0010_level_partial")
-        conn.execute(sa.text("INSERT INTO jobs (id, name, status, created_at) "
-                             "VALUES ('j11', 'demo', 'completed', '2026-11-30 00:00:00')"))
+        command.upgrade(alembic_config(conn), "0010_level_partial")  # a new database
+        command.downgrade(alembic_config(conn), "0010_level_partial")  # a shared one
+        conn.execute(sa.text("INSERT INTO jobs (id, name, status, created_at) VALUES "
+                             "('j11', 'demo', 'completed', '2026-11-30 00:00:00'), "
+                             "('j10', 'older', 'completed', '2026-11-29 00:00:00')"))
         conn.execute(sa.text("INSERT INTO line_counters (key, value, first_id, last_id) "
-                             "VALUES ('j11', 2, 1, 2)"))
+                             "VALUES ('j11', 2, 1, 2), ('j10', 0, NULL, NULL)"))
         conn.execute(sa.text(
             "INSERT INTO log_entries (id, job_id, step_name, level, message, timestamp, "
             "line_number) VALUES (1, 'j11', 'build', 20, 'needle one', "
             "'2026-11-30 10:30:45.123999', 1), (2, 'j11', NULL, 40, 'needle two', "
-            "'2199-12-31 23:59:59', 2)"))
-        conn.execute(sa.text("INSERT INTO log_fts(log_fts) VALUES ('rebuild')"))
-        conn.execute(sa.text("UPDATE line_counters SET value = 2 WHERE key IN ('__id__', '__search__')"))
+            "'2199-12-31 23:59:59', 2), (3, NULL, NULL, 20, 'needle three', "
+            "'2026-11-30 10:30:46', 1)"))
+        if sqlite:
+            conn.execute(sa.text("INSERT INTO log_fts(log_fts) VALUES ('rebuild')"))
+        conn.execute(sa.text("UPDATE line_counters SET value = 3 WHERE key IN ('__id__', '__search__')"))
     engine.dispose()
-    app = make_app(url, tmp_path)
+    app = make_app(database_url, tmp_path)
     try:
         client = app.test_client()
         lines = client.get("/api/logs?scope=job&job_id=j11").get_json()["logs"]
-        assert [(x["id"], x["timestamp"]) for x in lines] == [
-            (1, "2026-11-30T10:30:45.123Z"), (2, "2199-12-31T23:59:59.000Z")]
+        assert [(x["id"], x["job_id"], x["step_name"], x["timestamp"]) for x in lines] == [
+            (1, "j11", "build", "2026-11-30T10:30:45.123Z"),
+            (2, "j11", None, "2199-12-31T23:59:59.000Z")]
+        service = client.get("/api/logs?scope=service&q=needle").get_json()["logs"]
+        assert [(x["id"], x["job_id"]) for x in service] == [(3, None)]
         found = client.get("/api/search?q=needle").get_json()["results"]
-        assert sorted(x["id"] for x in found) == [1, 2]
+        assert sorted((x["id"], x["job_id"]) for x in found) == [(1, "j11"), (2, "j11"), (3, None)]
+        with app.extensions["quaero"].engine.connect() as conn:  # numbered in creation order
+            assert conn.execute(sa.text("SELECT id, seq FROM jobs ORDER BY seq")).all() == [
+                ("j10", 1), ("j11", 2)]
+        job = client.post("/api/jobs", json={"name": "new"}).get_json()["id"]
+        assert client.post("/api/logs", json={"logs": [{"level": "info", "message": "after", "job_id": job}]}) \
+            .status_code == 201
+        assert client.get(f"/api/logs?scope=job&job_id={job}").get_json()["logs"][0]["message"] \
+            == "after"
+        assert client.delete(f"/api/jobs/{job}").status_code == 204
     finally:
         app.extensions["quaero"].close()
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(database_url)
     with engine.begin() as conn:
-        assert conn.execute(sa.text("SELECT typeof(timestamp) FROM log_entries")).scalars().all() \
-            == ["integer", "integer"]
+        if sqlite:
+            assert set(conn.execute(sa.text("SELECT typeof(timestamp) FROM log_entries"))
+                       .scalars()) == {"integer"}
         command.downgrade(alembic_config(conn), "0010_level_partial")
-        assert conn.execute(sa.text("SELECT timestamp FROM log_entries ORDER BY id")).scalars().all() \
-            == ["2026-11-30 10:30:45.123000", "2199-12-31 23:59:59.000000"]
-        conn.execute(sa.text("DELETE FROM log_entries WHERE id = 1"))  # the trigger is back
-        assert conn.execute(sa.text("SELECT count(*) FROM log_fts WHERE log_fts MATCH 'one'")).scalar() == 0
+        rows = conn.execute(sa.text("SELECT id, job_id, timestamp FROM log_entries "
+                                    "WHERE id <= 3 ORDER BY id")).all()
+        assert [(i, j) for i, j, _ in rows] == [(1, "j11"), (2, "j11"), (3, None)]
+        if sqlite:
+            assert [t for _, _, t in rows] == ["2026-11-30 10:30:45.123000",
+                                               "2199-12-31 23:59:59.000000",
+                                               "2026-11-30 10:30:46.000000"]
+            conn.execute(sa.text("DELETE FROM log_entries WHERE id = 1"))  # the trigger is back
+            assert conn.execute(sa.text(
+                "SELECT count(*) FROM log_fts WHERE log_fts MATCH 'one'")).scalar() == 0
+        command.upgrade(alembic_config(conn), "head")
     engine.dispose()
