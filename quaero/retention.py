@@ -24,7 +24,7 @@ import gevent
 import sqlalchemy as sa
 
 from .histogram import second_of
-from .storage import IDEMPOTENCY_TTL
+from .storage import IDEMPOTENCY_TTL, clear_generations
 from .models import (FINISHED, SERVICE_KEY, Job, counters_t, counts_t, idempotency_t, log_t,
                      of_jobs, utcnow, volume_t)
 
@@ -98,9 +98,10 @@ class Chunks:
     TXN_SECONDS = 0.01
     MIN_CHUNK = 100
 
-    def __init__(self, rest=None):
+    def __init__(self, rest=None, adapt=True):
         self.rest = rest
-        self.size = 500
+        self.adapt = adapt   # PostgreSQL: no (see Pruner._prune): CHUNK lines each time
+        self.size = 500 if adapt else CHUNK
 
     def delete(self, engine, key, where=(), after=None):
         """One transaction, of lines with ids above ``after`` (the last id a previous one
@@ -114,7 +115,7 @@ class Chunks:
         with engine.begin() as conn:
             n, last = _delete_lines(conn, key, where, size)
         took = time.perf_counter() - started
-        if n == size and took > 0:
+        if self.adapt and n == size and took > 0:
             self.size = int(min(CHUNK, max(self.MIN_CHUNK, size * min(self.TXN_SECONDS / took, 2))))
         if self.rest is not None:
             gevent.sleep(max(took * self.rest, 0.0001))  # a timer: the loop polls sockets too
@@ -357,15 +358,23 @@ class Pruner:
 
     def _prune(self):
         forget_keys(self.engine)
-        chunks = Chunks(rest=0.5)
+        # SQLite runs in the worker's thread and holds it for a whole transaction: short
+        # ones, with rests. PostgreSQL's statements wait on the socket, and the worker's
+        # other greenlets run meanwhile: 5000 lines a transaction (100-line ones, all fixed
+        # costs, made a 2,000,000-line prune take half an hour)
+        sqlite = self.engine.dialect.name == "sqlite"
+        chunks = Chunks(rest=0.5) if sqlite else Chunks(adapt=False)
         jobs, lines = prune_once(self.engine, self.retention_days, self.max_lines_per_job,
                                  self.archive, chunks)
         if jobs or lines:
             log.info("retention pruned %d jobs and %d lines (older than %g days, or over "
                      "QUAERO_MAX_LINES_PER_JOB)%s", jobs, lines, self.retention_days or 0,
                      self._archived_note(jobs))
+        self._clear_search_index()
         more_jobs, more_lines, why, short = prune_for_room(self.engine, self.budget,
                                                           self.archive, chunks)
+        if more_jobs or more_lines:
+            self._clear_search_index()
         if more_jobs or more_lines:
             log.warning("retention pruned %d jobs and %d lines, oldest first: %s%s",
                         more_jobs, more_lines, why, self._archived_note(more_jobs))
@@ -374,6 +383,15 @@ class Pruner:
                         "nothing more can be pruned", why, FLOOR)
         self.short = short
         return jobs + more_jobs, lines + more_lines
+
+    def _clear_search_index(self):
+        """SQLite: empty the search index's generations whose lines are all gone (the
+        index only ever adds, see storage.clear_generations)."""
+        with self.engine.begin() as conn:
+            cleared = clear_generations(conn)
+        if cleared:
+            log.info("search index: emptied generation(s) %s (none of their lines is left)",
+                     ", ".join(map(str, cleared)))
 
     def _archived_note(self, jobs):
         folder = getattr(self.archive, "directory", None)
