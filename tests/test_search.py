@@ -272,8 +272,8 @@ def test_sqlite_index_behind_the_writer(app):
     with engine.begin() as conn:
         assert clear_generations(conn) == []   # the service line is in it still
         conn.exec_driver_sql("DELETE FROM log_entries")
+    app.extensions["quaero"].pruner.run_once()   # the pruner's pass empties it
     with engine.begin() as conn:
-        assert clear_generations(conn) == [0]
         assert clear_generations(conn) == []   # once
     assert indexed('"beh"') == [] and indexed('"fre"') == []
 
