@@ -180,7 +180,8 @@ class Ingestor:
 
     def _run(self):
         while True:
-            self._wake.wait()
+            if not self._stopping:  # (stopping: stop() set the wake-up already, maybe
+                self._wake.wait()   # consumed by the pass that committed the last units)
             self._wake.clear()
             if self._stopping and not self._units:
                 return

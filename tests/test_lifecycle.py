@@ -91,3 +91,22 @@ def test_a_gunicorn_without_our_config_starts_the_work(tmp_path):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_a_line_queued_just_before_stop_is_written_and_the_writer_ends(tmp_path):
+    """stop() while the writer has units queued: it commits them and ends, without
+    waiting out the drain's timeout for a wake-up it consumed already."""
+    from quaero.models import utcnow
+    app = make_app(f"sqlite:///{tmp_path}/q.db", tmp_path)
+    state = app.extensions["quaero"]
+    try:
+        state.ingestor.submit_nowait([{"job_id": None, "step_name": None, "level": 20,
+                                       "message": "the last words", "timestamp": utcnow()}])
+        with gevent.Timeout(3, AssertionError("the writer did not end when stopped")):
+            state.stop(timeout=60)
+        assert state.ingestor._greenlet.dead
+        with state.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM log_entries "
+                                        "WHERE message = 'the last words'").scalar() == 1
+    finally:
+        state.close()

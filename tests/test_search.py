@@ -5,6 +5,7 @@ import pytest
 
 from quaero.queries import LineFilter
 from tests.sse_client import SSEClient
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -271,6 +272,13 @@ def test_sqlite_index_behind_the_writer(app):
     assert indexed('"beh"')   # (the block's trigrams stay until then)
     with engine.begin() as conn:
         assert clear_generations(conn) == []   # the service line is in it still
+
+    def deletion_logged():  # the service log's line saying so (written by the writer)
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT count(*) FROM log_entries WHERE job_seq IS NULL "
+                                        "AND message LIKE '%deleted%'").scalar()
+    eventually(deletion_logged, what="the service line of the deletion")
+    with engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM log_entries")
     app.extensions["quaero"].pruner.run_once()   # the pruner's pass empties it
     with engine.begin() as conn:
