@@ -90,7 +90,7 @@ def batches(corpus_lines, total, job_ids):
                 i += 1
                 line = {"message": message, "level": level_of(message), "source": source}
                 if i % service_every:
-                    line.update(job_id=job_id, step_name=STEPS[k * len(STEPS) // per_job])
+                    line.update(job_id=job_id, step=STEPS[k * len(STEPS) // per_job])
                 logs.append(line)
             out.append(json.dumps({"logs": logs}).encode())
     return out, i
