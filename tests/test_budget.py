@@ -105,8 +105,8 @@ def test_the_budget_measures_the_database(any_app):
     assert Budget(engine, 0).excess() == (0, None)                   # 0: off
     assert Budget(engine, used * 10).excess() == (0, None)
     need, why = Budget(engine, used // 2).excess()
-    # (PostgreSQL's size moves a little by itself: its statistics, the service log)
-    assert 0 <= need - (used - int(used // 2 * 0.9)) < used / 10 and "QUAERO_MAX_DB_BYTES" in why
+    # (the size moves a little by itself: the service log, the search index, statistics)
+    assert 0 <= need - (used - int(used // 2 * 0.9)) < used / 2 and "QUAERO_MAX_DB_BYTES" in why
     _job(c, "big", 2000, "completed", timedelta(days=2), any_app)
     budget = Budget(engine, used)
     jobs, lines, why, short = prune_for_room(engine, budget)
