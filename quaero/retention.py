@@ -24,7 +24,7 @@ import gevent
 import sqlalchemy as sa
 
 from .histogram import second_of
-from .storage import IDEMPOTENCY_TTL
+from .storage import IDEMPOTENCY_TTL, clear_generations
 from .models import (FINISHED, SERVICE_KEY, Job, counters_t, counts_t, idempotency_t, log_t,
                      of_jobs, utcnow, volume_t)
 
@@ -370,8 +370,11 @@ class Pruner:
             log.info("retention pruned %d jobs and %d lines (older than %g days, or over "
                      "QUAERO_MAX_LINES_PER_JOB)%s", jobs, lines, self.retention_days or 0,
                      self._archived_note(jobs))
+        self._clear_search_index()
         more_jobs, more_lines, why, short = prune_for_room(self.engine, self.budget,
                                                           self.archive, chunks)
+        if more_jobs or more_lines:
+            self._clear_search_index()
         if more_jobs or more_lines:
             log.warning("retention pruned %d jobs and %d lines, oldest first: %s%s",
                         more_jobs, more_lines, why, self._archived_note(more_jobs))
@@ -380,6 +383,15 @@ class Pruner:
                         "nothing more can be pruned", why, FLOOR)
         self.short = short
         return jobs + more_jobs, lines + more_lines
+
+    def _clear_search_index(self):
+        """SQLite: empty the search index's generations whose lines are all gone (the
+        index only ever adds, see storage.clear_generations)."""
+        with self.engine.begin() as conn:
+            cleared = clear_generations(conn)
+        if cleared:
+            log.info("search index: emptied generation(s) %s (none of their lines is left)",
+                     ", ".join(map(str, cleared)))
 
     def _archived_note(self, jobs):
         folder = getattr(self.archive, "directory", None)
