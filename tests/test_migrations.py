@@ -94,7 +94,8 @@ def test_the_id_allocator_is_never_behind_the_stored_lines(database_url, tmp_pat
     again = make_app(database_url, tmp_path)
     try:
         r = again.test_client().post("/api/logs", json={"logs": [{"level": "info", "message": "d"}]})
-        assert r.status_code == 201 and r.json["first_id"] == 4
+        # (after the 3 stored: another line of the service log may have come between)
+        assert r.status_code == 201 and r.json["first_id"] >= 4
     finally:
         again.extensions["quaero"].close()
 
