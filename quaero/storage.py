@@ -133,8 +133,7 @@ GENERATION = 1 << 20
 _GEN_PREFIX = "log_fts_"
 _FTS_DDL = ("CREATE VIRTUAL TABLE IF NOT EXISTS {name} USING fts5(message, content='', "
             "tokenize='trigram', detail=none, columnsize=0)")
-_INDEX_READ = sa.text("SELECT id, message FROM log_entries WHERE id > :after AND id <= :upto "
-                      "ORDER BY id")
+_INDEX_READ = "SELECT id, message FROM log_entries WHERE id > ? AND id <= ? ORDER BY id"
 
 
 def generation_table(g):
@@ -168,23 +167,34 @@ def index_behind(conn, chunk=INDEX_CHUNK):
     upto = (upto + 1) // BLOCK * BLOCK - 1   # the end of the last whole block
     if upto <= mark:
         return mark
-    docs = {}
-    for line_id, message in conn.execute(_INDEX_READ, {"after": mark, "upto": upto}):
-        docs.setdefault(line_id // BLOCK, []).append(message)
-    per_table = {}
-    for block, messages in docs.items():
-        per_table.setdefault(block * BLOCK // GENERATION, []).append(
-            (block, "\n".join(messages)))
-    cur = conn.connection.driver_connection.cursor()
+    # one block in memory at a time: the chunk's messages may be 20,000 x 64 KB
+    dbapi = conn.connection.driver_connection
+    read, write = dbapi.cursor(), dbapi.cursor()
     try:
-        for g, rows in per_table.items():
-            name = generation_table(g)
-            cur.execute(_FTS_DDL.format(name=name))
-            cur.executemany(f"INSERT INTO {name}(rowid, message) VALUES (?, ?)", rows)
+        read.execute(_INDEX_READ, (mark, upto))
+        tables, block, messages = set(), None, []
+        for line_id, message in read:
+            if line_id // BLOCK != block:
+                _index_block(write, tables, block, messages)
+                block, messages = line_id // BLOCK, []
+            messages.append(message)
+        _index_block(write, tables, block, messages)
     finally:
-        cur.close()
+        read.close()
+        write.close()
     conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY).values(value=upto))
     return upto
+
+
+def _index_block(cur, tables, block, messages):
+    """Add one block's document to its generation's table (made on first use)."""
+    if not messages:
+        return
+    name = generation_table(block * BLOCK // GENERATION)
+    if name not in tables:
+        cur.execute(_FTS_DDL.format(name=name))
+        tables.add(name)
+    cur.execute(f"INSERT INTO {name}(rowid, message) VALUES (?, ?)", (block, "\n".join(messages)))
 
 
 def clear_generations(conn):
