@@ -20,6 +20,10 @@ def define(tmp_path, name, text):
     (jobs / f"{name}.toml").write_text(textwrap.dedent(text))
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class CLI:
     """``python -m quaero ...`` in the background, its stdout and stderr collected as they
     come (the test process is gevent-patched: the reader "threads" are greenlets)."""
@@ -28,9 +32,12 @@ class CLI:
         full_env = dict(os.environ, PYTHONUNBUFFERED="1")
         full_env.pop("QUAERO_URL", None)
         full_env.update(env or {})
+        # Ctrl-C as a terminal sends it: a suite started in the background (nohup, `&` in a
+        # script) ignores SIGINT, and a child inherits that, so the CLI would never see it
         self.proc = subprocess.Popen([sys.executable, "-m", "quaero", *args], cwd=ROOT,
                                      env=full_env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=_default_sigint)
         self.out, self.err = [], []
         self._readers = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out)),
                          threading.Thread(target=self._read, args=(self.proc.stderr, self.err))]
