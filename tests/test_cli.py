@@ -88,6 +88,24 @@ def new_job(api):
     return r.json()["id"]
 
 
+def test_tail_after_the_last_line_of_an_ended_job_says_how_it_ended(server_factory):
+    """A resume after a finished job's last line is a 204 (nothing more will come): the
+    stream had closed just as the job ended. tail exits as the job ended (it said
+    'stream: 204' and exited 1: seen once in test_tail_reconnects... under load)."""
+    server = server_factory()
+    api = httpx.Client(base_url=server.url, timeout=30)
+    try:
+        job_id = new_job(api)
+        post_lines(api, job_id, ["one", "two"])
+        last = api.get("/api/logs", params={"scope": "job", "job_id": job_id}).json()["logs"][-1]["id"]
+        api.patch(f"/api/jobs/{job_id}", json={"status": "completed"})
+        cli = CLI("tail", job_id, "--url", server.url, "--after", str(last))
+        assert cli.wait() == 0, cli.err
+        assert any(f"job {job_id} ended: completed" in x for x in cli.err), cli.err
+    finally:
+        api.close()
+
+
 def test_tail_reconnects_and_loses_and_repeats_nothing(server_factory):
     """The server ends every stream after about a second: the CLI resumes each time."""
     server = server_factory(env={"QUAERO_STREAM_LIFETIME": "1"})

@@ -156,6 +156,10 @@ def follow(settings, params, printer, after=None, max_wait=None, verbose=False,
                 with connect_sse(client, "GET", f"{settings.url}/api/logs/stream",
                                  params=list(_flatten(query)), headers=headers) as source:
                     response = source.response
+                    if response.status_code == 204 and last_id is not None:
+                        # a resume after the last line of jobs that have ended (the stream
+                        # closed as they ended): nothing more comes; say how they ended
+                        return _ended(client, settings, params.get("job_id") or [])
                     if response.status_code != 200:
                         response.read()
                         if response.status_code < 500:
@@ -243,6 +247,16 @@ def server_options(fn):
 level_option = click.option("--level", type=click.Choice(LEVELS), default="info",
                             show_default=True, help="Show this level and above.")
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+
+
+def _ended(client, settings, job_ids):
+    """The ``end`` payload of jobs that have ended, from ``GET /api/jobs/<id>``."""
+    jobs = []
+    for job_id in job_ids:
+        r = client.get(f"{settings.url}/api/jobs/{job_id}", headers=settings.headers())
+        status = r.json().get("status") if r.status_code == 200 else "deleted"
+        jobs.append({"id": job_id, "status": status})
+    return {"job": jobs[-1], "jobs": jobs} if jobs else {}
 
 
 def follow_until_ctrl_c(settings, params, printer, goodbye, **kwargs):
