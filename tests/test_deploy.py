@@ -336,8 +336,14 @@ def test_deploy_doc_unit_and_nginx_site(tmp_path, request):
         notify.settimeout(30)
         assert b"READY=1" in notify.recv(4096), err.read_text()
         url = f"http://127.0.0.1:{front}"
-        health = eventually(lambda: _get(httpx, url + "/healthz"), 10, what="nginx")
-        assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+        # READY=1 says the workers listen; Redis may answer a moment later (healthz says
+        # "not connected yet" with a 503 until then, as a load balancer should see it)
+        def healthy():
+            health = _get(httpx, url + "/healthz")
+            assert health is not None, "nginx does not answer"
+            assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+            return health
+        eventually(healthy, 20, what="healthy behind nginx")
         token = {"Authorization": f"Bearer {settings['QUAERO_API_TOKEN']}"}
         stream = SSEClient(f"{url}/api/logs/stream?scope=service&level=warning&limit=0",
                            headers={**token, "Accept-Encoding": "gzip"})
