@@ -121,7 +121,7 @@ def log_histogram(engine, f, buckets=DEFAULT_BUCKETS, until=None):
     """``{"buckets": [{"start", "end", "counts": {level: n}}], "total": n}`` for the lines
     matching ``f``; ``until`` (naive UTC) stretches the buckets to it when it is later than
     the last line (a running job)."""
-    if f.q is None and f.source is None:
+    if f.counted:
         with engine.connect() as conn:
             out = _from_volume(conn, f, buckets, until)
         if out is not None:

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase
 
 from .levels import LEVEL_NAMES, LEVELS  # noqa: F401  (re-exported: the one level vocabulary)
@@ -62,6 +63,19 @@ class EpochMillis(sa.types.TypeDecorator):
 
     def process_result_value(self, value, dialect):
         return None if value is None else from_millis(value)
+
+
+class HexBytes(sa.types.TypeDecorator):
+    """Bytes in the database, lowercase hex in Python (trace and span ids: 16 and 8 bytes
+    where their hex took 33 and 17)."""
+    impl = sa.LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else bytes.fromhex(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else bytes(value).hex()
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -130,6 +144,10 @@ class LogEntry(db.Model):
         # under "job_seq IS NULL")
         sa.Index("ix_log_service_id", "id", sqlite_where=sa.text("job_seq IS NULL"),
                  postgresql_where=sa.text("job_seq IS NULL")),
+        # every line of a trace (PostgreSQL's GIN index of attributes is its migration's
+        # alone, 0014: SQLite has none)
+        sa.Index("ix_log_trace_id", "trace_id", sqlite_where=sa.text("trace_id IS NOT NULL"),
+                 postgresql_where=sa.text("trace_id IS NOT NULL")),
     )
     id = sa.Column(BigId, primary_key=True, autoincrement=False)
     # the job's ``seq`` (None: the service log); readers ask by job id (``of_jobs``)
@@ -140,6 +158,11 @@ class LogEntry(db.Model):
     timestamp = sa.Column(sa.DateTime().with_variant(EpochMillis(), "sqlite"), nullable=False)
     line_number = sa.Column(sa.Integer, nullable=False)
     source = sa.Column(sa.String(200), nullable=True)  # the sending program, if it said
+    # structured fields (``attributes.py``): JSON text on SQLite, JSONB on PostgreSQL (its
+    # GIN index answers ``attr.`` filters); trace and span ids as their bytes
+    attributes = sa.Column(sa.JSON().with_variant(JSONB(), "postgresql"), nullable=True)
+    trace_id = sa.Column(HexBytes(), nullable=True)
+    span_id = sa.Column(HexBytes(), nullable=True)
 
 
 class LineCounter(db.Model):
@@ -248,11 +271,19 @@ def iso(dt):
 
 
 def line_dict(id, job_id, step_name, level, message, timestamp, line_number, source=None,
-              when=None):
-    """A log line as every response has it; ``when``: ``timestamp`` already formatted."""
-    return {"id": id, "timestamp": when or iso(timestamp), "level": LEVEL_NAMES[level],
+              attributes=None, trace_id=None, span_id=None, when=None):
+    """A log line as every response has it; ``when``: ``timestamp`` already formatted.
+    ``attributes``, ``trace_id`` and ``span_id`` are there only when the line has them."""
+    line = {"id": id, "timestamp": when or iso(timestamp), "level": LEVEL_NAMES[level],
             "message": message, "job_id": job_id, "step_name": step_name,
             "line_number": line_number, "source": source}
+    if attributes:
+        line["attributes"] = attributes
+    if trace_id is not None:
+        line["trace_id"] = trace_id
+    if span_id is not None:
+        line["span_id"] = span_id
+    return line
 
 
 def step_dict(step):

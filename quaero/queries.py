@@ -7,11 +7,15 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
+import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
+from .attributes import (line_matches, value_matches, value_text, wanted_texts,
+                         wanted_values)
 from .models import (ID_KEY, LEVEL_NAMES, LEVELS, RARE_LEVEL, SEARCH_KEY, SERVICE_KEY,
-                     counters_t, counts_t, jobs_t, line_dict, log_t, of_jobs)
-from .storage import BLOCK, generation_table, generations
+                     counters_t, counts_t, jobs_t, line_dict, log_t, of_jobs, HexBytes)
+from .storage import BLOCK, attribute_document, generation_table, generations
 
 
 @dataclass(frozen=True)
@@ -28,10 +32,19 @@ class LineFilter:
         if self.q is not None:  # folded once: matches() runs for every live line
             object.__setattr__(self, "folded", self.q.lower())
     source: str | None = None    # only lines this program sent
+    attrs: tuple = ()            # ((key, text), ...): attribute filters, all must match
+    trace_id: str | None = None  # only lines of this trace
 
     @property
     def scope(self):
         return "job" if self.job_ids else "all" if self.everywhere else "service"
+
+    @property
+    def counted(self):
+        """Whether the kept counts (log_counts, log_volume) answer this filter: not for
+        text, a source, attributes or a trace, which only the lines know."""
+        return (self.q is None and self.source is None and not self.attrs
+                and self.trace_id is None)
 
     def matches(self, line):
         if LEVELS[line["level"]] < self.min_level:
@@ -39,6 +52,10 @@ class LineFilter:
         if self.folded is not None and self.folded not in line["message"].lower():
             return False
         if self.source is not None and line.get("source") != self.source:
+            return False
+        if self.trace_id is not None and line.get("trace_id") != self.trace_id:
+            return False
+        if self.attrs and not line_matches(line.get("attributes"), self.attrs):
             return False
         if self.job_ids:
             return line["job_id"] in self.job_ids and (
@@ -68,15 +85,34 @@ def sqlite_contains(message, q_folded):
     return message is not None and q_folded in message.lower()
 
 
+def sqlite_attr(attributes, key, wanted):
+    """SQLite's exact attribute test: ``attributes`` (the column's JSON text) has ``key``
+    matching ``wanted`` (``attributes.value_matches``)."""
+    if attributes is None:
+        return 0
+    return value_matches(orjson.loads(attributes).get(key), wanted)
+
+
+def sqlite_attr_value(attributes, key):
+    """SQLite: the text of attribute ``key`` (for a key no JSON path can name)."""
+    if attributes is None:
+        return None
+    value = orjson.loads(attributes).get(key)
+    return None if value is None else value_text(value)
+
+
 def register_sqlite_functions(dbapi_conn):
     dbapi_conn.create_function("quaero_contains", 2, sqlite_contains, deterministic=True)
+    dbapi_conn.create_function("quaero_attr", 3, sqlite_attr, deterministic=True)
+    dbapi_conn.create_function("quaero_attr_value", 2, sqlite_attr_value, deterministic=True)
 
 
 def not_search_index(obj, name, type_, reflected, compare_to):
     """Alembic's ``include_object``: the text indexes live only in their migrations (an
     FTS5 table and its shadow tables, a GIN index): autogenerate must leave them be."""
     return not (reflected and name and (
-        name.startswith("log_fts") or name in ("ix_log_message_trgm", "ix_log_message_lower_trgm")))
+        name.startswith("log_fts") or name in ("ix_log_message_trgm", "ix_log_message_lower_trgm",
+                                                "ix_log_attributes")))
 
 
 def _like_pattern(q):
@@ -152,7 +188,28 @@ def _text_condition(q, dialect, gens=()):
     match = _fts_query(folded)
     if match is None:
         return exact
-    # the lines of every block holding the trigrams, and every line not indexed yet
+    return sa.and_(log_t.c.id.in_(_indexed_candidates(match, gens)), exact)
+
+
+def _attr_condition(key, wanted, dialect, gens=()):
+    """``attr.KEY=wanted``. PostgreSQL: containment of one of the values it may stand for
+    (the text, the number it spells, the boolean), which the GIN index of migration 0014
+    answers and which is ``value_matches`` exactly. SQLite: the blocks whose search
+    document holds ``ATTR_MARK key=text`` (``storage.index_behind``), tested exactly."""
+    if dialect == "postgresql":
+        col = sa.type_coerce(log_t.c.attributes, JSONB)
+        return sa.or_(*(col.contains({key: v}) for v in wanted_values(wanted)))
+    exact = sa.func.quaero_attr(log_t.c.attributes, key, wanted) == 1
+    queries = [_fts_query(attribute_document(key, t).lower()) for t in wanted_texts(wanted)]
+    if None in queries:
+        return sa.and_(log_t.c.attributes.isnot(None), exact)
+    match = " OR ".join(f"({q})" for q in queries)
+    return sa.and_(log_t.c.id.in_(_indexed_candidates(match, gens)), exact)
+
+
+def _indexed_candidates(match, gens):
+    """The ids of the lines of every block whose document holds ``match`` (an FTS5
+    query), and of every line not indexed yet."""
     parts = [f"SELECT {t}.rowid * {BLOCK} + o.n FROM {t}, {_OFFSETS} AS o WHERE {t} MATCH :match"
              for t in map(generation_table, gens)]
     parts.append("SELECT id FROM log_entries WHERE id > "
@@ -160,8 +217,7 @@ def _text_condition(q, dialect, gens=()):
     candidates = sa.text(" UNION ALL ".join(parts))
     if gens:  # (unique: a statement may hold this condition once per job)
         candidates = candidates.bindparams(sa.bindparam("match", match, unique=True))
-    candidates = candidates.columns(sa.column("id", sa.Integer))
-    return sa.and_(log_t.c.id.in_(candidates), exact)
+    return candidates.columns(sa.column("id", sa.Integer))
 
 
 def _where(f, conn):
@@ -186,12 +242,19 @@ def _where(f, conn):
         conds.append(_text_condition(f.q, conn.dialect.name, generations(conn) if sqlite else ()))
     if f.source is not None:
         conds.append(log_t.c.source == f.source)
+    if f.trace_id is not None:
+        conds.append(log_t.c.trace_id == sa.type_coerce(f.trace_id, HexBytes()))
+    if f.attrs:
+        dialect = conn.dialect.name
+        gens = generations(conn) if dialect == "sqlite" else ()
+        conds.extend(_attr_condition(k, t, dialect, gens) for k, t in f.attrs)
     return conds
 
 
 # A line as line_dict takes it; its job's id from the job its ``job_seq`` refers to.
 _COLS = (log_t.c.id, jobs_t.c.id.label("job_id"), log_t.c.step_name, log_t.c.level,
-         log_t.c.message, log_t.c.timestamp, log_t.c.line_number, log_t.c.source)
+         log_t.c.message, log_t.c.timestamp, log_t.c.line_number, log_t.c.source,
+         log_t.c.attributes, log_t.c.trace_id, log_t.c.span_id)
 _FROM = log_t.outerjoin(jobs_t, jobs_t.c.seq == log_t.c.job_seq)
 
 
@@ -291,7 +354,7 @@ def count_matches(conn, f):
     """``(n, capped)``: lines matching ``f`` now. Without ``q`` from the kept counts (a
     few rows, never a scan); with ``q`` or ``source`` (not in the counts) by counting
     matches, stopping at COUNT_CAP."""
-    if f.q is not None or f.source is not None:
+    if not f.counted:
         found = sa.select(log_t.c.id).where(*_where(f, conn)).limit(COUNT_CAP + 1)
         n = conn.execute(sa.select(sa.func.count()).select_from(found.subquery())).scalar()
         return min(n, COUNT_CAP), n > COUNT_CAP
@@ -310,6 +373,46 @@ _COUNT = sa.select(sa.func.coalesce(sa.func.sum(counts_t.c.count), 0)).where(
     counts_t.c.level >= sa.bindparam("min_level"),
     counts_t.c.key.in_(sa.bindparam("keys", expanding=True)))
 _COUNT_STEP = _COUNT.where(counts_t.c.step_name == sa.bindparam("step"))
+
+
+FACET_COLUMNS = {"source": log_t.c.source, "level": log_t.c.level, "step": log_t.c.step_name}
+
+
+def _facet_value(key, dialect):
+    """The SQL value of ``key`` of a line: a column, or its attribute (JSON, as the
+    database reads it; ``facet_counts`` turns it into text)."""
+    if key in FACET_COLUMNS:
+        return FACET_COLUMNS[key]
+    if dialect == "postgresql":
+        return sa.type_coerce(log_t.c.attributes, JSONB)[key]
+    if '"' in key or "\\" in key:  # not a JSON path SQLite reads: Python's parse
+        return sa.func.quaero_attr_value(log_t.c.attributes, key)
+    path = '$."' + key + '"'
+    kind = sa.func.json_type(log_t.c.attributes, path)
+    return sa.case((kind == "true", "true"), (kind == "false", "false"),
+                   else_=sa.func.json_extract(log_t.c.attributes, path))
+
+
+def facet_counts(conn, f, key, limit):
+    """``(values, total)``: the ``limit`` most frequent values of ``key`` (an attribute,
+    or ``source``, ``level``, ``step``) among the lines matching ``f``, as
+    ``[{"value": text, "count": n}]``, most frequent first (then by value); ``total``:
+    the matching lines that have the key. One pass over the matching lines."""
+    value = _facet_value(key, conn.dialect.name)
+    n = sa.func.count()
+    conds = _where(f, conn) + [value.isnot(None)]
+    if key not in FACET_COLUMNS:
+        conds.append(log_t.c.attributes.isnot(None))
+    grouped = (sa.select(value.label("v"), n.label("n"), sa.func.sum(n).over().label("total"))
+               .select_from(_FROM).where(*conds).group_by(value)
+               .order_by(n.desc()).limit(limit + 8))
+    rows = conn.execute(grouped).all()
+    counts = {}
+    for v, count, _ in rows:   # one text may come from two kinds (the number 5, "5")
+        text = LEVEL_NAMES[v] if key == "level" else value_text(v)
+        counts[text] = counts.get(text, 0) + count
+    values = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return [{"value": v, "count": c} for v, c in values], int(rows[0].total) if rows else 0
 
 
 def count_lines(conn, f):

@@ -4,8 +4,10 @@ idempotency records, and SQLite's search index filled behind the writer."""
 from collections import Counter
 from datetime import datetime, timedelta
 
+import orjson
 import sqlalchemy as sa
 
+from .attributes import value_text
 from .models import ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, log_t
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -48,6 +50,10 @@ _SQL = {
             'VALUES (?, ?, 201, ?, ?) ON CONFLICT ("key") DO NOTHING'),
     "insert": ("INSERT INTO log_entries (id, job_seq, step_name, level, message, timestamp, "
                "line_number, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+    # ... a line with structured fields
+    "insert_attrs": ("INSERT INTO log_entries (id, job_seq, step_name, level, message, "
+                     "timestamp, line_number, source, attributes, trace_id, span_id) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
 }
 _SQL = {"sqlite": _SQL, "postgresql": {k: v.replace("?", "%s") for k, v in _SQL.items()}}
 _EPOCH = datetime(1970, 1, 1)
@@ -75,7 +81,16 @@ def _upsert_counts(cur, sql, volume):
 
 
 _COPY = ("COPY log_entries (id, job_seq, step_name, level, message, timestamp, line_number, "
-         "source) FROM STDIN")
+         "source, attributes, trace_id, span_id) FROM STDIN")
+
+
+def _has_fields(r):
+    return r["attributes"] is not None or r["trace_id"] is not None or r["span_id"] is not None
+
+
+def attributes_json(attributes):
+    """A line's attributes as the database keeps their text (None: none)."""
+    return None if not attributes else orjson.dumps(attributes).decode()
 
 
 def _insert(cur, sqlite, sql, rows, seqs):
@@ -85,17 +100,37 @@ def _insert(cur, sqlite, sql, rows, seqs):
     Timestamps go in as the column keeps them there (``models.EpochMillis``); a line's
     job as its ``seq`` (``seqs``: job id to seq, None to None)."""
     if sqlite:
+        plain = [r for r in rows if not _has_fields(r)]
         cur.executemany(sql["insert"], [
             (r["id"], seqs[r["job_id"]], r["step_name"], r["level"], r["message"],
              (r["timestamp"] - _EPOCH) // _MS, r["line_number"], r["source"])
-            for r in rows])
+            for r in plain])
+        if len(plain) < len(rows):
+            cur.executemany(sql["insert_attrs"], [
+                (r["id"], seqs[r["job_id"]], r["step_name"], r["level"], r["message"],
+                 (r["timestamp"] - _EPOCH) // _MS, r["line_number"], r["source"],
+                 attributes_json(r["attributes"]), _hex_bytes(r["trace_id"]),
+                 _hex_bytes(r["span_id"])) for r in rows if _has_fields(r)])
         return
     with cur.copy(_COPY) as copy:  # one buffer: psycopg's write_row was a third of a batch
         copy.write("".join([
             f"{r['id']}\t{_copy_int(seqs[r['job_id']])}\t{_copy_text(r['step_name'])}\t"
             f"{r['level']}\t"
             f"{_copy_text(r['message'])}\t{r['timestamp'].isoformat(' ')}\t{r['line_number']}\t"
-            f"{_copy_text(r['source'])}\n" for r in rows]))
+            f"{_copy_text(r['source'])}\t{_copy_fields(r)}\n" for r in rows]))
+
+
+def _hex_bytes(value):
+    return None if value is None else bytes.fromhex(value)
+
+
+def _copy_fields(r):
+    """COPY text of a line's attributes (JSONB), trace and span ids (bytea as ``\\x`` hex)."""
+    if not _has_fields(r):
+        return "\\N\t\\N\t\\N"
+    trace = "\\N" if r["trace_id"] is None else "\\\\x" + r["trace_id"]
+    span = "\\N" if r["span_id"] is None else "\\\\x" + r["span_id"]
+    return f"{_copy_text(attributes_json(r['attributes']))}\t{trace}\t{span}"
 
 
 # COPY's text format: a backslash, tab, newline or carriage return in a value is escaped;
@@ -133,7 +168,23 @@ GENERATION = 1 << 20
 _GEN_PREFIX = "log_fts_"
 _FTS_DDL = ("CREATE VIRTUAL TABLE IF NOT EXISTS {name} USING fts5(message, content='', "
             "tokenize='trigram', detail=none, columnsize=0)")
-_INDEX_READ = "SELECT id, message FROM log_entries WHERE id > ? AND id <= ? ORDER BY id"
+_INDEX_READ = ("SELECT id, message, attributes FROM log_entries WHERE id > ? AND id <= ? "
+               "ORDER BY id")
+ATTR_MARK = "\x1f"  # a line's attribute in a block's document: ATTR_MARK key=text
+
+
+def attribute_document(key, text):
+    """What a block's document holds for an attribute (``attributes.value_text``)."""
+    return f"{ATTR_MARK}{key}={text}"
+
+
+def _document(message, attributes):
+    """A line's part of its block's document: its message, then its attributes."""
+    if attributes is None:
+        return message
+    fields = orjson.loads(attributes)
+    return "\n".join([message] + [attribute_document(k, value_text(v))
+                                  for k, v in fields.items()])
 
 
 def generation_table(g):
@@ -173,11 +224,11 @@ def index_behind(conn, chunk=INDEX_CHUNK):
     try:
         read.execute(_INDEX_READ, (mark, upto))
         tables, block, messages = set(), None, []
-        for line_id, message in read:
+        for line_id, message, attributes in read:
             if line_id // BLOCK != block:
                 _index_block(write, tables, block, messages)
                 block, messages = line_id // BLOCK, []
-            messages.append(message)
+            messages.append(_document(message, attributes))
         _index_block(write, tables, block, messages)
     finally:
         read.close()
@@ -289,7 +340,9 @@ def _write(cur, sqlite, sql, lines):
         rows.append({"id": first_id + i, "job_id": line["job_id"],
                      "step_name": line["step_name"], "level": line["level"],
                      "message": line["message"], "timestamp": line["timestamp"],
-                     "line_number": next_line[key], "source": line.get("source")})
+                     "line_number": next_line[key], "source": line.get("source"),
+                     "attributes": line.get("attributes"), "trace_id": line.get("trace_id"),
+                     "span_id": line.get("span_id")})
         volume[(key, line["step_name"] or "", line["level"],
                 (line["timestamp"] - _EPOCH) // _SECOND)] += 1
     _insert(cur, sqlite, sql, rows, seqs)

@@ -25,7 +25,7 @@ def max_id(engine):
 def totals(engine, filters):
     """``{filter: lines matching it now}`` from the kept counts, one query for all (text
     and source filters are not in the counts: they keep their own count)."""
-    filters = [f for f in filters if f.q is None and f.source is None and not f.everywhere]
+    filters = [f for f in filters if f.counted and not f.everywhere]
     keys = sorted({k for f in filters for k in (f.job_ids or (SERVICE_KEY,))})
     if not keys:
         return {}

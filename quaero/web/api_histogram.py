@@ -8,9 +8,7 @@ from flask import Blueprint, jsonify, request
 from ..errors import Invalid
 from ..histogram import DEFAULT_BUCKETS, MAX_BUCKETS, log_histogram
 from ..models import Job, db, utcnow
-from ..queries import LineFilter
-from .params import (MAX_JOB_IDS, check_jobs_exist, db_deadline, parse_int, parse_level, parse_q,
-                     parse_query)
+from .params import check_jobs_exist, db_deadline, parse_int, parse_query, parse_search
 
 bp = Blueprint("histogram", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
 
@@ -22,15 +20,6 @@ def parse_buckets(value):
     if buckets < 1:
         raise Invalid(f"buckets must be 1 to {MAX_BUCKETS}")
     return min(buckets, MAX_BUCKETS)
-
-
-def parse_search(args):
-    """``scope=all``: the filter of ``GET /api/search``."""
-    job_ids = tuple(dict.fromkeys(j for j in args.getlist("job_id") if j))
-    if len(job_ids) > MAX_JOB_IDS:
-        raise Invalid(f"at most {MAX_JOB_IDS} job_id values")
-    return LineFilter(job_ids=job_ids, everywhere=not job_ids, q=parse_q(args.get("q")),
-                      min_level=parse_level(args.get("level"), default="debug"))
 
 
 @bp.get("/logs/histogram")

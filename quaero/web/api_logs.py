@@ -7,13 +7,16 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from ..attributes import MAX_KEY as MAX_ATTR_KEY
+from ..attributes import SPAN_DIGITS, TRACE_DIGITS, clean_attributes, clean_hex_id
 from ..errors import Conflict, Invalid, NotFound, TooLarge
 from ..ingest import KeyTaken, accepted_body
 from ..storage import IDEMPOTENCY_TTL
 from ..models import LEVELS, LEVEL_ALIASES, Job, Step, db, idempotency_t, utcnow
-from ..queries import LineFilter, count_matches, select_lines
+from ..queries import LineFilter, count_matches, facet_counts, select_lines
 from .params import (MAX_NAME, check_jobs_exist, clean_text, db_reading, json_object,
-                     let_others_run, parse_int, parse_query, parse_timestamp, read_body)
+                     let_others_run, parse_int, parse_query, parse_search, parse_timestamp,
+                     read_body)
 
 bp = Blueprint("logs", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
 
@@ -36,41 +39,57 @@ def post_logs():
         raise Invalid("logs must be a non-empty list")
     if len(items) > MAX_LINES_PER_REQUEST:
         raise TooLarge(f"at most {MAX_LINES_PER_REQUEST} lines per request")
-    lines, wanted = [], set()
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise Invalid(f"logs[{i}] must be an object")
-        level = item.get("level")
-        if not isinstance(level, str):
-            raise Invalid(f"logs[{i}].level is required")
-        level = level.lower()
-        level = LEVEL_ALIASES.get(level, level)
-        if level not in LEVELS:
-            raise Invalid(f"logs[{i}].level must be one of debug, info, warn, error")
-        if "message" not in item:
-            raise Invalid(f"logs[{i}].message is required")
-        message = clean_text(item["message"], f"logs[{i}].message")
-        if len(message) * 4 > MAX_MESSAGE_BYTES and len(message.encode("utf-8")) > MAX_MESSAGE_BYTES:
-            raise TooLarge(f"logs[{i}].message is over {MAX_MESSAGE_BYTES} bytes")
-        job_id, step = item.get("job_id"), item.get("step")
-        if job_id is not None and not isinstance(job_id, str):
-            raise Invalid(f"logs[{i}].job_id must be a string")
-        if step is not None:
-            step = clean_text(step, f"logs[{i}].step", MAX_NAME)
-            if not job_id:
-                raise Invalid(f"logs[{i}].step needs a job_id")
-        job_id = job_id or None
-        source = item.get("source")
-        if source is not None and source != "":
-            source = clean_text(source, f"logs[{i}].source", MAX_NAME)
-        wanted.add((job_id, step))
-        lines.append({"job_id": job_id, "step_name": step, "level": LEVELS[level],
-                      "message": message, "timestamp": parse_timestamp(item.get("timestamp"), now),
-                      "source": source or None})
-    _check_targets(wanted)
+    lines = [clean_line(item, f"logs[{i}]", now) for i, item in enumerate(items)]
+    stored = store_lines(lines, key, digest)
+    if isinstance(stored, Response):
+        return stored
+    first_id, last_id = stored
+    return Response(accepted_body(len(lines), first_id, last_id), 201,
+                    mimetype="application/json")
+
+
+def clean_line(item, where, now):
+    """One line of a request (``where`` names it in a 400) as the write path takes it."""
+    if not isinstance(item, dict):
+        raise Invalid(f"{where} must be an object")
+    level = item.get("level")
+    if not isinstance(level, str):
+        raise Invalid(f"{where}.level is required")
+    level = level.lower()
+    level = LEVEL_ALIASES.get(level, level)
+    if level not in LEVELS:
+        raise Invalid(f"{where}.level must be one of debug, info, warn, error")
+    if "message" not in item:
+        raise Invalid(f"{where}.message is required")
+    message = clean_text(item["message"], f"{where}.message")
+    if len(message) * 4 > MAX_MESSAGE_BYTES and len(message.encode("utf-8")) > MAX_MESSAGE_BYTES:
+        raise TooLarge(f"{where}.message is over {MAX_MESSAGE_BYTES} bytes")
+    job_id, step = item.get("job_id"), item.get("step")
+    if job_id is not None and not isinstance(job_id, str):
+        raise Invalid(f"{where}.job_id must be a string")
+    if step is not None:
+        step = clean_text(step, f"{where}.step", MAX_NAME)
+        if not job_id:
+            raise Invalid(f"{where}.step needs a job_id")
+    source = item.get("source")
+    if source is not None and source != "":
+        source = clean_text(source, f"{where}.source", MAX_NAME)
+    return {"job_id": job_id or None, "step_name": step, "level": LEVELS[level],
+            "message": message, "timestamp": parse_timestamp(item.get("timestamp"), now),
+            "source": source or None,
+            "attributes": clean_attributes(item.get("attributes"), f"{where}.attributes"),
+            "trace_id": clean_hex_id(item.get("trace_id"), f"{where}.trace_id", TRACE_DIGITS),
+            "span_id": clean_hex_id(item.get("span_id"), f"{where}.span_id", SPAN_DIGITS)}
+
+
+def store_lines(lines, key=None, digest=None):
+    """Commit validated ``lines`` (``clean_line``) all together through the one write path:
+    ``(first_id, last_id)``, or the recorded answer (a Response) when another request with
+    the same ``Idempotency-Key`` was stored first. 404 for an unknown job or step."""
+    _check_targets({(line["job_id"], line["step_name"]) for line in lines})
     try:
-        first_id, last_id = current_app.extensions["quaero"].ingestor.submit(
+        return current_app.extensions["quaero"].ingestor.submit(
             lines, key=(key, digest) if key else None)
     except KeyTaken:  # the same key, sent again while the first was being stored
         replay = _answered(key, digest)
@@ -78,8 +97,6 @@ def post_logs():
             raise Conflict("a request with this Idempotency-Key is in progress; "
                            "retry") from None
         return replay
-    return Response(accepted_body(len(lines), first_id, last_id), 201,
-                    mimetype="application/json")
 
 
 _KEY = re.compile(r"[\x21-\x7e]{1,128}\Z")
@@ -162,6 +179,29 @@ def get_logs():
     if capped:
         meta["total_count_capped"] = True
     return jsonify(logs=lines, last_id=last_id, meta=meta)
+
+
+FACETS_LIMIT = 100
+
+
+@bp.get("/logs/facets")
+def get_facets():
+    """The most frequent values of one attribute (or of source, level, step) among the
+    lines the query's filters match: ``{"key", "values": [{"value", "count"}], "total"}``."""
+    args = request.args
+    f = parse_search(args, required=False) if args.get("scope") == "all" else parse_query(args)[0]
+    key = args.get("key")
+    if not key or len(key) > MAX_ATTR_KEY or "\x00" in key:
+        raise Invalid(f"key must be an attribute name (1 to {MAX_ATTR_KEY} characters), "
+                      "source, level or step")
+    limit = parse_int(args.get("limit"), "limit")
+    limit = 10 if limit is None else limit
+    if not 1 <= limit <= FACETS_LIMIT:
+        raise Invalid(f"limit must be 1 to {FACETS_LIMIT}")
+    with db_reading() as conn:
+        check_jobs_exist(conn, f.job_ids)
+        values, total = facet_counts(conn, f, key, limit)
+    return jsonify(key=key, values=values, total=total)
 
 
 @bp.get("/jobs/<job_id>/logs.txt")

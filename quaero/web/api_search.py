@@ -6,8 +6,8 @@ from flask import Blueprint, jsonify, request
 
 from ..errors import Invalid
 from ..models import Job
-from ..queries import LineFilter, select_lines
-from .params import MAX_JOB_IDS, check_jobs_exist, db_reading, parse_int, parse_level, parse_q
+from ..queries import select_lines
+from .params import check_jobs_exist, db_reading, parse_int, parse_search
 
 bp = Blueprint("search", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
 
@@ -18,19 +18,14 @@ MAX_LIMIT = 500
 @bp.get("/search")
 def search():
     args = request.args
-    q = parse_q(args.get("q"))
-    job_ids = tuple(dict.fromkeys(j for j in args.getlist("job_id") if j))
-    if len(job_ids) > MAX_JOB_IDS:
-        raise Invalid(f"at most {MAX_JOB_IDS} job_id values")
+    f = parse_search(args)
     limit = parse_int(args.get("limit"), "limit")
     limit = DEFAULT_LIMIT if limit is None else limit
     if not 1 <= limit <= MAX_LIMIT:
         raise Invalid(f"limit must be 1 to {MAX_LIMIT}")
     before = parse_int(args.get("before"), "before")
-    f = LineFilter(job_ids=job_ids, everywhere=not job_ids, q=q,
-                   min_level=parse_level(args.get("level"), default="debug"))
     with db_reading() as conn:
-        check_jobs_exist(conn, job_ids)
+        check_jobs_exist(conn, f.job_ids)
         lines, more = select_lines(conn, f, before=before, limit=limit)
         ids = {line["job_id"] for line in lines if line["job_id"]}
         jobs = conn.execute(sa.select(Job.id, Job.name, Job.status)

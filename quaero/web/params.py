@@ -6,6 +6,7 @@ import gevent
 import sqlalchemy as sa
 from flask import current_app, request
 
+from ..attributes import parse_filters
 from ..deadline import reading, within
 from ..errors import Invalid, JobNotFound, TooLarge
 from ..models import LEVELS, LEVEL_ALIASES, Job
@@ -68,12 +69,27 @@ def parse_query(args):
             raise Invalid(f"at most {MAX_JOB_IDS} job_id values")
         if step == "":
             step = None
+    attrs, trace_id = parse_filters(args)
     f = LineFilter(job_ids=job_ids, step=step, min_level=parse_level(args.get("level")),
                    q=parse_q(args.get("q"), required=False),
-                   source=parse_source(args.get("source")))
+                   source=parse_source(args.get("source")), attrs=attrs, trace_id=trace_id)
     limit = parse_int(args.get("limit"), "limit")
     limit = DEFAULT_LIMIT if limit is None else min(limit, LIMIT_MAX[scope])
     return f, limit
+
+
+def parse_search(args, required=True):
+    """The filter of ``GET /api/search`` (and of ``scope=all`` of the histogram and the
+    facets): every job and the service log, or the ``job_id`` given; ``q`` or an
+    ``attr.``/``trace_id`` filter is ``required`` (a search)."""
+    job_ids = tuple(dict.fromkeys(j for j in args.getlist("job_id") if j))
+    if len(job_ids) > MAX_JOB_IDS:
+        raise Invalid(f"at most {MAX_JOB_IDS} job_id values")
+    attrs, trace_id = parse_filters(args)
+    q = parse_q(args.get("q"), required=required and not (attrs or trace_id))
+    return LineFilter(job_ids=job_ids, everywhere=not job_ids, q=q, attrs=attrs,
+                      trace_id=trace_id, source=parse_source(args.get("source")),
+                      min_level=parse_level(args.get("level"), default="debug"))
 
 
 def parse_q(value, required=True):
