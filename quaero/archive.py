@@ -5,7 +5,7 @@
 "started_at", "finished_at", "steps": [{"id", "name", "status", "started_at",
 "finished_at"}]}, "lines": n}``; then one line per log line, oldest first: ``{"id",
 "timestamp", "level", "message", "step", "line_number", "source"}`` (times as the API
-gives them). Read with ``zcat`` and ``jq``; ``quaero import FILE`` brings the job back.
+gives them), and ``attributes``, ``trace_id``, ``span_id`` where the line has them. Read with ``zcat`` and ``jq``; ``quaero import FILE`` brings the job back.
 
 A file is written under a temporary name, flushed to the disk (fsync) and renamed: a file
 with the final name is whole. When it cannot be written (a full disk), the pruner keeps
@@ -83,11 +83,7 @@ def write_archive(engine, job_id, directory, pause=None):
                 while True:
                     with engine.connect() as conn:
                         lines, more = select_lines(conn, f, after=after, limit=PAGE)
-                    gz.write(b"".join(orjson.dumps(
-                        {"id": ln["id"], "timestamp": ln["timestamp"], "level": ln["level"],
-                         "message": ln["message"], "step": ln["step_name"],
-                         "line_number": ln["line_number"], "source": ln["source"]}) + b"\n"
-                        for ln in lines))
+                    gz.write(b"".join(orjson.dumps(_record(ln)) + b"\n" for ln in lines))
                     if not more:
                         break
                     after = lines[-1]["id"]
@@ -179,13 +175,26 @@ def import_archive(engine, path):
     return job, n
 
 
+_FIELDS = ("attributes", "trace_id", "span_id")
+
+
+def _record(ln):
+    """A line as the archive keeps it."""
+    rec = {"id": ln["id"], "timestamp": ln["timestamp"], "level": ln["level"],
+           "message": ln["message"], "step": ln["step_name"],
+           "line_number": ln["line_number"], "source": ln["source"]}
+    rec.update((k, ln[k]) for k in _FIELDS if k in ln)
+    return rec
+
+
 def _import_lines(engine, job_id, records):
     n, page = 0, []
     for rec in records:
         page.append({"job_id": job_id, "step_name": rec.get("step"),
                      "level": LEVELS[rec["level"]], "message": rec["message"],
                      "timestamp": _time(rec["timestamp"]), "source": rec.get("source"),
-                     "line_number": rec["line_number"]})
+                     "line_number": rec["line_number"], "attributes": rec.get("attributes"),
+                     "trace_id": rec.get("trace_id"), "span_id": rec.get("span_id")})
         if len(page) == PAGE:
             n += _write_page(engine, job_id, page)
             page = []

@@ -12,7 +12,8 @@ statuses (PATCH), cancel and delete them; archive, prune and import a finished j
 ``next_before`` pages; ``GET /api/jobs/<id>`` and ``logs.txt``; SSE streams
 (``GET /api/logs/stream``): backfill, status, live lines, ``end``, and a resume with
 ``Last-Event-ID`` (gap-free, duplicate-free, in id order; ``204`` for an ended job with
-nothing left).
+nothing left). Lines carry attributes, trace and span ids (issue 23); every read may
+filter by ``attr.KEY=VALUE`` or ``trace_id``, and ``GET /api/logs/facets`` counts values.
 
 The model: ids strictly increasing and never reused (a batch's lines take ``first_id`` ..
 ``last_id`` in request order), ``line_number`` contiguous per job over all its steps
@@ -83,6 +84,19 @@ FRAGMENTS = ["a", "BETA", "ray", "%_", "_7", "ünï", "ÜNÏCODE", "'s \"", "\\s
              "mixed case", "nothing-matches", "#1"]
 STEP_NAMES = ["fetch", "build", "Test Ünï", "deploy now"]
 SOURCES = [None, "api", "cron"]
+TRACE_A, TRACE_B = "4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c"
+# what a line may carry besides its message (issue 23): (attributes, trace_id, span_id)
+FIELDS = [None, None,
+          ({"user.id": "42"}, None, None),
+          ({"user.id": 42, "ok": True}, TRACE_A, "00f067aa0ba902b7"),
+          ({"code": 500, "user.id": "7"}, TRACE_B, None),
+          ({"code": "500", "ok": False, "ratio": 0.5}, None, None),
+          ({"code": 500.0}, TRACE_A, None),
+          ({}, None, None)]
+# attr.KEY=VALUE / trace_id filters a reader may ask (None: none)
+ATTR_FILTERS = [None, None, (("user.id", "42"),), (("code", "500"),), (("code", "500.0"),),
+                (("ok", "true"),), (("ok", "false"), ("code", "500")), (("ratio", "0.5"),),
+                (("missing", "1"),), ("trace", TRACE_A), ("trace", TRACE_B)]
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 FINISHED = ("completed", "failed", "cancelled")
 STREAM_TIMEOUT = 3  # lines go out within 150 ms; a failing example waits this long
@@ -107,6 +121,9 @@ class Line:
     line_number: int | None  # a service line's is learned from the first read that shows it
     batch: int
     pos: int                 # position among the batch's service lines
+    attrs: dict | None = None
+    trace: str | None = None
+    span: str | None = None
 
 
 @dataclass(eq=False)
@@ -129,6 +146,8 @@ class Filter:
     step: str | None = None
     level: str = "info"
     q: str | None = None
+    attrs: tuple = ()        # ((key, text), ...), all must match
+    trace: str | None = None
 
     def matches(self, line):
         if self.scope == "service" and line.job is not None:
@@ -140,7 +159,46 @@ class Filter:
             return False
         if RANK[line.level] < RANK[self.level]:
             return False
+        if self.trace is not None and line.trace != self.trace:
+            return False
+        if not all(attr_matches((line.attrs or {}).get(k), text) for k, text in self.attrs):
+            return False
         return self.q is None or self.q.lower() in line.message.lower()
+
+
+def attr_matches(value, text):
+    """The contract: values compared as text, ``500`` matches the number 500 (and, as a
+    number, ``500.0`` does too; the string "500" only ``500``)."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return text == ("true" if value else "false")
+    if isinstance(value, (int, float)):
+        try:
+            return float(text) == value
+        except ValueError:
+            return False
+    return value == text
+
+
+def text_of(value):
+    """An attribute value as text: true/false, a number without a needless fraction."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def with_attr_filter(f, params, spec):
+    """``f`` and the query ``params`` with the ATTR_FILTERS entry ``spec``."""
+    if spec is None:
+        return f, params
+    if spec[0] == "trace":
+        return dataclasses.replace(f, trace=spec[1]), params + [("trace_id", spec[1])]
+    SEEN["attr filter"] += 1
+    return (dataclasses.replace(f, attrs=spec),
+            params + [(f"attr.{k}", text) for k, text in spec])
 
 
 def level_of(value, default):
@@ -317,6 +375,8 @@ class QuaeroModel(RuleBasedStateMachine):
         assert (got["job_id"], got["step_name"], got["level"], got["message"],
                 got.get("source")) == (exp.job, exp.step, exp.level, exp.message, exp.source), \
             f"line {got['id']}: got {got}, want {exp}"
+        assert (got.get("attributes"), got.get("trace_id"), got.get("span_id")) == \
+            (exp.attrs, exp.trace, exp.span), f"line {got['id']}'s fields: got {got}, want {exp}"
         assert ISO_MS.match(got["timestamp"]), got
         if exp.line_number is None:
             exp.line_number = got["line_number"]
@@ -362,7 +422,7 @@ class QuaeroModel(RuleBasedStateMachine):
         """``items`` -> (JSON lines, targets), with one bad target at ``bad_pos`` if asked."""
         live = self.live_jobs()
         out, targets = [], []
-        for target, step_i, level, word, source in items:
+        for target, step_i, level, word, source, extra in items:
             job = self.pick(live, target) if target is not None else None
             step = None
             if job is not None and step_i is not None and job.steps:
@@ -374,6 +434,13 @@ class QuaeroModel(RuleBasedStateMachine):
                 line["step"] = step
             if source is not None:
                 line["source"] = source
+            if FIELDS[extra] is not None:
+                attrs, trace, span = FIELDS[extra]
+                line["attributes"] = attrs
+                if trace is not None:
+                    line["trace_id"] = trace.upper() if extra % 2 else trace
+                if span is not None:
+                    line["span_id"] = span
             out.append(line)
             targets.append((job, step))
         if bad is not None:
@@ -414,7 +481,8 @@ class QuaeroModel(RuleBasedStateMachine):
             self.lines[first_id + i] = Line(
                 first_id + i, job.id if job else None, step,
                 CANON.get(line["level"], line["level"]), line["message"], line.get("source"),
-                number, self.batches, pos)
+                number, self.batches, pos, line.get("attributes") or None,
+                (line.get("trace_id") or "").lower() or None, line.get("span_id"))
             if job is None:
                 pos += 1
 
@@ -531,7 +599,8 @@ class QuaeroModel(RuleBasedStateMachine):
                                st.one_of(st.none(), st.integers(0, 3)),       # step
                                st.sampled_from(LEVEL_IN),
                                st.integers(0, len(WORDS) - 1),
-                               st.sampled_from(SOURCES)),
+                               st.sampled_from(SOURCES),
+                               st.integers(0, len(FIELDS) - 1)),
                      min_size=1, max_size=6)
     keys = st.none() if "keys" in SKIP else st.one_of(
                      st.none(), st.none(),
@@ -792,8 +861,8 @@ class QuaeroModel(RuleBasedStateMachine):
 
     @rule(picks=st.lists(st.integers(0, 7), min_size=1, max_size=3), step=st.integers(0, 5),
           level=st.sampled_from(LEVEL_Q), q=st.one_of(st.none(), st.sampled_from(FRAGMENTS)),
-          limit=limits, cursor=cursors, via=st.integers(0, 1))
-    def poll_jobs(self, picks, step, level, q, limit, cursor, via):
+          limit=limits, cursor=cursors, via=st.integers(0, 1), attr=st.sampled_from(ATTR_FILTERS))
+    def poll_jobs(self, picks, step, level, q, limit, cursor, via, attr):
         if SKIP & {"poll_jobs"}:
             return
         jobs = list(dict.fromkeys(self.jobs[p % len(self.jobs)] for p in picks))
@@ -806,39 +875,43 @@ class QuaeroModel(RuleBasedStateMachine):
                 params.append((name, value))
         if cursor is not None:
             params.append(cursor)
+        f = Filter("job", tuple(j.id for j in jobs), step_name, level_of(level, "info"), q)
+        f, params = with_attr_filter(f, params, attr)
         r = self.http[via].get("/api/logs", params=params)
         if any(j.deleted for j in jobs):
             is_json_error(r, 404)
             return
-        f = Filter("job", tuple(j.id for j in jobs), step_name, level_of(level, "info"), q)
         self.check_page(r, f, limit, cursor)
         SEEN["poll job"] += 1
 
     @rule(tok=st.integers(0, 2), word=st.one_of(st.none(), st.integers(0, len(WORDS) - 1)),
           cut=st.integers(1, 4), level=st.sampled_from(LEVEL_Q), limit=limits, cursor=cursors,
-          via=st.integers(0, 1))
-    def poll_service(self, tok, word, cut, level, limit, cursor, via):
+          via=st.integers(0, 1), attr=st.sampled_from(ATTR_FILTERS))
+    def poll_service(self, tok, word, cut, level, limit, cursor, via, attr):
         if SKIP & {"poll_service"}:
             return
         q = self.tok(tok) if word is None else f"{self.tok(tok)}:{WORDS[word][:cut].swapcase()}"
         if cursor is not None:
             cursor = (cursor[0], self.cursor_id(cursor[1], cursor[2]))
-        params = {"scope": "service", "q": q}
+        params = [("scope", "service"), ("q", q)]
         if level is not None:
-            params["level"] = level
+            params.append(("level", level))
         if limit is not None:
-            params["limit"] = limit
+            params.append(("limit", limit))
         if cursor is not None:
-            params[cursor[0]] = cursor[1]
+            params.append(cursor)
+        f, params = with_attr_filter(Filter("service", level=level_of(level, "info"), q=q),
+                                     params, attr)
         r = self.http[via].get("/api/logs", params=params)
-        self.check_page(r, Filter("service", level=level_of(level, "info"), q=q), limit, cursor)
+        self.check_page(r, f, limit, cursor)
         SEEN["poll service"] += 1
 
     @rule(picks=st.lists(st.integers(0, 7), max_size=2), frag=st.sampled_from(FRAGMENTS),
           tok=st.integers(0, 2), level=st.sampled_from(LEVEL_Q),
           limit=st.sampled_from([None, 1, 2, 3, 7]), before=st.one_of(
-              st.none(), st.tuples(st.integers(0, 60), st.integers(-1, 1))))
-    def search(self, picks, frag, tok, level, limit, before):
+              st.none(), st.tuples(st.integers(0, 60), st.integers(-1, 1))),
+          attr=st.sampled_from(ATTR_FILTERS))
+    def search(self, picks, frag, tok, level, limit, before, attr):
         if SKIP & {"search"}:
             return
         jobs = list(dict.fromkeys(self.jobs[p % len(self.jobs)] for p in picks)) \
@@ -852,11 +925,12 @@ class QuaeroModel(RuleBasedStateMachine):
         if before is not None:
             before = self.cursor_id(*before)
             params.append(("before", before))
+        f = Filter("all", tuple(j.id for j in jobs), level=level_of(level, "debug"), q=q)
+        f, params = with_attr_filter(f, params, attr)
         r = self.http[0].get("/api/search", params=params)
         if any(j.deleted for j in jobs):
             is_json_error(r, 404)
             return
-        f = Filter("all", tuple(j.id for j in jobs), level=level_of(level, "debug"), q=q)
         matches = [ln for ln in reversed(self.matching(f)) if before is None or ln.id < before]
         page = limit or 50
         seen, pages = [], 0
@@ -887,6 +961,44 @@ class QuaeroModel(RuleBasedStateMachine):
         assert len(seen) == len(matches)
         SEEN["search results"] += len(seen)
         SEEN["search pages"] += pages + 1
+
+    @rule(picks=st.lists(st.integers(0, 7), max_size=2),
+          key=st.sampled_from(["user.id", "code", "ok", "ratio", "level", "source", "step"]),
+          level=st.sampled_from(LEVEL_Q), attr=st.sampled_from(ATTR_FILTERS),
+          limit=st.sampled_from([None, 1, 2, 100]))
+    def facets(self, picks, key, level, attr, limit):
+        """GET /api/logs/facets: the most frequent values of an attribute (or of level,
+        source, step) among the lines a filter matches, with their counts (issue 23)."""
+        if SKIP & {"facets"}:
+            return
+        jobs = list(dict.fromkeys(self.jobs[p % len(self.jobs)] for p in picks)) \
+            if self.jobs else []
+        if jobs:
+            f = Filter("job", tuple(j.id for j in jobs), level=level_of(level, "info"))
+            params = [("scope", "job")] + [("job_id", j.id) for j in jobs]
+        else:  # the service log: only this example's lines (q holds its token)
+            f = Filter("service", level=level_of(level, "info"), q=self.token)
+            params = [("scope", "service"), ("q", self.token)]
+        params.append(("key", key))
+        for name, value in (("level", level), ("limit", limit)):
+            if value is not None:
+                params.append((name, value))
+        f, params = with_attr_filter(f, params, attr)
+        r = self.http[0].get("/api/logs/facets", params=params)
+        if any(j.deleted for j in jobs):
+            is_json_error(r, 404)
+            return
+        assert r.status_code == 200, r.text
+        counts = Counter()
+        for ln in self.matching(f):
+            value = {"level": ln.level, "source": ln.source, "step": ln.step}.get(
+                key, (ln.attrs or {}).get(key))
+            if value is not None:
+                counts[text_of(value)] += 1
+        want = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit or 10]
+        assert r.json() == {"key": key, "values": [{"value": v, "count": n} for v, n in want],
+                            "total": sum(counts.values())}, (r.request.url, r.json(), want)
+        SEEN["facets"] += 1
 
     @precondition(lambda self: self.jobs)
     @rule(i=st.integers(0, 7))
@@ -925,9 +1037,10 @@ class QuaeroModel(RuleBasedStateMachine):
                            st.just("beyond")),
           header=st.booleans(), live=st.lists(items, max_size=2),
           finish=st.sampled_from([None, None, "cancelled", "completed", "delete"]),
-          more=st.lists(items, max_size=1), reconnect=st.booleans())
+          more=st.lists(items, max_size=1), reconnect=st.booleans(),
+          attr=st.sampled_from(ATTR_FILTERS))
     def stream_jobs(self, picks, step, level, q, limit, resume, header, live, finish, more,
-                    reconnect):
+                    reconnect, attr):
         if SKIP & {"stream_jobs"}:
             return
         jobs = list(dict.fromkeys(self.jobs[p % len(self.jobs)] for p in picks))
@@ -937,6 +1050,7 @@ class QuaeroModel(RuleBasedStateMachine):
         for name, value in (("step", step_name), ("level", level), ("q", q), ("limit", limit)):
             if value is not None:
                 params.append((name, value))
+        f, params = with_attr_filter(f, params, attr)
         self.run_stream(f, params, limit, resume, header, live, finish, more, reconnect)
 
     @rule(tok=st.integers(0, 2), word=st.one_of(st.none(), st.integers(0, len(WORDS) - 1)),
@@ -944,8 +1058,10 @@ class QuaeroModel(RuleBasedStateMachine):
           resume=st.one_of(st.none(), st.tuples(st.integers(0, 60), st.integers(-1, 1)),
                            st.just("beyond")),
           header=st.booleans(), live=st.lists(items, max_size=2),
-          more=st.lists(items, max_size=1), reconnect=st.booleans())
-    def stream_service(self, tok, word, level, limit, resume, header, live, more, reconnect):
+          more=st.lists(items, max_size=1), reconnect=st.booleans(),
+          attr=st.sampled_from(ATTR_FILTERS))
+    def stream_service(self, tok, word, level, limit, resume, header, live, more, reconnect,
+                       attr):
         if SKIP & {"stream_service"}:
             return
         q = self.tok(tok) if word is None else f"{self.tok(tok)}:{WORDS[word][:3]}"
@@ -954,6 +1070,7 @@ class QuaeroModel(RuleBasedStateMachine):
         for name, value in (("level", level), ("limit", limit)):
             if value is not None:
                 params.append((name, value))
+        f, params = with_attr_filter(f, params, attr)
         self.run_stream(f, params, limit, resume, header, live, None, more, reconnect)
 
     def open_stream(self, f, params, resume, header):
