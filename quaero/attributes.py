@@ -7,13 +7,10 @@ import math
 import re
 
 from .errors import Invalid, TooLarge
+# the limits live with the producers' side (no server imports there); validation is here
+from .fields import (MAX_BYTES, MAX_KEY, MAX_KEYS, MAX_VALUE_BYTES, SPAN_DIGITS,  # noqa: F401
+                     TRACE_DIGITS, safe_text as _text)
 
-MAX_KEYS = 64
-MAX_KEY = 128
-MAX_VALUE_BYTES = 4096
-MAX_BYTES = 16384   # keys and values of one line, as UTF-8
-TRACE_DIGITS = 32
-SPAN_DIGITS = 16
 MAX_FILTERS = 20
 _HEX = re.compile(r"[0-9a-f]+\Z")
 # a JSON number, as the filter's text may spell one (float() takes "1_0", " 5", "nan")
@@ -57,14 +54,6 @@ def clean_attributes(value, where):
             raise TooLarge(f"{where} is over {MAX_BYTES} bytes")
         out[key] = v
     return out
-
-
-def _text(value):
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    if not value.isascii():
-        value = value.encode("utf-8", "replace").decode("utf-8")
-    return value
 
 
 def clean_hex_id(value, where, digits):

@@ -16,6 +16,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord as ProtoRecord
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
 
 from quaero.web.otlp import level
 
@@ -147,3 +148,86 @@ def test_json_gzip_partial_success_and_garbage(srv):
     (0, "shrug", "info"), (9, "ERROR", "info")])
 def test_severity_maps_to_the_four_levels(number, text, expected):
     assert level(ProtoRecord(severity_number=number, severity_text=text)) == expected
+
+
+def test_the_sdk_exporter_keeps_attributes_resource_attributes_and_span_ids(srv):
+    job = _job(srv)
+    provider, _ = _provider(srv, {"service.name": "billing", "quaero.job.id": job,
+                                  "deployment.environment": "prod", "user.id": "from-resource"})
+    tracer = TracerProvider().get_tracer("checkout")
+    handler = LoggingHandler(level=logging.DEBUG, logger_provider=provider)
+    app_log = logging.getLogger("otel-attributes-app")
+    app_log.addHandler(handler)
+    app_log.setLevel(logging.DEBUG)
+    try:
+        with tracer.start_as_current_span("pay") as span:
+            app_log.warning("card declined", extra={"user.id": "42", "http.status_code": 500,
+                                                    "retry": True, "ratio": 0.5})
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            app_log.exception("payment failed", extra={"payload": "é" * 3000})
+        provider.get_logger("raw").emit(LogRecord(body="many", attributes={
+            f"k{i:02}": i for i in range(70)}))
+    finally:
+        app_log.removeHandler(handler)
+        provider.shutdown()
+    ids = span.get_span_context()
+    trace_id, span_id = f"{ids.trace_id:032x}", f"{ids.span_id:016x}"
+
+    declined, failed, many = _lines(srv, scope="job", job_id=job)
+    attributes = declined["attributes"]
+    assert {k: attributes[k] for k in ("user.id", "http.status_code", "retry", "ratio",
+                                       "deployment.environment")} == {
+        "user.id": "42", "http.status_code": 500, "retry": True, "ratio": 0.5,
+        "deployment.environment": "prod"}
+    assert "service.name" not in attributes and "quaero.job.id" not in attributes
+    assert (declined["trace_id"], declined["span_id"]) == (trace_id, span_id)
+    assert declined["source"] == "billing"
+    # an over-limit value is cut, not a reason to lose the line; no span: no ids
+    assert failed["attributes"]["exception.type"] == "ValueError"
+    assert "boom" in failed["attributes"]["exception.stacktrace"]
+    payload = failed["attributes"]["payload"]
+    assert payload.endswith("…") and len(payload.encode()) <= 4096 and payload.startswith("éé")
+    assert "trace_id" not in failed and "span_id" not in failed
+    # past 64 keys the resource's go first, then the record's last ones
+    assert len(many["attributes"]) == 64 and "deployment.environment" not in many["attributes"]
+    assert many["attributes"]["k00"] == 0 and "k69" not in many["attributes"]
+
+    for query in ({"trace_id": trace_id}, {"trace_id": trace_id.upper()},
+                  {"attr.user.id": "42"}, {"attr.http.status_code": "500"}):
+        assert [x["message"] for x in _lines(srv, scope="job", job_id=job, **query)] == [
+            "card declined"], query
+    r = httpx.get(srv.url + "/api/search", params={"trace_id": trace_id}, headers=AUTH)
+    assert [x["message"] for x in r.json()["results"]] == ["card declined"]
+
+
+def test_json_attribute_values_of_every_kind_and_ids_that_are_no_ids(srv):
+    job = _job(srv)
+    doc = _export_json(job, {"body": {"stringValue": "kinds"}, "attributes": [
+        {"key": "s", "value": {"stringValue": "x"}},
+        {"key": "i", "value": {"intValue": "9007199254740993"}},
+        {"key": "d", "value": {"doubleValue": 2.5}},
+        {"key": "b", "value": {"boolValue": False}},
+        {"key": "raw", "value": {"bytesValue": "AAEC"}},
+        {"key": "list", "value": {"arrayValue": {"values": [{"stringValue": "a"},
+                                                             {"intValue": "1"}]}}},
+        {"key": "map", "value": {"kvlistValue": {"values": [
+            {"key": "k", "value": {"boolValue": True}}]}}},
+        {"key": "empty", "value": {}},
+        {"key": "", "value": {"stringValue": "no key"}},
+        {"key": "k" * 129, "value": {"stringValue": "key too long"}},
+        {"key": "service.name", "value": {"stringValue": "the record's own"}}],
+        "traceId": "00000000000000000000000000000000", "spanId": "0102"})
+    doc["resourceLogs"][0]["scopeLogs"][0]["scope"]["attributes"] = [
+        {"key": "s", "value": {"stringValue": "scope loses"}},
+        {"key": "library", "value": {"stringValue": "scope"}}]
+    r = httpx.post(srv.url + "/v1/logs", json=doc, headers=AUTH)
+    assert r.status_code == 200 and "rejectedLogRecords" not in r.json().get(
+        "partialSuccess", {})
+    line, = _lines(srv, scope="job", job_id=job)
+    assert line["attributes"] == {
+        "s": "x", "i": 9007199254740993, "d": 2.5, "b": False, "raw": "AAEC",
+        "list": '["a",1]', "map": '{"k":true}', "service.name": "the record's own",
+        "library": "scope"}
+    assert "trace_id" not in line and "span_id" not in line

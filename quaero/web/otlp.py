@@ -2,7 +2,19 @@
 Collector's ``otlphttp`` exporter send it — protobuf or JSON, gzip or not — decoded with
 the ``opentelemetry-proto`` messages. Every record becomes one line through the one
 write path; records naming a job that does not exist are rejected (partial success), the
-others are stored. Auth: the token rule of ``/api`` (``web.auth``)."""
+others are stored. Auth: the token rule of ``/api`` (``web.auth``).
+
+A line's attributes are the record's attributes, then its scope's, then its resource's
+other than ``service.name`` and ``quaero.job.id`` (on a clash the record's win, then the
+scope's). Strings, integers, doubles and booleans are kept as they are; bytes become
+their base64 text, arrays and key-value lists their compact JSON text. Attributes are
+never a reason to refuse a record: past the contract's limits they are cut and dropped as
+OpenTelemetry's own attribute limits do (``quaero.fields``: a string value over 4 KiB is
+cut, ending in ``…``; keys past 64 or past 16 KiB in all are dropped, the resource's
+first, then the scope's, then the record's own). Refusing instead would lose the error
+lines first: the SDKs put a whole stack trace in ``exception.stacktrace``. The trace and span
+ids are the record's; one of the wrong length or all zeros is no id (as the OTLP
+specification asks of receivers)."""
 import base64
 import binascii
 import json
@@ -16,7 +28,9 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest, ExportLogsServiceResponse)
 
+from ..attributes import SPAN_DIGITS, TRACE_DIGITS, clean_attributes
 from ..errors import Invalid, TooLarge, Unsupported
+from ..fields import fit_attributes, hex_id
 from ..models import LEVELS, Job, db
 from .params import EARLIEST, LATEST, MAX_NAME, clean_text, read_body
 
@@ -25,6 +39,7 @@ bp = Blueprint("otlp", __name__, url_prefix="/v1")
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 JOB_ATTRIBUTE = "quaero.job.id"
+RESOURCE_ONLY = frozenset(("service.name", JOB_ATTRIBUTE))  # the line's source and job
 MAX_MESSAGE_BYTES = 65536
 MAX_RECORDS = 10000  # as POST /api/logs's lines: a record costs as little as 2 bytes
 _TEXT_LEVELS = {"trace": "debug", "debug": "debug", "info": "info", "notice": "info",
@@ -182,18 +197,49 @@ def records_to_lines(export, now):
         attributes = {a.key: a.value.string_value for a in resource_logs.resource.attributes}
         job_id = attributes.get(JOB_ATTRIBUTE) or None
         source = clean_text(attributes.get("service.name", ""), "service.name")[:MAX_NAME] or None
+        resource = [(key, value) for key, value in
+                    plain_attributes(resource_logs.resource.attributes)
+                    if key not in RESOURCE_ONLY]
         for scope_logs in resource_logs.scope_logs:
+            inherited = plain_attributes(scope_logs.scope.attributes) + resource
             for record in scope_logs.log_records:
                 message = clean_text(_text(record.body), "body")
                 if len(message) * 4 > MAX_MESSAGE_BYTES and \
                         len(message.encode("utf-8")) > MAX_MESSAGE_BYTES:
                     rejected.append(f"a body over {MAX_MESSAGE_BYTES} bytes")
                     continue
+                try:  # fitted, so only a disagreement with the validation can refuse it
+                    fields = clean_attributes(fit_attributes(
+                        plain_attributes(record.attributes) + inherited), "attributes")
+                except (Invalid, TooLarge) as exc:
+                    rejected.append(exc.message)
+                    continue
                 lines.append({"job_id": job_id, "step_name": None, "level": LEVELS[level(record)],
                               "message": message, "source": source,
                               "timestamp": _time(record.time_unix_nano
-                                                 or record.observed_time_unix_nano, now)})
+                                                 or record.observed_time_unix_nano, now),
+                              "attributes": fields,
+                              "trace_id": hex_id(record.trace_id.hex(), TRACE_DIGITS),
+                              "span_id": hex_id(record.span_id.hex(), SPAN_DIGITS)})
     return lines, rejected
+
+
+def plain_attributes(key_values):
+    """OTLP ``KeyValue``s as ``(key, value)`` pairs of plain values (see the module doc),
+    in their order; one without a value is left out, a repeated key has its last value."""
+    pairs = {}
+    for kv in key_values:
+        kind = kv.value.WhichOneof("value")
+        if kind is None:
+            continue
+        if kind in ("string_value", "bool_value", "int_value", "double_value"):
+            value = getattr(kv.value, kind)
+        elif kind == "bytes_value":
+            value = base64.b64encode(kv.value.bytes_value).decode()
+        else:
+            value = _text(kv.value)
+        pairs[kv.key] = value
+    return list(pairs.items())
 
 
 def level(record):
