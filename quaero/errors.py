@@ -90,7 +90,8 @@ def error_response(status, message):
 
 
 def _wants_json():
-    return request.path.startswith(("/api/", "/v1/")) or request.path in ("/healthz", "/metrics")
+    return (request.path.startswith(("/api/", "/v1/", "/loki/"))
+            or request.path in ("/healthz", "/metrics"))
 
 
 def init_app(app):

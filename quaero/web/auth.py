@@ -28,7 +28,7 @@ from flask import current_app, request, session
 from ..errors import AuthRequired, Refused
 
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
-API_PREFIXES = ("/api/", "/v1/")  # the JSON API and OpenTelemetry's OTLP/HTTP paths
+API_PREFIXES = ("/api/", "/v1/", "/loki/")  # the JSON API, OTLP/HTTP and the Loki push API
 CSRF_KEY = "csrf_token"
 
 
