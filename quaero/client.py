@@ -11,6 +11,9 @@ it is dropped. A count of dropped lines is sent as a last line. ``quaero exec``/
     import logging
     from quaero.client import QuaeroHandler
     logging.getLogger().addHandler(QuaeroHandler("http://127.0.0.1:5000", source="billing"))
+    logging.getLogger("shop").warning("card declined", extra={"user.id": 42})
+
+A record's ``extra`` fields are the line's attributes (see :func:`record_fields`).
 """
 import logging
 import signal
@@ -22,6 +25,8 @@ from collections import deque
 from datetime import datetime, timezone
 
 import httpx
+
+from .fields import SPAN_DIGITS, TRACE_DIGITS, fit_attributes, hex_id
 
 RETRY_STATUSES = frozenset((429, 502, 503, 504))
 TOKEN_MISSING = ("this server needs an API token: pass it with --token or the "
@@ -134,7 +139,7 @@ class LineSender:
         batch, chars = [], 0
         while self._lines and len(batch) < MAX_BATCH_LINES and chars < MAX_BATCH_CHARS:
             line = self._lines.popleft()
-            chars += len(line["message"])
+            chars += len(line["message"]) + _attributes_chars(line.get("attributes"))
             batch.append({**self.fields, **line})
         return batch
 
@@ -198,6 +203,14 @@ class LineSender:
             self._deadline is not None and time.monotonic() >= self._deadline)
 
 
+def _attributes_chars(attributes):
+    """About what a line's attributes add to a batch (up to 16 KiB a line: 2,000 such lines
+    would pass the server's body limit)."""
+    if not attributes:
+        return 0
+    return sum(len(k) + (len(v) if isinstance(v, str) else 8) + 8 for k, v in attributes.items())
+
+
 def now_iso():
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -208,9 +221,48 @@ def level_name(levelno):
             else "warn" if levelno < logging.ERROR else "error")
 
 
+# what every LogRecord has: anything else on a record came from ``extra`` (or a record factory)
+_RECORD_FIELDS = frozenset(logging.LogRecord("", logging.INFO, "", 0, "", (), None).__dict__) \
+    | {"message", "asctime"}
+_ID_FIELDS = (("trace_id", "trace_id", TRACE_DIGITS), ("span_id", "span_id", SPAN_DIGITS),
+              # opentelemetry-instrumentation-logging's names
+              ("otelTraceID", "trace_id", TRACE_DIGITS), ("otelSpanID", "span_id", SPAN_DIGITS))
+
+
+def record_fields(record):
+    """A record's ``attributes`` (its ``extra`` fields, and ``exception.type`` when it has
+    an exception) and ``trace_id``/``span_id`` (``extra`` fields of those names, or
+    OpenTelemetry's ``otelTraceID``/``otelSpanID``, when they are valid ids), as a dict of
+    the line's fields that it has. Values other than strings, numbers and booleans become
+    their ``str()``; past the contract's limits attributes are cut (``quaero.fields``)."""
+    fields, items = {}, []
+    if record.exc_info and record.exc_info[0] is not None:
+        items.append(("exception.type", record.exc_info[0].__name__))
+    extra = {k: v for k, v in record.__dict__.items()
+             if k not in _RECORD_FIELDS and not k.startswith("_")}
+    for name, field, digits in _ID_FIELDS:
+        value = hex_id(extra.get(name), digits)
+        if value is not None:
+            fields.setdefault(field, value)
+            del extra[name]
+    for key, value in extra.items():
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            try:
+                value = str(value)
+            except Exception:  # a broken __str__ costs its field, not the line
+                continue
+        if value is not None:
+            items.append((key, value))
+    attributes = fit_attributes(items)
+    if attributes:
+        fields["attributes"] = attributes
+    return fields
+
+
 class QuaeroHandler(logging.Handler):
     """A :mod:`logging` handler that sends records to Quaero without ever blocking the
-    caller: to ``job_id``'s log, else the service log, named ``source``."""
+    caller: to ``job_id``'s log, else the service log, named ``source``; a record's
+    ``extra`` fields go as the line's attributes (:func:`record_fields`)."""
 
     def __init__(self, url, token=None, job_id=None, source=None, *, max_lines=10000,
                  close_timeout=5.0, level=logging.NOTSET):
@@ -230,10 +282,12 @@ class QuaeroHandler(logging.Handler):
         try:
             message = self.format(record)
             stamp = datetime.fromtimestamp(record.created, timezone.utc)
+            fields = record_fields(record)
             for start in range(0, max(len(message), 1), MAX_MESSAGE_CHARS):
                 self.sender.add({"level": level_name(record.levelno),
                                  "message": message[start:start + MAX_MESSAGE_CHARS],
-                                 "timestamp": stamp.isoformat(timespec="milliseconds")})
+                                 "timestamp": stamp.isoformat(timespec="milliseconds"),
+                                 **fields})
         except Exception:
             self.handleError(record)
 

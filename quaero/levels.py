@@ -28,3 +28,8 @@ def line_level(text, default):
         return default
     word = m.group(1) or m.group(2) or m.group(3) or m.group(4)
     return _LEVEL_WORDS.get(word.lower(), default)
+
+
+def word_level(word, default):
+    """The level a word names (``WARNING``, ``err``, ``Fatal``...), else ``default``."""
+    return _LEVEL_WORDS.get(word.strip().lower(), default)

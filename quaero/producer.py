@@ -5,7 +5,9 @@ One reader thread per pipe copies each line through (so the output still shows w
 did) and hands it to :class:`quaero.client.LineSender` (never waits: a bounded buffer, a
 drop count), whose thread creates the job, posts the lines in batches and resends them
 when the server is back. Levels are read as the runner reads them (``levels.line_level``:
-stdout ``info``, stderr ``warn``, unless a line starts with a level word). ``exec``'s job
+stdout ``info``, stderr ``warn``, unless a line starts with a level word). With ``--parse
+json|logfmt`` a line that is such a record gives its message, level, attributes and ids
+(``quaero.structured``); any other line stays a plain line. ``exec``'s job
 ends ``completed``/``failed`` by the exit status, or ``cancelled`` after Ctrl-C/SIGTERM,
 which are passed on to the command; ``pipe``'s by ``--status`` or by the exit status of a
 command run once the input has ended. Plain threads, no gevent: this is the client side.
@@ -22,6 +24,7 @@ import httpx
 from .client import (MAX_MESSAGE_CHARS, TOKEN_MISSING, TOKEN_WRONG, LineSender,
                      leave_signals_to_the_main_thread, now_iso)
 from .levels import LEVEL_NAMES, LEVELS, line_level
+from .structured import structured_line
 
 FLUSH_TIMEOUT = float(os.environ.get("QUAERO_FLUSH_TIMEOUT", "10"))
 MAX_READ = 65536
@@ -39,24 +42,31 @@ def job_creator(name, step):
     return prepare
 
 
-def pump(stream, default_level, sender, echo=None):
-    """Every line of ``stream`` to ``sender`` (and ``echo``) until end of file."""
+def pump(stream, default_level, sender, echo=None, parse=None):
+    """Every line of ``stream`` to ``sender`` (and ``echo``) until end of file; ``parse``
+    (``json``/``logfmt``): lines that are such records as structured lines."""
     for raw in iter(lambda: stream.readline(MAX_READ), b""):
         if echo is not None:
             echo.write(raw)
             echo.flush()
         text = raw.decode("utf-8", "replace").rstrip("\r\n")
         stamp = now_iso()
+        line = structured_line(text, parse, default_level) if parse else None
+        if line is not None:
+            text = line.pop("message")
         for start in range(0, max(len(text), 1), MAX_MESSAGE_CHARS):
             part = text[start:start + MAX_MESSAGE_CHARS]
-            sender.add({"level": LEVEL_NAMES[line_level(part, default_level)],
-                        "message": part, "timestamp": stamp})
+            if line is None:
+                sender.add({"level": LEVEL_NAMES[line_level(part, default_level)],
+                            "message": part, "timestamp": stamp})
+            else:
+                sender.add({**line, "message": part, "timestamp": stamp})
 
 
-def _reader(stream, default_level, sender, echo):
+def _reader(stream, default_level, sender, echo, parse):
     def read():
         leave_signals_to_the_main_thread()
-        pump(stream, default_level, sender, echo)
+        pump(stream, default_level, sender, echo, parse)
 
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
@@ -68,8 +78,9 @@ def _on_stop_signals(handler):
         signal.signal(sig, handler)
 
 
-def run_exec(url, token, command, name=None, step="run"):
-    """Run ``command``, its output into a new job; returns the exit status to use."""
+def run_exec(url, token, command, name=None, step="run", parse=None):
+    """Run ``command``, its output into a new job; returns the exit status to use.
+    ``parse``: ``json``/``logfmt``, see :func:`pump`."""
     name = (name or os.path.basename(command[0]))[:200]
     sender = LineSender(url, token, {"source": name}, prepare=job_creator(name, step),
                         max_lines=BUFFER_LINES)
@@ -87,7 +98,7 @@ def run_exec(url, token, command, name=None, step="run"):
             pass
 
     _on_stop_signals(forward)
-    code = _wait_copying(proc, sender)
+    code = _wait_copying(proc, sender, parse)
     finish(sender, url, token, "cancelled" if stopped else "completed" if code == 0 else "failed")
     return code
 
@@ -103,11 +114,11 @@ def _start(command, sender, verb, **popen):
         return None
 
 
-def _wait_copying(proc, sender):
+def _wait_copying(proc, sender, parse=None):
     """Copy ``proc``'s stdout (``info``) and stderr (``warn``) through and into ``sender``
     until it exits; its exit status as a shell gives it (128 + N after signal N)."""
-    readers = [_reader(proc.stdout, LEVELS["info"], sender, sys.stdout.buffer),
-               _reader(proc.stderr, LEVELS["warn"], sender, sys.stderr.buffer)]
+    readers = [_reader(proc.stdout, LEVELS["info"], sender, sys.stdout.buffer, parse),
+               _reader(proc.stderr, LEVELS["warn"], sender, sys.stderr.buffer, parse)]
     status = proc.wait()
     for reader in readers:
         reader.join()
@@ -118,13 +129,15 @@ class _Stopped(Exception):
     pass
 
 
-def run_pipe(url, token, job_id=None, name=None, step="pipe", status=None, check=None):
+def run_pipe(url, token, job_id=None, name=None, step="pipe", status=None, check=None,
+             parse=None):
     """Standard input into a job (a new one unless ``job_id``), copied to standard output.
 
     The job then ends ``status`` (``completed``/``failed``; for a new job ``completed``
     unless told, an existing one is left as it is unless told), or, when ``check`` (a
     command) is given, by its exit status: it runs once the input has ended. Returns the
-    exit status to use: ``check``'s, else 1 for ``failed``, else 0."""
+    exit status to use: ``check``'s, else 1 for ``failed``, else 0. ``parse``: ``json``/
+    ``logfmt``, see :func:`pump`."""
     if job_id:
         sender = LineSender(url, token, {"job_id": job_id, "source": name or "pipe"},
                             max_lines=BUFFER_LINES)
@@ -141,7 +154,7 @@ def run_pipe(url, token, job_id=None, name=None, step="pipe", status=None, check
 
     _on_stop_signals(stop)
     try:
-        pump(sys.stdin.buffer, LEVELS["info"], sender, sys.stdout.buffer)
+        pump(sys.stdin.buffer, LEVELS["info"], sender, sys.stdout.buffer, parse)
     except _Stopped:
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -151,16 +164,16 @@ def run_pipe(url, token, job_id=None, name=None, step="pipe", status=None, check
         return 128 + stopped[0]
     code = 1 if status == "failed" else 0
     if check:
-        code = _run_check(check, sender)
+        code = _run_check(check, sender, parse)
         status = "completed" if code == 0 else "failed"
     finish(sender, url, token, status)
     return code
 
 
-def _run_check(command, sender):
+def _run_check(command, sender, parse=None):
     """``pipe -- COMMAND``: its output shows and goes into the job; its exit status."""
     proc = _start(command, sender, "pipe")
-    return 127 if proc is None else _wait_copying(proc, sender)
+    return 127 if proc is None else _wait_copying(proc, sender, parse)
 
 
 def finish(sender, url, token, status, timeout=FLUSH_TIMEOUT):

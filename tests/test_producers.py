@@ -228,3 +228,98 @@ def test_handler_sends_to_a_job(server):
     assert [(x["level"], x["message"], x["source"]) for x in _job_lines(server.url, job["id"])] == [
         ("debug", "record 0", "shop"), ("info", "record 1", "shop"),
         ("warn", "record 2", "shop"), ("error", "record 3", "shop")]
+
+
+# --- structured fields: extra, exception type, exec/pipe --parse ----------------------------
+
+EXTRA_CHILD = """
+import logging, sys
+from quaero.client import QuaeroHandler
+assert "flask" not in sys.modules and "sqlalchemy" not in sys.modules
+handler = QuaeroHandler(sys.argv[1], job_id=sys.argv[2], source="shop")
+app = logging.getLogger("shop")
+app.addHandler(handler)
+app.setLevel(logging.INFO)
+app.warning("card declined", extra={"user.id": 42, "http.status_code": 500, "retry": False,
+                                    "ratio": 0.25, "cart": ["a", "b"], "_private": 1,
+                                    "trace_id": "4BF92F3577B34DA6A3CE929D0E0E4736",
+                                    "huge": "x" * 5000})
+try:
+    {}["missing"]
+except KeyError:
+    app.exception("lookup failed")
+app.info("plain")
+handler.close()
+assert "flask" not in sys.modules and "gevent" not in sys.modules
+"""
+
+
+def test_handler_sends_extra_fields_and_the_exception_type_as_attributes(server):
+    job = httpx.post(server.url + "/api/jobs", json={"name": "extra", "steps": ["a"]}).json()
+    proc = subprocess.run([sys.executable, "-c", EXTRA_CHILD, server.url, job["id"]], cwd=ROOT,
+                          env=_env(server.url), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    declined, failed, plain = _job_lines(server.url, job["id"])
+    huge = declined["attributes"].pop("huge")
+    assert declined["attributes"] == {"user.id": 42, "http.status_code": 500, "retry": False,
+                                      "ratio": 0.25, "cart": "['a', 'b']"}
+    assert huge.endswith("…") and len(huge.encode()) <= 4096   # cut, and the line kept
+    assert declined["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert failed["attributes"] == {"exception.type": "KeyError"}
+    assert failed["message"].startswith("lookup failed\nTraceback") and "KeyError" in failed[
+        "message"]
+    assert "attributes" not in plain and "trace_id" not in plain
+    got = httpx.get(server.url + "/api/logs", params={"scope": "job", "job_id": job["id"],
+                                                      "attr.user.id": "42"}).json()["logs"]
+    assert [x["message"] for x in got] == ["card declined"]
+
+
+JSON_CHILD = r"""
+import json, sys
+print(json.dumps({"msg": "user logged in", "level": "warning", "user": {"id": 42},
+                  "tags": ["a", "b"], "ok": True, "n": 3, "none": None,
+                  "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"}))
+print(json.dumps({"message": "pino style", "level": 50, "pid": 7}), file=sys.stderr)
+print('{"event": "structlog style", "request_id": "r-1"}')
+print("not json at all")
+print('{"broken": ')
+print("[1, 2]")
+"""
+
+
+def test_exec_parse_json_lines_become_structured_lines(server):
+    proc = _quaero(server.url, "exec", "--name", "jsonlog", "--parse", "json", "--",
+                   sys.executable, "-c", JSON_CHILD)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b'"msg": "user logged in"' in out    # the output still shows as printed
+    lines = _job_lines(server.url, _jobs(server.url)["jsonlog"]["id"])
+    got = {x["message"]: (x["level"], x.get("attributes"), x.get("trace_id"), x.get("span_id"))
+           for x in lines}
+    assert got == {
+        "user logged in": ("warn", {"user": '{"id":42}', "tags": '["a","b"]', "ok": True,
+                                    "n": 3}, "4bf92f3577b34da6a3ce929d0e0e4736",
+                           "00f067aa0ba902b7"),
+        "pino style": ("error", {"pid": 7}, None, None),
+        "structlog style": ("info", {"request_id": "r-1"}, None, None),
+        "not json at all": ("info", None, None, None),
+        '{"broken": ': ("info", None, None, None),
+        "[1, 2]": ("info", None, None, None)}
+
+
+def test_pipe_parse_logfmt_lines_become_structured_lines(server):
+    proc = _quaero(server.url, "pipe", "--name", "logfmt", "--parse", "logfmt",
+                   stdin=subprocess.PIPE)
+    text = (b'time=2024-05-01T10:00:00Z level=error msg="disk \\"sda\\" full" free=0 retry\n'
+            b'at=info method=GET path="/a b" status=200\n'
+            b'Running with DEBUG=1\n'
+            b'WARNING plain words\n')
+    out, err = proc.communicate(text, timeout=60)
+    assert proc.returncode == 0 and out == text, err
+    lines = _job_lines(server.url, _jobs(server.url)["logfmt"]["id"])
+    assert [(x["level"], x["message"], x.get("attributes")) for x in lines] == [
+        ("error", 'disk "sda" full', {"time": "2024-05-01T10:00:00Z", "free": "0", "retry": True}),
+        ("info", 'at=info method=GET path="/a b" status=200',
+         {"at": "info", "method": "GET", "path": "/a b", "status": "200"}),
+        ("info", "Running with DEBUG=1", None),
+        ("warn", "WARNING plain words", None)]

@@ -33,6 +33,13 @@ from .grep import grep
 from .serve import SERVER_EXTRA, serve
 
 
+parse_option = click.option(
+    "--parse", type=click.Choice(["json", "logfmt"]),
+    help="Lines that are JSON objects (or logfmt key=value pairs) become structured lines: "
+         "the msg/message field is the message, level/severity/lvl the level, trace_id and "
+         "span_id the ids, the other fields attributes. Other lines stay as they are.")
+
+
 # --- commands ----------------------------------------------------------------------------
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -249,16 +256,17 @@ def rerun(settings, job_id, follow_, level):
 @server_options
 @click.option("--name", help="The job's name and the lines' source (default: the command).")
 @click.option("--step", default="run", show_default=True)
+@parse_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
-def exec_(settings, name, step, command):
+def exec_(settings, name, step, parse, command):
     """Run COMMAND, its output live as a new job's lines; the job ends completed or failed
     by its exit status, which quaero exits with.
 
     Options come before COMMAND; everything from COMMAND on (or after --) is the command's:
     quaero exec --name build -- make -j4."""
     from ..producer import run_exec
-    sys.exit(run_exec(settings.url, settings.token, list(command), name, step))
+    sys.exit(run_exec(settings.url, settings.token, list(command), name, step, parse))
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
@@ -268,9 +276,10 @@ def exec_(settings, name, step, command):
 @click.option("--status", type=click.Choice(["completed", "failed"]),
               help="How the job ends once the input has ended  [default: completed for a new "
                    "job; a --job is left as it is]. Exit status 1 for failed.")
+@parse_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def pipe(settings, job_id, name, status, command):
+def pipe(settings, job_id, name, status, parse, command):
     """Standard input, line by line, into a job (and through to standard output).
 
     With a COMMAND (after --), it runs once the input has ended, its output into the job
@@ -285,7 +294,7 @@ def pipe(settings, job_id, name, status, command):
         raise click.UsageError("give --status or a COMMAND, not both")
     from ..producer import run_pipe
     sys.exit(run_pipe(settings.url, settings.token, job_id, name, status=status,
-                      check=list(command) or None))
+                      check=list(command) or None, parse=parse))
 
 
 def main(argv=None):
