@@ -15,7 +15,7 @@ from .attributes import (line_matches, value_matches, value_text, wanted_texts,
                          wanted_values)
 from .models import (ID_KEY, LEVEL_NAMES, LEVELS, RARE_LEVEL, SEARCH_KEY, SERVICE_KEY,
                      counters_t, counts_t, jobs_t, line_dict, log_t, of_jobs, HexBytes)
-from .storage import BLOCK, attribute_document, generation_table, generations
+from .storage import BLOCK, attr_table, attr_token, generation_table, generations
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def not_search_index(obj, name, type_, reflected, compare_to):
     """Alembic's ``include_object``: the text indexes live only in their migrations (an
     FTS5 table and its shadow tables, a GIN index): autogenerate must leave them be."""
     return not (reflected and name and (
-        name.startswith("log_fts") or name in ("ix_log_message_trgm", "ix_log_message_lower_trgm",
+        name.startswith(("log_fts", "log_attr_")) or name in ("ix_log_message_trgm", "ix_log_message_lower_trgm",
                                                 "ix_log_attributes")))
 
 
@@ -194,17 +194,17 @@ def _text_condition(q, dialect, gens=()):
 def _attr_condition(key, wanted, dialect, gens=()):
     """``attr.KEY=wanted``. PostgreSQL: containment of one of the values it may stand for
     (the text, the number it spells, the boolean), which the GIN index of migration 0014
-    answers and which is ``value_matches`` exactly. SQLite: the blocks whose search
-    document holds ``ATTR_MARK key=text`` (``storage.index_behind``), tested exactly."""
+    answers and which is ``value_matches`` exactly. SQLite: the lines of the blocks whose
+    attribute tokens hold one of its texts (``storage.attr_token``), and every line not
+    indexed yet, each tested exactly."""
     if dialect == "postgresql":
         col = sa.type_coerce(log_t.c.attributes, JSONB)
         return sa.or_(*(col.contains({key: v}) for v in wanted_values(wanted)))
     exact = sa.func.quaero_attr(log_t.c.attributes, key, wanted) == 1
-    queries = [_fts_query(attribute_document(key, t).lower()) for t in wanted_texts(wanted)]
-    if None in queries:
-        return sa.and_(log_t.c.attributes.isnot(None), exact)
-    match = " OR ".join(f"({q})" for q in queries)
-    return sa.and_(log_t.c.id.in_(_indexed_candidates(match, gens)), exact)
+    tokens = ", ".join(str(attr_token(key, t)) for t in wanted_texts(wanted))  # integers
+    parts = [f"SELECT a.block * {BLOCK} + o.n FROM {attr_table(g)} AS a, {_OFFSETS} AS o "
+             f"WHERE a.token IN ({tokens})" for g in gens]
+    return sa.and_(log_t.c.id.in_(_candidates(parts)), exact)
 
 
 def _indexed_candidates(match, gens):
@@ -212,12 +212,17 @@ def _indexed_candidates(match, gens):
     query), and of every line not indexed yet."""
     parts = [f"SELECT {t}.rowid * {BLOCK} + o.n FROM {t}, {_OFFSETS} AS o WHERE {t} MATCH :match"
              for t in map(generation_table, gens)]
-    parts.append("SELECT id FROM log_entries WHERE id > "
-                 f"(SELECT value FROM line_counters WHERE key = '{SEARCH_KEY}')")
-    candidates = sa.text(" UNION ALL ".join(parts))
+    candidates = _candidates(parts)
     if gens:  # (unique: a statement may hold this condition once per job)
         candidates = candidates.bindparams(sa.bindparam("match", match, unique=True))
-    return candidates.columns(sa.column("id", sa.Integer))
+    return candidates
+
+
+def _candidates(parts):
+    """The ids the indexed ``parts`` (SELECTs of ids) give, and every line not indexed."""
+    parts = parts + ["SELECT id FROM log_entries WHERE id > "
+                     f"(SELECT value FROM line_counters WHERE key = '{SEARCH_KEY}')"]
+    return sa.text(" UNION ALL ".join(parts)).columns(sa.column("id", sa.Integer))
 
 
 def _where(f, conn):

@@ -1,6 +1,7 @@
 """The statements of the one write path, run on the DB-API cursor of the writer's
 transaction (``ingest.Ingestor``): lines, their ids and counters, the per-second volume,
 idempotency records, and SQLite's search index filled behind the writer."""
+import hashlib
 from collections import Counter
 from datetime import datetime, timedelta
 
@@ -170,21 +171,29 @@ _FTS_DDL = ("CREATE VIRTUAL TABLE IF NOT EXISTS {name} USING fts5(message, conte
             "tokenize='trigram', detail=none, columnsize=0)")
 _INDEX_READ = ("SELECT id, message, attributes FROM log_entries WHERE id > ? AND id <= ? "
                "ORDER BY id")
-ATTR_MARK = "\x1f"  # a line's attribute in a block's document: ATTR_MARK key=text
+# Attributes: each generation's table ``log_attr_<g>`` holds (token, block) for every
+# attribute of the block's lines, the token a 64-bit hash of "key=text" (``attr_token``):
+# a lookup reads the blocks of one token by its primary key, then tests their lines (a
+# trigram document served a high-cardinality value, a request id, poorly: its digits'
+# trigrams are in nearly every block). Emptied with its generation (clear_generations).
+_ATTR_PREFIX = "log_attr_"
+_ATTR_DDL = ("CREATE TABLE IF NOT EXISTS {name} (token INTEGER NOT NULL, block INTEGER NOT NULL, "
+             "PRIMARY KEY (token, block)) WITHOUT ROWID")
 
 
-def attribute_document(key, text):
-    """What a block's document holds for an attribute (``attributes.value_text``)."""
-    return f"{ATTR_MARK}{key}={text}"
+def attr_table(g):
+    return f"{_ATTR_PREFIX}{int(g)}"
 
 
-def _document(message, attributes):
-    """A line's part of its block's document: its message, then its attributes."""
-    if attributes is None:
-        return message
-    fields = orjson.loads(attributes)
-    return "\n".join([message] + [attribute_document(k, value_text(v))
-                                  for k, v in fields.items()])
+def attr_token(key, text):
+    """The 64-bit token of an attribute ``key`` whose value reads ``text``
+    (``attributes.value_text``), as a signed integer (SQLite's)."""
+    digest = hashlib.blake2b(f"{key}\x00{text}".encode("utf-8", "replace"), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def _tokens(attributes):
+    return {attr_token(k, value_text(v)) for k, v in orjson.loads(attributes).items()}
 
 
 def generation_table(g):
@@ -223,13 +232,15 @@ def index_behind(conn, chunk=INDEX_CHUNK):
     read, write = dbapi.cursor(), dbapi.cursor()
     try:
         read.execute(_INDEX_READ, (mark, upto))
-        tables, block, messages = set(), None, []
+        tables, block, messages, tokens = set(), None, [], set()
         for line_id, message, attributes in read:
             if line_id // BLOCK != block:
-                _index_block(write, tables, block, messages)
-                block, messages = line_id // BLOCK, []
-            messages.append(_document(message, attributes))
-        _index_block(write, tables, block, messages)
+                _index_block(write, tables, block, messages, tokens)
+                block, messages, tokens = line_id // BLOCK, [], set()
+            messages.append(message)
+            if attributes is not None:
+                tokens |= _tokens(attributes)
+        _index_block(write, tables, block, messages, tokens)
     finally:
         read.close()
         write.close()
@@ -237,15 +248,26 @@ def index_behind(conn, chunk=INDEX_CHUNK):
     return upto
 
 
-def _index_block(cur, tables, block, messages):
-    """Add one block's document to its generation's table (made on first use)."""
+def _index_block(cur, tables, block, messages, tokens):
+    """Add one block's document and attribute tokens to its generation's tables (made on
+    first use)."""
     if not messages:
         return
-    name = generation_table(block * BLOCK // GENERATION)
+    g = block * BLOCK // GENERATION
+    name = generation_table(g)
     if name not in tables:
-        cur.execute(_FTS_DDL.format(name=name))
+        make_generation(cur, g)
         tables.add(name)
     cur.execute(f"INSERT INTO {name}(rowid, message) VALUES (?, ?)", (block, "\n".join(messages)))
+    if tokens:
+        cur.executemany(f"INSERT OR IGNORE INTO {attr_table(g)}(token, block) VALUES (?, ?)",
+                        [(t, block) for t in tokens])
+
+
+def make_generation(cur, g):
+    """Generation ``g``'s tables, on a DB-API cursor."""
+    cur.execute(_FTS_DDL.format(name=generation_table(g)))
+    cur.execute(_ATTR_DDL.format(name=attr_table(g)))
 
 
 def clear_generations(conn):
@@ -267,6 +289,7 @@ def clear_generations(conn):
         # (``_data`` rows 1 and 10 are the table's own; anything more is documents)
         if conn.execute(sa.text(f"SELECT 1 FROM {name}_data WHERE id > 10 LIMIT 1")).first():
             conn.execute(sa.text(f"INSERT INTO {name}({name}) VALUES ('delete-all')"))
+            conn.execute(sa.text(f"DELETE FROM {attr_table(g)}"))
             cleared.append(g)
     return cleared
 
