@@ -30,6 +30,7 @@ SETTINGS = {
                      "QUAERO_PRUNE_INTERVAL", "QUAERO_INGEST_TIMEOUT", "QUAERO_DB_TIMEOUT",
                      "QUAERO_FLUSH_TIMEOUT"), "number"),
     "QUAERO_CAPTURE_ROOT_LOGGER": "boolean",
+    "QUAERO_TRACE_URL": "trace URL",
 }
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
 
@@ -61,6 +62,9 @@ def _problem(name, value):
         return f"is not {'a number' if kind == 'number' else 'an integer'}"
     if kind == "boolean" and value.lower() not in _TRUE + _FALSE:
         return "is not true or false"
+    if kind == "trace URL" and not (value.lower().startswith(("http://", "https://"))
+                                    and "{trace_id}" in value):
+        return "is not an http(s) address with {trace_id} in it"
     if isinstance(kind, tuple) and value.lower() not in kind:
         return "is not one of " + ", ".join(kind)
     return None
@@ -204,6 +208,9 @@ class Config:
         self.QUAERO_INGEST_TIMEOUT = float(env.get("QUAERO_INGEST_TIMEOUT") or 8)
         # Reads that wait longer than this for the database answer 503 (/healthz: 1.5 s)
         self.QUAERO_DB_TIMEOUT = float(env.get("QUAERO_DB_TIMEOUT") or 10)
+        # the pages link a line's trace id here: an http(s) address with {trace_id} in it
+        # (https://jaeger.example/trace/{trace_id}); unset: no links
+        self.QUAERO_TRACE_URL = env.get("QUAERO_TRACE_URL") or None
         # the session's signing key; unset: derived from the API token (web.auth), else random
         self.QUAERO_SECRET_KEY = env.get("QUAERO_SECRET_KEY") or None
         self.SECRET_KEY = self.QUAERO_SECRET_KEY or os.urandom(32).hex()

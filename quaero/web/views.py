@@ -61,7 +61,8 @@ def page_headers(response):
 def template_globals():
     return {"csrf_token": csrf_token, "auth_required": auth_required(),
             "alpine_src": url_for("static", filename=f"vendor/alpinejs-{ALPINE_VERSION}/alpine.min.js"),
-            "static_version": _static_version()}
+            "static_version": _static_version(),
+            "trace_url": current_app.config.get("QUAERO_TRACE_URL")}
 
 
 def _static_version():

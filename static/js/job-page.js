@@ -1,15 +1,17 @@
 /*
  * The job page (/jobs/<id>): Alpine component `jobLogPage`. `QuaeroJobPage`; needs
  * log-stream.js, log-http.js, log-view.js, job-search.js (its search), log-groups.js
- * (folding) and job-visuals.js (timeline, log volume, keys).
+ * (folding), job-visuals.js (timeline, log volume, keys) and log-attrs.js (attribute
+ * filters, kept in the address as ?attr.KEY=VALUE).
  */
 (function (root, factory) {
   "use strict";
   var api = factory(root, root.QuaeroLogs || require("./log-stream.js"), root.QuaeroHttp || require("./log-http.js"), root.QuaeroView || require("./log-view.js"), root.QuaeroJobSearch || require("./job-search.js"),
-    root.QuaeroGroups || require("./log-groups.js"), root.QuaeroJobVisuals || require("./job-visuals.js"));
+    root.QuaeroGroups || require("./log-groups.js"), root.QuaeroJobVisuals || require("./job-visuals.js"),
+    root.QuaeroAttrs || require("./log-attrs.js"));
   if (typeof module === "object" && module.exports) module.exports = api;
   else root.QuaeroJobPage = api;
-})(typeof window !== "undefined" ? window : globalThis, function (root, Q, H, V, S, G, JV) {
+})(typeof window !== "undefined" ? window : globalThis, function (root, Q, H, V, S, G, JV, A) {
   "use strict";
 
   var doc = root.document;
@@ -69,12 +71,14 @@
           if (data) this.job = JSON.parse(data.textContent);
         }
         rememberPrefs(this, "jobLog", ["showTimestamps", "wrap"]);
+        this.readFilters();
         var box = this.$refs.scroller;
         box.addEventListener("scroll", function () { self.onScroll(); }, { passive: true });
         view = new LogView({
           root: this.$refs.lines, maxLines: WINDOW, lineIds: true, permalinks: true,
           showStep: false, containerFor: function (line) { return self.stepBox(line.step_name); },
-          onAdded: function (recs, prepended, v) { folder.added(recs, prepended, v); }
+          onAdded: function (recs, prepended, v) { folder.added(recs, prepended, v); },
+          onFilter: function (field) { self.filterBy(field); }, traceUrl: this.traceUrl
         });
         tick = setInterval(function () { self.now = Date.now(); }, 1000);
         root.addEventListener("hashchange", function () { self.gotoHash(); });
@@ -118,6 +122,7 @@
         this.newerCount = 0;
         stream = Q.createJobStream(this.jobId, {
           level: this.level, q: this.streamQ(), limit: TAIL, maxLines: 1000,
+          attrs: this.filters.attrs, traceId: this.filters.traceId,
           onLines: function (lines, meta, info) { self.onLines(lines, meta, info); },
           onStatus: function (payload) { self.onStatus(payload); },
           onEnd: function (payload) { self.onEnd(payload); },
@@ -220,7 +225,7 @@
 
       pollQuery: function (extra) {
         return Q.buildQueryParams(Object.assign({ scope: "job", jobId: this.jobId, level: this.level,
-          q: this.streamQ() }, extra));
+          q: this.streamQ(), attrs: this.filters.attrs, traceId: this.filters.traceId }, extra));
       },
 
       /** The newest lines again, following. */
@@ -401,6 +406,11 @@
     data.job = options.job || null;
     data.lastSeenId = function () { return stream ? stream.lastId : null; };
     JV.withJobVisuals(data, function () { return view; }, function () { return folder; });
+    // a value of a line's fields clicked, or a filter chip removed: the log again, filtered
+    A.withAttrFilters(data, { prefix: "", changed: function () {
+      this.connect();
+      if (this.query && String(this.query).trim()) this.countMatches();
+    } });
     return S.withSearch(data, function () { return view; });
   }
 

@@ -45,6 +45,43 @@
     return q;
   }
 
+  var MAX_ATTR_FILTERS = 20;
+  var MAX_ATTR_KEY = 128;
+  var TRACE_ID = /^[0-9a-f]{32}$/;
+
+  /**
+   * The attribute filters as `[key, value]` pairs, values as text, each pair once, in
+   * order; from pairs or `{key, value}` objects. A key of 1-128 characters, at most 20
+   * filters (the server's limits), else a RangeError.
+   */
+  function attrPairs(attrs) {
+    var out = [];
+    var seen = {};
+    (attrs || []).forEach(function (a) {
+      var key = Array.isArray(a) ? a[0] : a && a.key;
+      var value = Array.isArray(a) ? a[1] : a && a.value;
+      key = key === undefined || key === null ? "" : String(key);
+      value = value === undefined || value === null ? "" : String(value);
+      if (!key.length || key.length > MAX_ATTR_KEY) {
+        throw new RangeError("an attribute name must be 1 to " + MAX_ATTR_KEY + " characters");
+      }
+      var id = JSON.stringify([key, value]);
+      if (seen[id]) return;
+      seen[id] = true;
+      out.push([key, value]);
+    });
+    if (out.length > MAX_ATTR_FILTERS) throw new RangeError("at most " + MAX_ATTR_FILTERS + " attribute filters");
+    return out;
+  }
+
+  /** A trace id filter as sent (32 lowercase hex digits), null when empty; else a RangeError. */
+  function traceIdOf(value) {
+    if (value === undefined || value === null || value === "") return null;
+    var id = String(value).trim().toLowerCase();
+    if (!TRACE_ID.test(id)) throw new RangeError("trace_id must be 32 hex digits: " + value);
+    return id;
+  }
+
   function jobIdsOf(filters) {
     var ids = [];
     var add = function (id) {
@@ -60,7 +97,8 @@
 
   /**
    * The query string for `/api/logs/stream` and `/api/logs` from
-   * `{scope, jobId | jobIds, step, level, q, limit, after, before}`. Empty values are left
+   * `{scope, jobId | jobIds, step, level, q, attrs, traceId, limit, after, before}`
+   * (`attrs`: `[key, value]` pairs, sent as `attr.KEY=VALUE`). Empty values are left
    * out; `job_id` is repeated for several jobs; invalid values throw (a 400 from the
    * server would be invisible to an EventSource).
    */
@@ -85,6 +123,9 @@
     if (level) params.append("level", level);
     var q = searchText(filters.q);
     if (q) params.append("q", q);
+    attrPairs(filters.attrs).forEach(function (p) { params.append("attr." + p[0], p[1]); });
+    var trace = traceIdOf(filters.traceId);
+    if (trace) params.append("trace_id", trace);
     ["limit", "after", "before"].forEach(function (name) {
       var value = nonNegativeInt(filters[name], name);
       if (value !== null) params.append(name, String(value));
@@ -191,6 +232,8 @@
     jobIdsOf: jobIdsOf,
     searchText: searchText,
     MAX_Q: MAX_Q,
+    attrPairs: attrPairs,
+    traceIdOf: traceIdOf,
     buildQueryParams: buildQueryParams,
     backoffDelay: backoffDelay,
     LineBuffer: LineBuffer

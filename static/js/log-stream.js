@@ -53,9 +53,9 @@
   var noop = function () {};
 
   /**
-   * Options: the filter (`scope`, `jobId`/`jobIds`, `step`, `level`, `q`, `limit`), `after` (a
-   * line id to resume after instead of the backfill), the tunables in DEFAULTS and the
-   * callbacks `onLines(lines, meta, info)`, `onStatus(payload)`, `onEnd(payload)`,
+   * Options: the filter (`scope`, `jobId`/`jobIds`, `step`, `level`, `q`, `attrs`, `traceId`,
+   * `limit`), `after` (a line id to resume after instead of the backfill), the tunables in
+   * DEFAULTS and the callbacks `onLines(lines, meta, info)`, `onStatus(payload)`, `onEnd(payload)`,
    * `onState(state, previous)`, `onAuthError()`, `onError(message)`.
    *
    * States: idle, connecting, connected, reconnecting, polling, disconnected, ended, closed.
@@ -66,7 +66,7 @@
     this.filters = {
       scope: o.scope, jobIds: jobIdsOf(o), step: o.step || null,
       level: normalizeLevel(o.level) || "info", limit: Math.max(1, o.limit | 0),
-      q: B.searchText(o.q)
+      q: B.searchText(o.q), attrs: B.attrPairs(o.attrs), traceId: B.traceIdOf(o.traceId)
     };
     if (!this.filters.scope) this.filters.scope = this.filters.jobIds.length ? "job" : "service";
     buildQueryParams(this.filters);      // throws early on a bad filter

@@ -3,14 +3,15 @@
  * (messages are untrusted: never HTML), ANSI colours as classed spans, line numbers as
  * text with permalinks, search highlights; a bounded window of lines (LogView). Also the
  * bits every log component shares: remembered settings and the connection state as text.
- * `QuaeroView`; needs log-format.js.
+ * A line with attributes or a trace id has a marker that unfolds its fields (log-attrs.js).
+ * `QuaeroView`; needs log-format.js and log-attrs.js.
  */
 (function (root, factory) {
   "use strict";
-  var api = factory(root, root.QuaeroFormat || require("./log-format.js"));
+  var api = factory(root, root.QuaeroFormat || require("./log-format.js"), root.QuaeroAttrs || require("./log-attrs.js"));
   if (typeof module === "object" && module.exports) module.exports = api;
   else root.QuaeroView = api;
-})(typeof window !== "undefined" ? window : globalThis, function (root, F) {
+})(typeof window !== "undefined" ? window : globalThis, function (root, F, A) {
   "use strict";
 
   var doc = root.document;
@@ -149,17 +150,22 @@
    * A bounded window of log lines in the DOM. Options: `root` (the default container),
    * `containerFor(line)` (e.g. one container per step), `maxLines`, `lineIds` (give each
    * line `id="L<n>"`), `permalinks` (line numbers link to `#L<n>`), `jobLinks` (they link
-   * to `/jobs/<id>#L<n>`), `showStep`.
+   * to `/jobs/<id>#L<n>`), `showStep`, `onFilter(field)` (a value of an unfolded line's
+   * fields was clicked: filter by it), `traceUrl` (QUAERO_TRACE_URL's template).
    */
   function LogView(options) {
     this.o = Object.assign({ maxLines: 1000, lineIds: false, permalinks: false, jobLinks: false,
-      showStep: true, containerFor: null }, options || {});
+      showStep: true, containerFor: null, onFilter: null, traceUrl: "" }, options || {});
     this.root = this.o.root;
     this.records = [];
     this.query = "";
     this.matches = [];
     this.target = null;
+    this.unfolded = null;     // the one record whose fields are shown
     this._containers = [];
+    var self = this;
+    // one listener per container for every line's marker, not one per line
+    this._onClick = function (event) { self._clicked(event); };
     this._track(this.root);
   }
 
@@ -173,7 +179,47 @@
   }
 
   LogView.prototype._track = function (el) {
-    if (el && this._containers.indexOf(el) < 0) this._containers.push(el);
+    if (el && this._containers.indexOf(el) < 0) {
+      this._containers.push(el);
+      if (el.addEventListener) el.addEventListener("click", this._onClick);
+    }
+  };
+
+  LogView.prototype._clicked = function (event) {
+    var target = event.target;
+    var marker = target && target.closest ? target.closest(".ql-attr-btn") : null;
+    if (!marker) return;
+    var lineEl = marker.closest(".ql-line");
+    for (var i = this.records.length - 1; i >= 0; i--) {
+      if (this.records[i].el === lineEl) { this.toggleFields(this.records[i]); return; }
+    }
+  };
+
+  /** Show the fields of `rec` under its line (closing those of any other), or hide them. */
+  LogView.prototype.toggleFields = function (rec) {
+    var open = this.unfolded;
+    this._fold();
+    if (!rec || open === rec || rec.gone) return;
+    var self = this;
+    var panel = A.renderFields(doc, rec.line, {
+      traceUrl: this.o.traceUrl,
+      onFilter: this.o.onFilter ? function (field) { self.o.onFilter(field, rec.line); } : null
+    });
+    rec.el.parentNode.insertBefore(panel, rec.el.nextSibling);
+    rec.fields = panel;
+    this.unfolded = rec;
+    var marker = rec.el.querySelector(".ql-attr-btn");
+    if (marker) marker.setAttribute("aria-expanded", "true");
+  };
+
+  LogView.prototype._fold = function () {
+    var rec = this.unfolded;
+    if (!rec) return;
+    this.unfolded = null;
+    if (rec.fields) rec.fields.remove();
+    rec.fields = null;
+    var marker = rec.el.querySelector(".ql-attr-btn");
+    if (marker) marker.setAttribute("aria-expanded", "false");
   };
 
   LogView.prototype.containerOf = function (line) {
@@ -232,11 +278,25 @@
       step.textContent = line.step_name;
       div.appendChild(step);
     }
+    if (A.hasFields(line)) div.appendChild(this._marker(line));
     var msg = doc.createElement("span");
     msg.className = "ql-msg";
     renderMessage(msg, shownMessage(line), null);
     div.appendChild(msg);
     return div;
+  };
+
+  /** The marker of a line with fields: a small button (its message stays the last child). */
+  LogView.prototype._marker = function (line) {
+    var n = A.fieldsOf(line).length;
+    var b = doc.createElement("button");
+    b.type = "button";
+    b.className = "ql-attr-btn";
+    b.setAttribute("aria-expanded", "false");
+    b.setAttribute("aria-label", "Fields of this line (" + n + ")");
+    b.title = "Show the " + n + (n === 1 ? " field" : " fields") + " of this line (attributes, trace)";
+    b.textContent = "{" + n + "}";
+    return b;
   };
 
   LogView.prototype._plain = function (rec) {
@@ -311,6 +371,7 @@
 
   LogView.prototype._drop = function (gone) {
     if (!gone.length) return;
+    if (this.unfolded && gone.indexOf(this.unfolded) >= 0) this._fold();
     gone.forEach(function (rec) { rec.el.remove(); rec.gone = true; });
     if (this.target && this.target.gone) this.target = null;
     if (this.matches.length) this.matches = this.matches.filter(function (rec) { return !rec.gone; });
@@ -334,6 +395,7 @@
     this.records = [];
     this.matches = [];
     this.target = null;
+    this.unfolded = null;
   };
 
   LogView.prototype.reset = function (lines) {
@@ -372,7 +434,7 @@
    * `Alpine.mutateDom`, so that Alpine's mutation observer does not walk thousands of
    * lines (outside Alpine, in tests, they just run).
    */
-  ["append", "prepend", "trimStart", "trimEnd", "clear", "reset", "setQuery", "highlight"].forEach(function (name) {
+  ["append", "prepend", "trimStart", "trimEnd", "clear", "reset", "setQuery", "highlight", "toggleFields"].forEach(function (name) {
     var method = LogView.prototype[name];
     LogView.prototype[name] = function () {
       var self = this;

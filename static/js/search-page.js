@@ -1,27 +1,36 @@
 /*
  * The search page (/search): every stored line that contains a text, across every job
- * and the service log, newest first, with "load more" (`GET /api/search`). The form's
- * state is in the address (?q=&level=&job_id=), so a search can be linked and reloaded.
- * `QuaeroSearchPage`; needs log-format.js and log-http.js. Pure: searchQuery,
- * splitMatches, lineLink.
+ * and the service log, newest first, with "load more" (`GET /api/search`), or every line
+ * with an attribute value or of a trace (then the text is optional). The form's state is
+ * in the address (?q=&level=&job_id=&attr.KEY=VALUE&trace_id=), so a search can be linked
+ * and reloaded. A result with attributes unfolds them; a value filters by it.
+ * `QuaeroSearchPage`; needs log-format.js, log-http.js and log-attrs.js. Pure:
+ * searchQuery, splitMatches, lineLink, parseFilterText.
  */
 (function (root, factory) {
   "use strict";
-  var api = factory(root, root.QuaeroFormat || require("./log-format.js"), root.QuaeroHttp || require("./log-http.js"));
+  var api = factory(root, root.QuaeroFormat || require("./log-format.js"), root.QuaeroHttp || require("./log-http.js"),
+    root.QuaeroAttrs || require("./log-attrs.js"));
   if (typeof module === "object" && module.exports) module.exports = api;
   else root.QuaeroSearchPage = api;
-})(typeof window !== "undefined" ? window : globalThis, function (root, F, H) {
+})(typeof window !== "undefined" ? window : globalThis, function (root, F, H, A) {
   "use strict";
 
   var PAGE = 50;
 
   /** The query string of `/api/search` (and of the page's address) from
-   * `{q, level, jobId, before, limit}`; empty values are left out. */
+   * `{q, level, jobId, filters, before, limit}` (`filters`: log-attrs.js's); empty values
+   * are left out, but for `q` when there is no attribute filter (it is required then). */
   function searchQuery(s) {
     var p = new URLSearchParams();
-    p.append("q", s.q || "");
+    var filters = s.filters || A.noFilters();
+    var filtered = filters.attrs.length > 0 || !!filters.traceId;
+    if (s.q || !filtered) p.append("q", s.q || "");
     if (s.level && s.level !== "debug") p.append("level", s.level);
     if (s.jobId) p.append("job_id", s.jobId);
+    if (filtered) {
+      new URLSearchParams(A.queryWithFilters("", filters, "")).forEach(function (v, k) { p.append(k, v); });
+    }
     if (s.before !== undefined && s.before !== null) p.append("before", String(s.before));
     if (s.limit) p.append("limit", String(s.limit));
     return p.toString();
@@ -48,9 +57,24 @@
     return "/jobs/" + encodeURIComponent(line.job_id) + "#L" + line.line_number;
   }
 
+  /** What the filter box holds as a filter: `key=value` (the first `=` splits; a
+   * `trace_id=` of 32 hex digits is the trace), else null. */
+  function parseFilterText(text) {
+    text = text === undefined || text === null ? "" : String(text);
+    var at = text.indexOf("=");
+    if (at <= 0) return null;
+    var key = text.slice(0, at).trim();
+    var value = text.slice(at + 1);
+    if (!key || key.length > 128) return null;
+    if (key === "trace_id" && /^\s*[0-9a-fA-F]{32}\s*$/.test(value)) {
+      return { kind: "trace", key: key, value: value.trim().toLowerCase() };
+    }
+    return { kind: "attr", key: key, value: value };
+  }
+
   function quaeroSearch() {
     var seq = 0;
-    return {
+    var data = {
       q: "",
       level: "debug",
       jobId: "",
@@ -58,9 +82,12 @@
       results: [],
       jobs: {},
       nextBefore: null,
-      searched: "",        // the text of the results shown
+      searched: null,      // what the results shown are of: {q, filters (text), query}
       loading: false,
       error: "",
+      openId: null,        // the result whose fields are unfolded
+      filterText: "",      // the "add a filter" box
+      filterError: "",
 
       init: function () {
         var params = new URLSearchParams(root.location.search);
@@ -68,8 +95,9 @@
         this.q = params.get("q") || (this.$refs.q && this.$refs.q.value) || "";
         this.level = params.get("level") || "debug";
         this.jobId = params.get("job_id") || "";
+        this.readFilters();
         this.loadJobs();
-        if (this.q) this.run(false);
+        if (this.q || this.hasFilters()) this.run(false);
       },
 
       loadJobs: function () {
@@ -85,10 +113,48 @@
       },
 
       submit: function () {
-        if (!this.q) return;
-        var here = root.location.pathname + "?" + searchQuery({ q: this.q, level: this.level, jobId: this.jobId });
+        if (!this.q && !this.hasFilters()) return;
+        var here = root.location.pathname + "?" + searchQuery({ q: this.q, level: this.level, jobId: this.jobId,
+          filters: this.filters });
         root.history.replaceState(null, "", here);
         return this.run(false);
+      },
+
+      /** The filter box: `key=value` becomes a filter (and a chip). */
+      addFilterText: function () {
+        var field = parseFilterText(this.filterText);
+        if (!field) { this.filterError = "Write a filter as key=value, e.g. user.id=42"; return; }
+        this.filterError = "";
+        this.filterText = "";
+        this.filterBy(field);
+      },
+
+      /** The filters changed: the address says so (withAttrFilters) and the search runs again. */
+      filtersChanged: function () {
+        this.openId = null;
+        if (this.q || this.hasFilters()) return this.run(false);
+        seq++;
+        this.results = [];
+        this.searched = null;
+        this.volumeOf = "";
+      },
+
+      toggleFields: function (line) { this.openId = this.openId === line.id ? null : line.id; },
+      hasFields: A.hasFields,
+      fields: A.fieldsOf,
+      traceHref: function (field) { return field.kind === "trace" ? A.traceLink(this.traceUrl, field.value) : null; },
+      fieldCount: function (line) { return A.fieldsOf(line).length; },
+
+      /** What the results are: "3 lines contain “x” with user.id=42, newest first". */
+      summary: function () {
+        var s = this.searched;
+        if (!s) return "";
+        var what = s.q ? "contain “" + s.q + "”" : "match";
+        var with_ = s.filters ? " with " + s.filters : "";
+        if (!this.results.length) return "No line " + (s.q ? "contains “" + s.q + "”" : "matches") + with_ + ".";
+        var n = this.results.length + (this.nextBefore ? "+" : "");
+        return n + (this.results.length === 1 && !this.nextBefore ? " line " + (s.q ? "contains “" + s.q + "”" : "matches")
+          : " lines " + what) + with_ + ", newest first";
       },
 
       /** The first page (more=false) or the next page back (more=true). */
@@ -96,9 +162,11 @@
         var self = this;
         var mine = ++seq;
         var q = this.q;
+        var filters = this.filters;
+        if (!q && !this.hasFilters()) return Promise.resolve();
         this.loading = true;
         this.error = "";
-        var url = "/api/search?" + searchQuery({ q: q, level: this.level, jobId: this.jobId,
+        var url = "/api/search?" + searchQuery({ q: q, level: this.level, jobId: this.jobId, filters: filters,
           before: more ? this.nextBefore : null, limit: PAGE });
         return H.apiFetch(url).then(function (res) {
           if (mine !== seq) return;
@@ -108,8 +176,9 @@
           self.results = more ? self.results.concat(body.results) : body.results;
           self.jobs = Object.assign(more ? self.jobs : {}, body.jobs || {});
           self.nextBefore = body.next_before;
-          self.searched = q;
-          if (!more) self.volumeOf = "scope=all&" + searchQuery({ q: q, level: self.level, jobId: self.jobId }) + "&buckets=60";
+          self.searched = { q: q, filters: A.chipsOf(filters).map(function (c) { return c.label; }).join(", "),
+            query: { q: q, level: self.level, jobId: self.jobId, filters: filters } };
+          if (!more) self.volumeOf = "scope=all&" + searchQuery(self.searched.query) + "&buckets=60";
         }, function () {
           if (mine !== seq) return;
           self.loading = false;
@@ -125,7 +194,7 @@
       volumeQuery: function () { return this.volumeOf || null; },
       showFrom: function (range) {
         var self = this;
-        var base = "/api/search?" + searchQuery({ q: this.searched, level: this.level, jobId: this.jobId, limit: 1 });
+        var base = "/api/search?" + searchQuery(Object.assign({}, this.searched.query, { limit: 1 }));
         var lo = 0, best = null;
         var hi = (this.results.length ? this.results[0].id : Number.MAX_SAFE_INTEGER - 1) + 1;
         var step = function () {
@@ -145,7 +214,7 @@
           return self.run(true);
         });
       },
-      parts: function (line) { return splitMatches(F.stripAnsi(line.message), this.searched); },
+      parts: function (line) { return splitMatches(F.stripAnsi(line.message), this.searched ? this.searched.q : ""); },
       link: lineLink,
       where: function (line) {
         if (!line.job_id) return "service log";
@@ -158,8 +227,9 @@
       },
       when: F.formatDateTime
     };
+    return A.withAttrFilters(data, { prefix: "", changed: function () { this.filtersChanged(); } });
   }
 
   return { quaeroSearch: quaeroSearch, searchQuery: searchQuery, splitMatches: splitMatches,
-    lineLink: lineLink, PAGE: PAGE };
+    lineLink: lineLink, parseFilterText: parseFilterText, PAGE: PAGE };
 });

@@ -1,13 +1,15 @@
 /*
- * The service-logs panel on every page (Alpine component `sseServiceLogs`).
- * `QuaeroServiceLogs`; needs log-stream.js, log-http.js and log-view.js.
+ * The service-logs panel on every page (Alpine component `sseServiceLogs`). Its attribute
+ * filters are kept in the address as ?svc.attr.KEY=VALUE (apart from the page's own).
+ * `QuaeroServiceLogs`; needs log-stream.js, log-http.js, log-view.js and log-attrs.js.
  */
 (function (root, factory) {
   "use strict";
-  var api = factory(root, root.QuaeroLogs || require("./log-stream.js"), root.QuaeroHttp || require("./log-http.js"), root.QuaeroView || require("./log-view.js"), root.QuaeroVolume || require("./log-volume.js"));
+  var api = factory(root, root.QuaeroLogs || require("./log-stream.js"), root.QuaeroHttp || require("./log-http.js"), root.QuaeroView || require("./log-view.js"), root.QuaeroVolume || require("./log-volume.js"),
+    root.QuaeroAttrs || require("./log-attrs.js"));
   if (typeof module === "object" && module.exports) module.exports = api;
   else root.QuaeroServiceLogs = api;
-})(typeof window !== "undefined" ? window : globalThis, function (root, Q, H, V, Vol) {
+})(typeof window !== "undefined" ? window : globalThis, function (root, Q, H, V, Vol, A) {
   "use strict";
 
   var LEVELS = Q.LEVELS;
@@ -29,7 +31,7 @@
     options = options || {};
     var view = null;
     var stream = null;
-    return mixin({
+    var data = mixin({
       level: options.level || "info",
       autoScroll: true,
       paused: false,
@@ -46,7 +48,9 @@
         rememberPrefs(this, "serviceLogs", ["level", "showTimestamps"]);
         rememberPrefs(this, options.folded ? "serviceLogsFolded" : "serviceLogsOpen", ["open"]);
         if (LEVELS.indexOf(this.level) < 0) this.level = "info";
-        view = new LogView({ root: box, maxLines: options.maxLines || 1000, showStep: false });
+        this.readFilters();
+        view = new LogView({ root: box, maxLines: options.maxLines || 1000, showStep: false,
+          onFilter: function (field) { self.filterBy(field); }, traceUrl: this.traceUrl });
         box.addEventListener("scroll", function () { self.onScroll(); }, { passive: true });
         this.connect();
       },
@@ -63,6 +67,7 @@
         view.setQuery(q);
         stream = Q.createServiceStream({
           level: this.level, q: q, limit: 200, maxLines: view.o.maxLines,
+          attrs: this.filters.attrs, traceId: this.filters.traceId,
           onLines: function (lines) { self.add(lines); },
           onState: function (state) { self.state = state; },
           onAuthError: toLogin
@@ -101,14 +106,17 @@
       reconnect: function () { if (stream) stream.reconnectNow(); },
 
       // log volume (log-volume.js): the histogram's query, and the lines of a picked range
+      filterQuery: function () {
+        return Q.buildQueryParams({ scope: "service", level: this.level,
+          q: this.grep && this.grep.trim() ? this.grep : "",
+          attrs: this.filters.attrs, traceId: this.filters.traceId });
+      },
       volumeQuery: function () {
-        var q = this.grep && this.grep.trim() ? this.grep : "";
-        return Q.buildQueryParams({ scope: "service", level: this.level, q: q }) + "&buckets=60";
+        return this.filterQuery() + "&buckets=60";
       },
       showFrom: function (range) {
         var self = this;
-        var base = Q.buildQueryParams({ scope: "service", level: this.level,
-          q: this.grep && this.grep.trim() ? this.grep : "" });
+        var base = this.filterQuery();
         var probe = function (after) {
           return H.apiFetch("/api/logs?" + base + "&limit=1&after=" + after).then(function (res) {
             return res.ok && res.body.logs && res.body.logs.length ? res.body.logs[0] : null;
@@ -127,6 +135,7 @@
         });
       }
     });
+    return A.withAttrFilters(data, { prefix: "svc.", changed: function () { this.connect(); } });
   }
 
   return { sseServiceLogs: sseServiceLogs };
