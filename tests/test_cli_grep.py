@@ -96,3 +96,59 @@ def test_grep_follow_everywhere_polls_for_new_matches(server):
         finally:
             cli.stop()
         assert messages(cli) == ["svc needle 1", "job needle 2", "svc needle 3"]
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_grep_and_tail_filter_by_attributes_and_print_them(server):
+    with httpx.Client(base_url=server.url, timeout=30) as api:
+        job = new_job(api, "attrs")
+        post(api, [
+            {"level": "error", "job_id": job, "message": "checkout failed",
+             "attributes": {"user.id": "42", "http.status_code": 500, "note": "two words"},
+             "trace_id": TRACE, "span_id": "00f067aa0ba902b7"},
+            {"level": "info", "job_id": job, "message": "checkout ok",
+             "attributes": {"user.id": "42", "http.status_code": 200}},
+            {"level": "info", "job_id": job, "message": "checkout ok",
+             "attributes": {"user.id": "7", "http.status_code": 200}},
+            {"level": "warn", "message": "service says 42", "attributes": {"user.id": "42"}}])
+
+        # everywhere, no TEXT: every line with the attribute; --json: lines as the API has them
+        cli = CLI("grep", "--attr", "user.id=42", "--url", server.url, "--json")
+        assert cli.wait() == 0, cli.err
+        got = cli.json_lines()
+        assert [x["message"] for x in got] == ["checkout failed", "checkout ok", "service says 42"]
+        assert got[0]["attributes"] == {"user.id": "42", "http.status_code": 500,
+                                        "note": "two words"}
+        assert (got[0]["trace_id"], got[0]["span_id"]) == (TRACE, "00f067aa0ba902b7")
+        # TEXT and repeated --attr all match; numbers compared as text
+        cli = CLI("grep", "checkout", "--attr", "user.id=42", "--attr", "http.status_code=200",
+                  "--url", server.url, "--json")
+        assert cli.wait() == 0, cli.err
+        assert [x["attributes"]["user.id"] for x in cli.json_lines()] == ["42"]
+        # one job, plain text: the attributes and ids after the message
+        cli = CLI("grep", "--trace-id", TRACE.upper(), "--job", job, "--url", server.url)
+        assert cli.wait() == 0, cli.err
+        assert len(cli.out) == 1 and cli.out[0].endswith(
+            'ERROR checkout failed user.id=42 http.status_code=500 note="two words" '
+            f"trace_id={TRACE} span_id=00f067aa0ba902b7"), cli.out
+        cli = CLI("grep", "--attr", "user.id=nobody", "--url", server.url)
+        assert cli.wait() == 1 and cli.out == []
+
+        # tail: the filters on the stream, to the job's end
+        api.patch(f"/api/jobs/{job}", json={"status": "completed"})
+        cli = CLI("tail", job, "--attr", "http.status_code=200", "--all", "--url", server.url,
+                  "--json")
+        assert cli.wait() == 0, cli.err
+        assert [(x["message"], x["attributes"]["user.id"]) for x in cli.json_lines()] == [
+            ("checkout ok", "42"), ("checkout ok", "7")]
+        cli = CLI("tail", job, "--trace-id", TRACE, "--all", "--url", server.url)
+        assert cli.wait() == 0, cli.err
+        assert [x.split("ERROR ", 1)[1] for x in cli.out] == [
+            'checkout failed user.id=42 http.status_code=500 note="two words" '
+            f"trace_id={TRACE} span_id=00f067aa0ba902b7"]
+
+    for args in (["grep"], ["grep", "--attr", "novalue"], ["tail", "x", "--attr", "=v"]):
+        cli = CLI(*args, "--url", server.url)
+        assert cli.wait() == 2, (args, cli.err)

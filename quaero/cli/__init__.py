@@ -2,7 +2,7 @@
 send any program's output; ``serve`` runs the server.
 
     quaero run demo                 # on the server at --url (--local: in this process)
-    quaero tail <job-id> [--level debug] [--step build]
+    quaero tail <job-id> [--level debug] [--step build] [--attr user.id=42]
     quaero tail --service
     quaero jobs [--status running]
     quaero definitions | cancel <job-id> | rerun <job-id> | grep TEXT [--job ID]
@@ -26,8 +26,8 @@ import click
 
 from .. import __version__
 from .common import (DEFAULT_URL, EXIT, RETRY_FOR, Printer, Settings, Unreachable, api_call,
-                     default_url, follow_until_ctrl_c, json_option, level_option,
-                     server_options)
+                     default_url, filter_options, filter_params, follow_until_ctrl_c,
+                     json_option, level_option, server_options)
 from .archive import import_
 from .grep import grep
 from .serve import SERVER_EXTRA, serve
@@ -68,6 +68,7 @@ cli.add_command(import_)
 @click.option("--service", is_flag=True, help="Follow Quaero's service log.")
 @level_option
 @click.option("--step", help="Only this step's lines.")
+@filter_options
 @click.option("--limit", type=click.IntRange(0), default=100, show_default=True,
               help="Lines of backlog to show first.")
 @click.option("--all", "from_start", is_flag=True, help="Show the whole log first.")
@@ -78,8 +79,8 @@ cli.add_command(import_)
               metavar="SECONDS", help="How long to keep reconnecting to a server that went "
                                       "away before giving up (exit status 1).")
 @click.pass_obj
-def tail(settings, job_ids, service, level, step, limit, from_start, after, as_json, verbose,
-         retry_for):
+def tail(settings, job_ids, service, level, step, attrs, trace_id, limit, from_start, after,
+         as_json, verbose, retry_for):
     """Follow the log of jobs (until they end) or of the service.
 
     A dropped stream is resumed where it stopped. A server that cannot be reached is said
@@ -90,7 +91,7 @@ def tail(settings, job_ids, service, level, step, limit, from_start, after, as_j
     if service and step:
         raise click.UsageError("--step needs a job")
     params = {"scope": "service" if service else "job", "job_id": list(job_ids),
-              "level": level, "step": step, "limit": limit}
+              "level": level, "step": step, "limit": limit, **filter_params(attrs, trace_id)}
     if from_start and after is None:
         after = 0
     printer = Printer(as_json, show_job=len(job_ids) > 1)

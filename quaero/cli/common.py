@@ -108,7 +108,10 @@ class Printer:
         message = ln["message"].replace("\r\n", "\n").replace("\n", "\n    ")
         text = f"{head} {message}"
         style = COLORS.get(level)
-        return click.style(text, **style) if style else text
+        if style:
+            text = click.style(text, **style)
+        fields = fields_text(ln)
+        return f"{text} {click.style(fields, dim=True)}" if fields else text
 
     def status(self, payload):
         job = payload.get("job") or {}
@@ -127,6 +130,21 @@ class Printer:
     def note(self, text, job_id=None):
         prefix = f"{job_id[:8]} " if (self.show_job and job_id) else ""
         click.echo(click.style(f"-- {prefix}{text}", fg="cyan"), err=True)
+
+
+def fields_text(ln):
+    """A line's attributes and ids, compactly: ``key=value ...`` (logfmt's quoting)."""
+    pairs = list((ln.get("attributes") or {}).items())
+    pairs += [(k, ln[k]) for k in ("trace_id", "span_id") if ln.get(k)]
+    return " ".join(f"{k}={_field_value(v)}" for k, v in pairs)
+
+
+def _field_value(value):
+    if isinstance(value, str):
+        if value and not any(c in value for c in ' ="\\') and value.isprintable():
+            return value
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value)   # numbers as JSON writes them, true/false
 
 
 # --- following a stream ------------------------------------------------------------------
@@ -246,7 +264,41 @@ def server_options(fn):
 
 level_option = click.option("--level", type=click.Choice(LEVELS), default="info",
                             show_default=True, help="Show this level and above.")
-json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="One JSON object per line, as the API gives it (with its "
+                                "attributes, trace_id and span_id when it has them).")
+
+
+def _attr_pairs(ctx, param, values):
+    pairs = []
+    for value in values:
+        key, sep, wanted = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", ctx, param)
+        pairs.append((key, wanted))
+    return pairs
+
+
+def filter_options(fn):
+    """``--attr KEY=VALUE`` (repeatable) and ``--trace-id HEX``: the API's ``attr.KEY`` and
+    ``trace_id`` filters."""
+    fn = click.option("--trace-id", "trace_id", metavar="HEX",
+                      help="Only the lines of this trace (32 hex digits).")(fn)
+    fn = click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE",
+                      callback=_attr_pairs,
+                      help="Only lines whose attribute KEY is VALUE (compared as text: 500 "
+                           "matches the number 500). Repeatable: all must match.")(fn)
+    return fn
+
+
+def filter_params(attrs, trace_id):
+    """The query parameters of ``--attr``/``--trace-id``."""
+    params = {}
+    for key, wanted in attrs:
+        params.setdefault(f"attr.{key}", []).append(wanted)
+    if trace_id:
+        params["trace_id"] = trace_id
+    return params
 
 
 def _ended(client, settings, job_ids):

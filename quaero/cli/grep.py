@@ -1,12 +1,14 @@
-"""``python -m quaero grep TEXT [--job ID] [--follow]``: the stored lines that contain
-TEXT (any case, literal), over HTTP only: ``GET /api/search`` across every job and the
-service log, ``GET /api/logs?q=`` in one job, and the stream with ``q`` to follow."""
+"""``python -m quaero grep TEXT [--job ID] [--follow] [--attr KEY=VALUE]``: the stored lines
+that contain TEXT (any case, literal) and have those attributes, over HTTP only: ``GET
+/api/search`` across every job and the service log, ``GET /api/logs?q=`` in one job, and
+the stream with ``q`` to follow."""
 import sys
 import time
 
 import click
 
-from .common import LEVELS, Printer, follow_until_ctrl_c, api_call, json_option, server_options
+from .common import (LEVELS, Printer, api_call, filter_options, filter_params,
+                     follow_until_ctrl_c, json_option, server_options)
 
 SEARCH_PAGE = 500        # the server's largest /api/search page
 POLL_SECONDS = 2.0       # --follow without --job: how often /api/search is asked again
@@ -22,7 +24,8 @@ class CountingPrinter(Printer):
         super().lines(lines)
 
 
-@click.command(help="""Print the stored lines that contain TEXT (any case, taken literally).
+@click.command(help="""Print the stored lines that contain TEXT (any case, taken literally)
+and match every --attr KEY=VALUE and --trace-id given (TEXT may be left out with them).
 
 \b
 Without --job: every job and the service log (GET /api/search).
@@ -33,8 +36,9 @@ the newest --max matches (default 100), or every match with --all. --follow then
 printing new matching lines (with --job until the job ends). Exit status 0 when a line
 matched, 1 when none did.""")
 @server_options
-@click.argument("text")
+@click.argument("text", required=False)
 @click.option("--job", "job_id", help="Search only this job's log.")
+@filter_options
 @click.option("--level", type=click.Choice(LEVELS), default="debug", show_default=True,
               help="This level and above.")
 @click.option("--max", "max_count", type=click.IntRange(1), default=100, show_default=True,
@@ -43,31 +47,36 @@ matched, 1 when none did.""")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new matches as they arrive.")
 @json_option
 @click.pass_obj
-def grep(settings, text, job_id, level, max_count, every, follow, as_json):
+def grep(settings, text, job_id, attrs, trace_id, level, max_count, every, follow, as_json):
+    if not text and not attrs and not trace_id:
+        raise click.UsageError("give TEXT, --attr or --trace-id")
+    # what a line must match, as the API's query parameters
+    match = {"q": text or None, **filter_params(attrs, trace_id)}
     printer = CountingPrinter(as_json, show_job=job_id is None)
     if job_id and follow and not every:
         # the stream's backfill is the newest matches, then it is a live grep
-        params = {"scope": "job", "job_id": [job_id], "level": level, "q": text,
+        params = {"scope": "job", "job_id": [job_id], "level": level, **match,
                   "limit": max_count}
         end = follow_until_ctrl_c(settings, params, printer, "stopped following")
         for j in end.get("jobs") or [end.get("job") or {}]:
             printer.note(f"job {j.get('id')} ended: {j.get('status')}")
     elif job_id:
-        last_id = _grep_job(settings, text, job_id, level, None if every else max_count, printer)
+        last_id = _grep_job(settings, match, job_id, level, None if every else max_count,
+                            printer)
         if follow:
-            params = {"scope": "job", "job_id": [job_id], "level": level, "q": text}
+            params = {"scope": "job", "job_id": [job_id], "level": level, **match}
             follow_until_ctrl_c(settings, params, printer, "stopped following", after=last_id or 0)
     else:
-        newest = _grep_all(settings, text, level, None if every else max_count, printer)
+        newest = _grep_all(settings, match, level, None if every else max_count, printer)
         if follow:
-            _poll_all(settings, text, level, newest, printer)
+            _poll_all(settings, match, level, newest, printer)
     sys.exit(0 if printer.printed else 1)
 
 
-def _grep_job(settings, text, job_id, level, limit, printer):
+def _grep_job(settings, match, job_id, level, limit, printer):
     """A job's matches, oldest first: the newest ``limit``, or all (paged forward).
     Returns the newest id printed."""
-    base = {"scope": "job", "job_id": job_id, "level": level, "q": text}
+    base = {"scope": "job", "job_id": job_id, "level": level, **_present(match)}
     if limit is not None:
         body = api_call(settings, "GET", "/api/logs", params={**base, "limit": limit})
         printer.lines(body["logs"])
@@ -82,19 +91,23 @@ def _grep_job(settings, text, job_id, level, limit, printer):
             return after
 
 
-def _search(settings, text, level, before, limit):
-    params = {"q": text, "level": level, "limit": limit}
+def _present(params):
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _search(settings, match, level, before, limit):
+    params = {**_present(match), "level": level, "limit": limit}
     if before is not None:
         params["before"] = before
     return api_call(settings, "GET", "/api/search", params=params)
 
 
-def _grep_all(settings, text, level, limit, printer):
+def _grep_all(settings, match, level, limit, printer):
     """Matches everywhere: asked newest first, printed oldest first. Returns the newest id."""
     found, before = [], None
     while limit is None or len(found) < limit:
         want = SEARCH_PAGE if limit is None else min(SEARCH_PAGE, limit - len(found))
-        body = _search(settings, text, level, before, want)
+        body = _search(settings, match, level, before, want)
         found += body["results"]
         before = body["next_before"]
         if before is None:
@@ -104,14 +117,14 @@ def _grep_all(settings, text, level, limit, printer):
     return found[-1]["id"] if found else 0
 
 
-def _poll_all(settings, text, level, newest, printer):
+def _poll_all(settings, match, level, newest, printer):
     """New matches anywhere, by asking /api/search again (no stream spans every job)."""
     try:
         while True:
             time.sleep(POLL_SECONDS)
             fresh, before = [], None
             while True:
-                body = _search(settings, text, level, before, SEARCH_PAGE)
+                body = _search(settings, match, level, before, SEARCH_PAGE)
                 page = [ln for ln in body["results"] if ln["id"] > newest]
                 fresh += page
                 before = body["next_before"]
