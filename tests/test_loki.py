@@ -130,9 +130,9 @@ def test_gzip_json(c):
          "values": [[str(NS), "zipped"]]}]}).encode())
     r = c.post(PUSH, data=body, content_type="application/json",
                headers={"Content-Encoding": "gzip"})
-    assert r.status_code == 204
-    assert [(x["level"], x["message"]) for x in lines(c, scope="service", source="gz")] == [
-        ("debug", "zipped")]
+    assert r.status_code == 204, r.json
+    got = lines(c, scope="service", source="gz")
+    assert [(x["level"], x["message"]) for x in got] == [("debug", "zipped")], got
 
 
 def test_snappy_protobuf(c):
@@ -284,6 +284,12 @@ def test_bad_bodies_are_4xx_json(c, any_app, body, kind, headers, status):
     assert r.status_code == status, r.json
     assert r.content_type == "application/json" and r.json["error"]
     assert stored(any_app) == 0
+
+
+def test_the_openapi_document_describes_the_push(c):
+    op = c.get("/api/openapi.json").json["paths"]["/loki/api/v1/push"]["post"]
+    assert set(op["requestBody"]["content"]) == {"application/json", "application/x-protobuf"}
+    assert {"204", "400", "401", "404", "413", "415"} <= set(op["responses"])
 
 
 def test_wrong_method_and_paths_answer_json(c):

@@ -139,6 +139,23 @@ SCHEMAS = {
                      "properties": {"status": {"type": "string"}}},
     "Definitions": {"type": "object", "required": ["definitions"],
                     "properties": {"definitions": {"type": "array", "items": {"type": "object"}}}},
+    "LokiPush": {
+        "type": "object", "required": ["streams"],
+        "properties": {"streams": {"type": "array", "items": {
+            "type": "object", "required": ["values"],
+            "properties": {
+                "stream": {"type": "object", "additionalProperties": {"type": "string"},
+                           "description": "labels: the lines' attributes; service_name, job "
+                                          "or app the source; level, detected_level or "
+                                          "severity the level; quaero_job_id the job"},
+                "values": {"type": "array", "items": {
+                    "type": "array", "minItems": 2, "maxItems": 3,
+                    "prefixItems": [
+                        {"type": "string", "pattern": "^[0-9]{1,25}$",
+                         "description": "Unix epoch in nanoseconds"},
+                        {"type": "string", "description": "the line"},
+                        {"type": "object", "additionalProperties": {"type": "string"},
+                         "description": "structured metadata: more attributes"}]}}}}}}},
     "Health": {"type": "object", "required": ["status"],
                "properties": {"status": {"type": "string"}, "checks": {"type": "object"}}},
 }
@@ -267,8 +284,37 @@ def _ingest(max_body):
     return op
 
 
+def _loki_push(max_body):
+    """``POST /loki/api/v1/push``: Loki's push API, as its shippers send it."""
+    op = {"summary": "Loki push", "operationId": "loki_push", "parameters": [
+        {"name": "Idempotency-Key", "in": "header", "required": False,
+         "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,128}$"},
+         "description": "as on POST /api/logs"}],
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": _ref("LokiPush")},
+            "application/x-protobuf": {"schema": {
+                "type": "string", "format": "binary",
+                "description": "a snappy-compressed (block format) logproto.PushRequest"}}}},
+        "responses": {
+            "204": {"description": "stored (or, for a repeated Idempotency-Key, the first "
+                                   "request was; nothing stored again)"},
+            **_errors(400, 401, 404, 503, 507),
+            "409": _error("this Idempotency-Key was used in the last 24 hours for another body"),
+            "413": _error(f"a line over 65,536 bytes of UTF-8, more than 10,000 lines, labels "
+                          f"past the attribute limits, or a body over {max_body} bytes "
+                          f"(decompressed too); nothing of the request is stored"),
+            "415": _error("a Content-Type other than application/json or "
+                          "application/x-protobuf, or a Content-Encoding other than gzip")}}
+    op["description"] = (
+        "The Loki push API, for Promtail, Grafana Alloy, Fluent Bit, Vector and other Loki "
+        "clients: JSON (Content-Encoding gzip allowed) or snappy-compressed protobuf. All or "
+        "nothing, as POST /api/logs.")
+    return op
+
+
 def document(max_body):
-    paths = {**PATHS, "/api/logs": {**PATHS["/api/logs"], "post": _ingest(max_body)}}
+    paths = {**PATHS, "/api/logs": {**PATHS["/api/logs"], "post": _ingest(max_body)},
+             "/loki/api/v1/push": {"post": _loki_push(max_body)}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Quaero", "version": "1.0",
