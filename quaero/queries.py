@@ -11,8 +11,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from .attributes import (line_matches, value_matches, value_text, wanted_texts,
-                         wanted_values)
+from .attributes import line_matches, value_matches, wanted_texts, wanted_values
 from .models import (ID_KEY, LEVEL_NAMES, LEVELS, RARE_LEVEL, SEARCH_KEY, SERVICE_KEY,
                      counters_t, counts_t, jobs_t, line_dict, log_t, of_jobs, HexBytes)
 from .storage import BLOCK, attr_table, attr_token, generation_table, generations
@@ -93,18 +92,18 @@ def sqlite_attr(attributes, key, wanted):
     return value_matches(orjson.loads(attributes).get(key), wanted)
 
 
-def sqlite_attr_value(attributes, key):
-    """SQLite: the text of attribute ``key`` (for a key no JSON path can name)."""
+def sqlite_attr_json(attributes, key):
+    """SQLite: attribute ``key`` as JSON text (for a key no JSON path can name)."""
     if attributes is None:
         return None
     value = orjson.loads(attributes).get(key)
-    return None if value is None else value_text(value)
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def register_sqlite_functions(dbapi_conn):
     dbapi_conn.create_function("quaero_contains", 2, sqlite_contains, deterministic=True)
     dbapi_conn.create_function("quaero_attr", 3, sqlite_attr, deterministic=True)
-    dbapi_conn.create_function("quaero_attr_value", 2, sqlite_attr_value, deterministic=True)
+    dbapi_conn.create_function("quaero_attr_json", 2, sqlite_attr_json, deterministic=True)
 
 
 def not_search_index(obj, name, type_, reflected, compare_to):
@@ -378,46 +377,6 @@ _COUNT = sa.select(sa.func.coalesce(sa.func.sum(counts_t.c.count), 0)).where(
     counts_t.c.level >= sa.bindparam("min_level"),
     counts_t.c.key.in_(sa.bindparam("keys", expanding=True)))
 _COUNT_STEP = _COUNT.where(counts_t.c.step_name == sa.bindparam("step"))
-
-
-FACET_COLUMNS = {"source": log_t.c.source, "level": log_t.c.level, "step": log_t.c.step_name}
-
-
-def _facet_value(key, dialect):
-    """The SQL value of ``key`` of a line: a column, or its attribute (JSON, as the
-    database reads it; ``facet_counts`` turns it into text)."""
-    if key in FACET_COLUMNS:
-        return FACET_COLUMNS[key]
-    if dialect == "postgresql":
-        return sa.type_coerce(log_t.c.attributes, JSONB)[key]
-    if '"' in key or "\\" in key:  # not a JSON path SQLite reads: Python's parse
-        return sa.func.quaero_attr_value(log_t.c.attributes, key)
-    path = '$."' + key + '"'
-    kind = sa.func.json_type(log_t.c.attributes, path)
-    return sa.case((kind == "true", "true"), (kind == "false", "false"),
-                   else_=sa.func.json_extract(log_t.c.attributes, path))
-
-
-def facet_counts(conn, f, key, limit):
-    """``(values, total)``: the ``limit`` most frequent values of ``key`` (an attribute,
-    or ``source``, ``level``, ``step``) among the lines matching ``f``, as
-    ``[{"value": text, "count": n}]``, most frequent first (then by value); ``total``:
-    the matching lines that have the key. One pass over the matching lines."""
-    value = _facet_value(key, conn.dialect.name)
-    n = sa.func.count()
-    conds = _where(f, conn) + [value.isnot(None)]
-    if key not in FACET_COLUMNS:
-        conds.append(log_t.c.attributes.isnot(None))
-    grouped = (sa.select(value.label("v"), n.label("n"), sa.func.sum(n).over().label("total"))
-               .select_from(_FROM).where(*conds).group_by(value)
-               .order_by(n.desc()).limit(limit + 8))
-    rows = conn.execute(grouped).all()
-    counts = {}
-    for v, count, _ in rows:   # one text may come from two kinds (the number 5, "5")
-        text = LEVEL_NAMES[v] if key == "level" else value_text(v)
-        counts[text] = counts.get(text, 0) + count
-    values = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-    return [{"value": v, "count": c} for v, c in values], int(rows[0].total) if rows else 0
 
 
 def count_lines(conn, f):

@@ -139,6 +139,21 @@ def test_facets(c, any_app):
         index_everything(any_app)
 
 
+def test_facets_count_the_newest_lines(c, monkeypatch):
+    import quaero.facets
+    monkeypatch.setattr(quaero.facets, "FACET_SCAN", 4)
+    post(c, *[line(f"n{i}", attributes={"k": "old" if i < 3 else "new"}) for i in range(7)])
+    r = c.get("/api/logs/facets?scope=service&key=k")
+    assert r.json == {"key": "k", "values": [{"value": "new", "count": 4}], "total": 4,
+                      "sampled": True}
+    r = c.get("/api/logs/facets?scope=service&key=k&attr.k=old")
+    assert r.json == {"key": "k", "values": [{"value": "old", "count": 3}], "total": 3}
+    post(c, line("one more", attributes={"j": 1}))   # the newest 4 with attributes: 1 has j
+    r = c.get("/api/logs/facets?scope=service&key=j")
+    assert r.json == {"key": "j", "values": [{"value": "1", "count": 1}], "total": 1,
+                      "sampled": True}
+
+
 @pytest.mark.parametrize("field, value, status", [
     ("attributes", "text", 400),
     ("attributes", [1, 2], 400),

@@ -13,7 +13,8 @@ from ..errors import Conflict, Invalid, NotFound, TooLarge
 from ..ingest import KeyTaken, accepted_body
 from ..storage import IDEMPOTENCY_TTL
 from ..models import LEVELS, LEVEL_ALIASES, Job, Step, db, idempotency_t, utcnow
-from ..queries import LineFilter, count_matches, facet_counts, select_lines
+from ..facets import facet_counts
+from ..queries import LineFilter, count_matches, select_lines
 from .params import (MAX_NAME, check_jobs_exist, clean_text, db_reading, json_object,
                      let_others_run, parse_int, parse_query, parse_search, parse_timestamp,
                      read_body)
@@ -187,7 +188,8 @@ FACETS_LIMIT = 100
 @bp.get("/logs/facets")
 def get_facets():
     """The most frequent values of one attribute (or of source, level, step) among the
-    lines the query's filters match: ``{"key", "values": [{"value", "count"}], "total"}``."""
+    lines the query's filters match: ``{"key", "values": [{"value", "count"}], "total"}``,
+    counted over the newest 100,000 of them (``"sampled": true`` when there were more)."""
     args = request.args
     f = parse_search(args, required=False) if args.get("scope") == "all" else parse_query(args)[0]
     key = args.get("key")
@@ -200,7 +202,9 @@ def get_facets():
         raise Invalid(f"limit must be 1 to {FACETS_LIMIT}")
     with db_reading() as conn:
         check_jobs_exist(conn, f.job_ids)
-        values, total = facet_counts(conn, f, key, limit)
+        values, total, sampled = facet_counts(conn, f, key, limit)
+    if sampled:  # counted over the newest FACET_SCAN matching lines only
+        return jsonify(key=key, values=values, total=total, sampled=True)
     return jsonify(key=key, values=values, total=total)
 
 
