@@ -20,8 +20,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, ti
 from google.protobuf.message import DecodeError
 
 from ..errors import Invalid, TooLarge, Unsupported
-from .api_logs import (MAX_LINES_PER_REQUEST, _answered, clean_line, idempotency_key,
-                       store_lines)
+from .lines import MAX_LINES_PER_REQUEST, answered, clean_line, idempotency_key, store_lines
 from .params import EARLIEST, LATEST, MAX_NAME, json_object, read_body
 from .protowire import count_nested
 
@@ -58,7 +57,7 @@ def push():
     # the endpoint in the digest: one key sent here and to POST /api/logs is a conflict
     digest = hashlib.sha256(b"loki\0" + body).hexdigest() if key else None
     if key:
-        replay = _answered(key, digest)
+        replay = answered(key, digest)
         if replay is not None:
             return _as_loki(replay)
     limit = current_app.config["MAX_CONTENT_LENGTH"]

@@ -1,0 +1,125 @@
+"""Lines coming in: one request's lines validated (``clean_line``) and committed through
+the one write path (``store_lines``), with ``Idempotency-Key`` records, for every way
+lines get in over HTTP (``POST /api/logs``, the Loki push API)."""
+import re
+
+import sqlalchemy as sa
+from flask import Response, current_app, request
+
+from ..attributes import SPAN_DIGITS, TRACE_DIGITS, clean_attributes, clean_hex_id
+from ..errors import Conflict, Invalid, NotFound, TooLarge
+from ..ingest import KeyTaken
+from ..models import LEVELS, LEVEL_ALIASES, Job, Step, idempotency_t, utcnow
+from ..storage import IDEMPOTENCY_TTL
+from .params import MAX_NAME, clean_text, db_reading, parse_timestamp
+
+MAX_MESSAGE_BYTES = 65536
+MAX_LINES_PER_REQUEST = 10000
+
+
+def clean_line(item, where, now):
+    """One line of a request (``where`` names it in a 400) as the write path takes it."""
+    if not isinstance(item, dict):
+        raise Invalid(f"{where} must be an object")
+    level = item.get("level")
+    if not isinstance(level, str):
+        raise Invalid(f"{where}.level is required")
+    level = level.lower()
+    level = LEVEL_ALIASES.get(level, level)
+    if level not in LEVELS:
+        raise Invalid(f"{where}.level must be one of debug, info, warn, error")
+    if "message" not in item:
+        raise Invalid(f"{where}.message is required")
+    message = clean_text(item["message"], f"{where}.message")
+    if len(message) * 4 > MAX_MESSAGE_BYTES and len(message.encode("utf-8")) > MAX_MESSAGE_BYTES:
+        raise TooLarge(f"{where}.message is over {MAX_MESSAGE_BYTES} bytes")
+    job_id, step = item.get("job_id"), item.get("step")
+    if job_id is not None and not isinstance(job_id, str):
+        raise Invalid(f"{where}.job_id must be a string")
+    if step is not None:
+        step = clean_text(step, f"{where}.step", MAX_NAME)
+        if not job_id:
+            raise Invalid(f"{where}.step needs a job_id")
+    source = item.get("source")
+    if source is not None and source != "":
+        source = clean_text(source, f"{where}.source", MAX_NAME)
+    return {"job_id": job_id or None, "step_name": step, "level": LEVELS[level],
+            "message": message, "timestamp": parse_timestamp(item.get("timestamp"), now),
+            "source": source or None,
+            "attributes": clean_attributes(item.get("attributes"), f"{where}.attributes"),
+            "trace_id": clean_hex_id(item.get("trace_id"), f"{where}.trace_id", TRACE_DIGITS),
+            "span_id": clean_hex_id(item.get("span_id"), f"{where}.span_id", SPAN_DIGITS)}
+
+
+def store_lines(lines, key=None, digest=None):
+    """Commit validated ``lines`` (``clean_line``) all together through the one write path:
+    ``(first_id, last_id)``, or the recorded answer (a Response) when another request with
+    the same ``Idempotency-Key`` was stored first. 404 for an unknown job or step."""
+    _check_targets({(line["job_id"], line["step_name"]) for line in lines})
+    try:
+        return current_app.extensions["quaero"].ingestor.submit(
+            lines, key=(key, digest) if key else None)
+    except KeyTaken:  # the same key, sent again while the first was being stored
+        replay = answered(key, digest)
+        if replay is None:
+            raise Conflict("a request with this Idempotency-Key is in progress; "
+                           "retry") from None
+        return replay
+
+
+_KEY = re.compile(r"[\x21-\x7e]{1,128}\Z")
+_RECORD = (sa.select(idempotency_t.c.digest, idempotency_t.c.status, idempotency_t.c.response)
+           .where(idempotency_t.c.key == sa.bindparam("key"),
+                  idempotency_t.c.created_at >= sa.bindparam("since")))
+
+
+def idempotency_key():
+    """The request's ``Idempotency-Key`` (1-128 visible ASCII characters), or None."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _KEY.match(key):
+        raise Invalid("Idempotency-Key must be 1 to 128 visible ASCII characters")
+    return key
+
+
+def answered(key, digest):
+    """The recorded answer to an earlier request with ``key`` (seen in the last 24 hours),
+    a 409 if that request had another body, or None."""
+    with db_reading() as conn:
+        row = conn.execute(_RECORD, {"key": key, "since": utcnow() - IDEMPOTENCY_TTL}).first()
+    if row is None:
+        return None
+    if row.digest != digest:
+        raise Conflict("this Idempotency-Key was used for a request with another body")
+    return Response(row.response, row.status, mimetype="application/json")
+
+
+_TARGETS = (sa.select(Job.id, Step.name).outerjoin(Step, Step.job_id == Job.id)
+            .where(Job.id.in_(sa.bindparam("job_ids", expanding=True))))
+MAX_KNOWN_TARGETS = 100000
+
+
+def _check_targets(wanted):
+    """404 for a job or step that does not exist. Targets seen before are not asked
+    again (``Ingestor.known_targets``): the writer refuses a job removed since."""
+    known = current_app.extensions["quaero"].ingestor.known_targets
+    unknown = {(j, s) for j, s in wanted if j and (j, s) not in known}
+    if not unknown:
+        return
+    job_ids = {j for j, _ in unknown}
+    if any(len(j) > 32 for j in job_ids):
+        raise NotFound("job not found")
+    with db_reading() as conn:  # no transaction held while the writer commits
+        rows = conn.execute(_TARGETS, {"job_ids": list(job_ids)}).all()
+    jobs_found = {j for j, _ in rows}
+    steps_found = {(j, s) for j, s in rows}
+    if len(known) > MAX_KNOWN_TARGETS:
+        known.clear()
+    known.update(steps_found)
+    known.update((j, None) for j in jobs_found)
+    for job_id, step in unknown:  # (a known target was found before: it needs no check)
+        if job_id not in jobs_found:
+            raise NotFound(f"job {job_id} not found")
+        if step is not None and (job_id, step) not in steps_found:
+            raise NotFound(f"step {step!r} not found in job {job_id}")
