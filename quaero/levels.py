@@ -11,9 +11,13 @@ LEVEL_NAMES = {v: k for k, v in LEVELS.items()}
 NAMES = tuple(LEVELS)            # lowest first
 DEBUG, INFO, WARN, ERROR = LEVELS.values()
 
-_LEVEL_WORDS = {"trace": DEBUG, "debug": DEBUG, "dbg": DEBUG, "info": INFO, "notice": INFO,
-                "warn": WARN, "warning": WARN, "error": ERROR, "err": ERROR, "fatal": ERROR,
-                "critical": ERROR, "crit": ERROR}
+# level words, any case: the usual logging libraries', syslog's, OpenTelemetry's severity
+# texts and Loki's detected_level values (the one vocabulary: OTLP, Loki, exec/pipe)
+_LEVEL_WORDS = {"trace": DEBUG, "debug": DEBUG, "dbg": DEBUG, "dbug": DEBUG, "info": INFO,
+                "information": INFO, "informational": INFO, "notice": INFO,
+                "warn": WARN, "warning": WARN, "error": ERROR, "err": ERROR, "eror": ERROR,
+                "fatal": ERROR, "critical": ERROR, "crit": ERROR, "panic": ERROR,
+                "alert": ERROR, "emerg": ERROR, "emergency": ERROR}
 _LEVEL_RE = re.compile(r"[ \t]{0,8}(?:\[[ \t]*([A-Za-z]{3,8})[ \t]*\]|<([A-Za-z]{3,8})>"
                        r"|([A-Za-z]{3,8})[ \t]*:|([A-Z]{3,8})(?=[ \t]|\Z))")
 _SGR_RE = re.compile(r"\x1b\[[0-9;]*m")   # ANSI colours and styles (Select Graphic Rendition)
@@ -33,3 +37,8 @@ def line_level(text, default):
 def word_level(word, default):
     """The level a word names (``WARNING``, ``err``, ``Fatal``...), else ``default``."""
     return _LEVEL_WORDS.get(word.strip().lower(), default)
+
+
+def word_level_name(word):
+    """The level name a word names, else ``info``."""
+    return LEVEL_NAMES[word_level(word, INFO)]

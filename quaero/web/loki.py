@@ -20,6 +20,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, ti
 from google.protobuf.message import DecodeError
 
 from ..errors import Invalid, TooLarge, Unsupported
+from ..levels import word_level_name
 from .lines import MAX_LINES_PER_REQUEST, answered, clean_line, idempotency_key, store_lines
 from .params import EARLIEST, LATEST, MAX_NAME, json_object, read_body
 from .protowire import count_nested
@@ -31,14 +32,6 @@ JSON = "application/json"
 SOURCE_LABELS = ("service_name", "job", "app")
 LEVEL_LABELS = ("level", "detected_level", "severity")
 JOB_LABEL = "quaero_job_id"
-# level label values (any case) -> Quaero's levels; anything else is info. Loki's own
-# detected_level values, syslog's and the usual logging libraries' names.
-LEVEL_WORDS = {"trace": "debug", "debug": "debug", "dbug": "debug", "dbg": "debug",
-               "info": "info", "information": "info", "informational": "info",
-               "notice": "info", "warn": "warn", "warning": "warn", "error": "error",
-               "err": "error", "eror": "error", "critical": "error", "crit": "error",
-               "fatal": "error", "panic": "error", "alert": "error", "emerg": "error",
-               "emergency": "error"}
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -237,7 +230,7 @@ def stream_fields(labels):
     level = next((labels[k] for k in LEVEL_LABELS if labels.get(k)), "")
     source = next((labels[k] for k in SOURCE_LABELS if labels.get(k)), None)
     attributes = {k: v for k, v in labels.items() if k != JOB_LABEL}
-    return {"level": LEVEL_WORDS.get(level.strip().lower(), "info"),
+    return {"level": word_level_name(level),
             "source": source[:MAX_NAME] if source else None,
             "job_id": labels.get(JOB_LABEL) or None, "attributes": attributes}
 

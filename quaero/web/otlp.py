@@ -29,9 +29,11 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest, ExportLogsServiceResponse)
 
 from ..attributes import SPAN_DIGITS, TRACE_DIGITS, clean_attributes
+from ..levels import word_level_name
 from ..errors import Invalid, TooLarge, Unsupported
 from ..fields import fit_attributes, hex_id
 from ..models import LEVELS, Job, db
+from .auth import check_line_targets
 from .params import EARLIEST, LATEST, MAX_NAME, clean_text, read_body
 
 bp = Blueprint("otlp", __name__, url_prefix="/v1")
@@ -42,9 +44,6 @@ JOB_ATTRIBUTE = "quaero.job.id"
 RESOURCE_ONLY = frozenset(("service.name", JOB_ATTRIBUTE))  # the line's source and job
 MAX_MESSAGE_BYTES = 65536
 MAX_RECORDS = 10000  # as POST /api/logs's lines: a record costs as little as 2 bytes
-_TEXT_LEVELS = {"trace": "debug", "debug": "debug", "info": "info", "notice": "info",
-                "warn": "warn", "warning": "warn", "error": "error", "fatal": "error",
-                "critical": "error"}
 
 
 @bp.post("/logs")
@@ -61,6 +60,7 @@ def export_logs():
     lines, rejected = records_to_lines(export, datetime.now(timezone.utc).replace(tzinfo=None))
     lines, unknown = _known_jobs(lines)
     rejected += unknown
+    check_line_targets(lines)  # a key limited to some jobs: 403, nothing stored
     if lines:
         current_app.extensions["quaero"].ingestor.submit(lines)
     answer = ExportLogsServiceResponse()
@@ -249,7 +249,7 @@ def level(record):
     for top, name in ((8, "debug"), (12, "info"), (16, "warn"), (24, "error")):
         if 1 <= n <= top:
             return name
-    return _TEXT_LEVELS.get(record.severity_text.strip().lower(), "info")
+    return word_level_name(record.severity_text)
 
 
 def _text(value):
