@@ -308,3 +308,73 @@ def status_payload(job):
 def deleted_payload(job_id):
     """The ``status`` event of a job that no longer exists."""
     return {"job": {"id": job_id, "status": "deleted"}, "steps": []}
+
+
+# --- alerts and schedules (quaero.alerts, quaero.runner.cron) -----------------------------
+
+class AlertLease(db.Model):
+    """A deployment-wide singleton's holder (``alerts.store.Lease``): the one alert
+    evaluator, whatever the number of workers and hosts."""
+    __tablename__ = "alert_leases"
+    name = sa.Column(sa.String(64), primary_key=True)
+    holder = sa.Column(sa.BigInteger, nullable=False)   # leases.runner_number of the process
+    host = sa.Column(sa.String(200), nullable=False)
+    pid = sa.Column(sa.Integer, nullable=False)
+    expires_ms = sa.Column(sa.BigInteger, nullable=False)
+
+
+class AlertState(db.Model):
+    """The evaluator's checkpoint: each rule's window state, and (key ``""``) how far it
+    has read lines and job ends; written in one transaction with the events it decided."""
+    __tablename__ = "alert_state"
+    key = sa.Column(sa.String(200), primary_key=True)
+    state = sa.Column(sa.Text, nullable=False)          # JSON
+    updated_ms = sa.Column(sa.BigInteger, nullable=False)
+
+
+class AlertEvent(db.Model):
+    """A notification decided once: ``key`` is its idempotency key (rule, window or job)."""
+    __tablename__ = "alert_events"
+    __table_args__ = (sa.Index("ix_alert_events_rule", "rule", "id"),)
+    id = sa.Column(BigId, primary_key=True, autoincrement=True)
+    key = sa.Column(sa.String(400), nullable=False, unique=True)
+    rule = sa.Column(sa.String(200), nullable=False)
+    state = sa.Column(sa.String(16), nullable=False)     # firing | resolved | test
+    created_at = sa.Column(sa.DateTime, nullable=False, index=True)
+    payload = sa.Column(sa.Text, nullable=False)        # JSON: what every destination is sent
+
+
+class AlertDelivery(db.Model):
+    """One event to one destination: pending, sending (its outcome unknown until written),
+    delivered, retrying (``next_ms``) or failed (given up)."""
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (sa.UniqueConstraint("event_id", "destination"),
+                      sa.Index("ix_alert_deliveries_status", "status", "next_ms"))
+    id = sa.Column(BigId, primary_key=True, autoincrement=True)
+    event_id = sa.Column(BigId, sa.ForeignKey("alert_events.id", ondelete="CASCADE"),
+                         nullable=False)
+    destination = sa.Column(sa.String(200), nullable=False)
+    status = sa.Column(sa.String(16), nullable=False)
+    attempts = sa.Column(sa.Integer, nullable=False, default=0)
+    next_ms = sa.Column(sa.BigInteger, nullable=False, default=0)
+    last_error = sa.Column(sa.Text, nullable=True)
+    updated_at = sa.Column(sa.DateTime, nullable=False)
+
+
+class ScheduleTick(db.Model):
+    """A definition's schedule tick, claimed once for the whole deployment: the primary
+    key is what makes two processes never both run it."""
+    __tablename__ = "schedule_ticks"
+    definition = sa.Column(sa.String(200), primary_key=True)
+    tick_at = sa.Column(sa.DateTime, primary_key=True)     # UTC
+    schedule = sa.Column(sa.String(300), nullable=False)  # the cron expression and time zone
+    outcome = sa.Column(sa.String(16), nullable=False)    # baseline|started|skipped|queued
+    job_id = sa.Column(sa.String(32), nullable=True)
+    claimed_at = sa.Column(sa.DateTime, nullable=False)
+
+
+alert_leases_t = AlertLease.__table__
+alert_state_t = AlertState.__table__
+alert_events_t = AlertEvent.__table__
+alert_deliveries_t = AlertDelivery.__table__
+ticks_t = ScheduleTick.__table__
