@@ -52,6 +52,10 @@ class Quaero:
                              cfg["QUAERO_MAX_DB_BYTES"], self.disk, archive)
         self.log_handler = IngestHandler(self.ingestor)
         self.runner = Runner(app, self)
+        from .alerts.service import AlertService
+        from .runner.cron import ScheduleRunner
+        self.alerts = AlertService(app, self)
+        self.schedules = ScheduleRunner(app, self)
         self.version = __version__  # what /healthz reports
         self.group = None  # this process's background greenlets, from start() to stop()
         self._loggers = [logging.getLogger("quaero")]
@@ -66,12 +70,14 @@ class Quaero:
     def parts(self):
         """The parts with background work, in start order (the writer first: the others
         log, and their lines go through it); :meth:`stop` goes the other way."""
-        return (self.ingestor, self.bus, self.hub, self.pruner, self.runner)
+        return (self.ingestor, self.bus, self.hub, self.pruner, self.runner, self.alerts,
+                self.schedules)
 
     def start(self):
         """Start this process's background work, once per process, each part's greenlets
         in one group: the writer, the bus's Redis link, the stream hub's ticker and
-        watcher, the pruner and the runner's scheduler. Called explicitly: by gunicorn's
+        watcher, the pruner, the runner's scheduler, the alert evaluator and the
+        schedules' ticker. Called explicitly: by gunicorn's
         ``post_worker_init`` in each worker, by ``run --local`` and by the tests' app
         fixture; nothing starts lazily from a request. The one place that asks which
         process this is: gunicorn forks its workers."""

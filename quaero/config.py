@@ -14,7 +14,10 @@ SETTINGS = {
     **dict.fromkeys(("QUAERO_HOST", "QUAERO_DATABASE_URL", "QUAERO_REDIS_URL",
                      "QUAERO_REDIS_CHANNEL", "QUAERO_API_TOKEN", "QUAERO_METRICS_TOKEN",
                      "QUAERO_SECRET_KEY", "QUAERO_JOBS_DIR", "QUAERO_ACCESS_LOG",
-                     "QUAERO_URL", "QUAERO_ARCHIVE_DIR"), "text"),
+                     "QUAERO_URL", "QUAERO_ARCHIVE_DIR", "QUAERO_ALERTS_DIR",
+                     "QUAERO_SMTP_FROM"), "text"),
+    "QUAERO_PUBLIC_URL": "http URL",
+    "QUAERO_SMTP_URL": "SMTP URL",
     "QUAERO_LOG_LEVEL": ("debug", "info", "warning", "error", "critical"),
     "QUAERO_PORT": "port",
     **dict.fromkeys(("QUAERO_WORKERS",), "positive integer"),
@@ -65,6 +68,11 @@ def _problem(name, value):
     if kind == "trace URL" and not (value.lower().startswith(("http://", "https://"))
                                     and "{trace_id}" in value):
         return "is not an http(s) address with {trace_id} in it"
+    if kind == "http URL" and not value.lower().startswith(("http://", "https://")):
+        return "is not an http(s) address"
+    if kind == "SMTP URL" and not value.lower().startswith(("smtp://", "smtp+starttls://",
+                                                           "smtps://")):
+        return "is not an smtp://, smtp+starttls:// or smtps:// address"
     if isinstance(kind, tuple) and value.lower() not in kind:
         return "is not one of " + ", ".join(kind)
     return None
@@ -167,6 +175,16 @@ class Config:
         # /metrics needs this (or the API token) as a Bearer token when either is set
         self.QUAERO_METRICS_TOKEN = env.get("QUAERO_METRICS_TOKEN") or None
         self.QUAERO_JOBS_DIR = env.get("QUAERO_JOBS_DIR", "jobs")
+        # Alerts: the folder of rule and destination files; where the links in
+        # notifications point (unset: the host and port served); the mail server and
+        # sender of e-mail destinations (smtp://, smtp+starttls:// or smtps://, with the
+        # user and password in the URL if it needs them)
+        self.QUAERO_ALERTS_DIR = env.get("QUAERO_ALERTS_DIR") or "alerts"
+        self.QUAERO_PUBLIC_URL = env.get("QUAERO_PUBLIC_URL") or None
+        self.QUAERO_HOST = env.get("QUAERO_HOST") or "127.0.0.1"
+        self.QUAERO_PORT = env.get("QUAERO_PORT") or "5000"
+        self.QUAERO_SMTP_URL = env.get("QUAERO_SMTP_URL") or None
+        self.QUAERO_SMTP_FROM = env.get("QUAERO_SMTP_FROM") or None
         self.QUAERO_MAX_RUNNING = _int("QUAERO_MAX_RUNNING", 4)
         # Runner: SIGTERM-to-SIGKILL grace on cancel, how often it looks for pending jobs,
         # its heartbeat, and when another process's running job counts as abandoned

@@ -29,6 +29,7 @@ from .common import (DEFAULT_URL, EXIT, RETRY_FOR, Printer, Settings, Unreachabl
                      default_url, filter_options, filter_params, follow_until_ctrl_c,
                      json_option, level_option, server_options)
 from .archive import import_
+from .alerts import alerts
 from .grep import grep
 from .serve import SERVER_EXTRA, serve
 
@@ -60,6 +61,7 @@ def cli(ctx, url, token):
 cli.add_command(grep)
 cli.add_command(serve)
 cli.add_command(import_)
+cli.add_command(alerts)
 
 
 @cli.command()
@@ -213,6 +215,9 @@ def definitions(settings, as_json):
                                    f"{d['error']}", fg="red"))
             continue
         click.echo(f"{d['name']}: {d.get('description') or ''}")
+        if d.get("schedule"):
+            click.echo(f"  schedule {d['schedule']} ({d.get('timezone', 'UTC')}), next run "
+                       f"{d.get('next_run_at')}")
         for s in d.get("steps") or ():
             command = (s.get("command") or "").strip("\n")
             if "\n" in command:

@@ -11,6 +11,12 @@
     python = "reports:summarise"            # module:function, called in a greenlet
     continue_on_error = true                # a failure does not fail the job (optional)
 
+A definition may run on a schedule (``runner.cron``)::
+
+    schedule = "*/15 * * * *"               # 5-field cron expression
+    timezone = "Europe/Paris"               # the expression's time zone (default UTC)
+    overlap = "skip"                        # a tick while a run is on: skip (default) or queue
+
 :class:`DefinitionLibrary` re-reads the folder when a file changes; a file that does not
 load is kept with its problem (listed, reported once in the service log, not startable).
 """
@@ -27,7 +33,7 @@ log = logging.getLogger("quaero.runner")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}\Z")
 STEP_NAME_RE = re.compile(r"[^\x00-\x1f/]{1,200}\Z")
 TARGET_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
-DEF_KEYS = {"name", "description", "steps"}
+DEF_KEYS = {"name", "description", "steps", "schedule", "timezone", "overlap"}
 STEP_KEYS = {"name", "run", "python", "timeout", "continue_on_error", "env", "description"}
 
 
@@ -51,10 +57,20 @@ class Definition:
     description: str
     steps: tuple
     path: str
+    schedule: str | None = None    # a 5-field cron expression
+    timezone: str = "UTC"
+    overlap: str = "skip"          # skip | queue
 
-    def json(self):
-        return {"name": self.name, "description": self.description,
-                "file": os.path.basename(self.path), "steps": [s.json() for s in self.steps]}
+    def json(self, now=None):
+        out = {"name": self.name, "description": self.description,
+               "file": os.path.basename(self.path), "steps": [s.json() for s in self.steps],
+               "schedule": self.schedule, "next_run_at": None}
+        if self.schedule:
+            from ..models import iso, utcnow
+            from .cron import next_tick
+            out.update(timezone=self.timezone, overlap=self.overlap,
+                       next_run_at=iso(next_tick(self.schedule, self.timezone, now or utcnow())))
+        return out
 
 
 class DefinitionError(Exception):
@@ -76,7 +92,7 @@ def parse_definition(path):
     unknown = sorted(set(data) - DEF_KEYS)
     if unknown:
         raise DefinitionError(f"unknown key{'s' if len(unknown) > 1 else ''} "
-                              f"{', '.join(unknown)} (allowed: description, name, steps)")
+                              f"{', '.join(unknown)} (allowed: {', '.join(sorted(DEF_KEYS))})")
     stem = os.path.splitext(os.path.basename(path))[0]
     name = data.get("name", stem)
     if not isinstance(name, str) or not NAME_RE.match(name):
@@ -94,7 +110,30 @@ def parse_definition(path):
     out, seen = [], set()
     for i, raw in enumerate(steps, 1):
         out.append(_parse_step(raw, i, seen))
-    return Definition(name, description, tuple(out), os.path.abspath(path))
+    return Definition(name, description, tuple(out), os.path.abspath(path),
+                      *_parse_schedule(data))
+
+
+def _parse_schedule(data):
+    """``(schedule, timezone, overlap)`` of a definition's table."""
+    from .cron import schedule_problem
+    schedule = data.get("schedule")
+    timezone = data.get("timezone", "UTC")
+    overlap = data.get("overlap", "skip")
+    if schedule is None:
+        if "timezone" in data or "overlap" in data:
+            raise DefinitionError("timezone and overlap go with a schedule")
+        return None, "UTC", "skip"
+    if not isinstance(schedule, str):
+        raise DefinitionError("schedule must be a cron expression string, like \"*/15 * * * *\"")
+    if not isinstance(timezone, str):
+        raise DefinitionError("timezone must be a string, like \"Europe/Paris\"")
+    problem = schedule_problem(schedule, timezone)
+    if problem:
+        raise DefinitionError(problem)
+    if overlap not in ("skip", "queue"):
+        raise DefinitionError("overlap must be \"skip\" or \"queue\"")
+    return " ".join(schedule.split()), timezone, overlap
 
 
 def _parse_step(raw, i, seen):
@@ -246,6 +285,7 @@ class DefinitionLibrary:
         ``error`` (they cannot be started), by name."""
         listed = [d.json() for d in self.all().values()]
         listed += [{"name": os.path.splitext(os.path.basename(path))[0], "description": "",
-                    "file": os.path.basename(path), "steps": [], "error": problem}
+                    "file": os.path.basename(path), "steps": [], "schedule": None,
+                    "next_run_at": None, "error": problem}
                    for path, problem in self.errors.items()]
         return sorted(listed, key=lambda d: (d["name"], d["file"]))

@@ -14,5 +14,7 @@ def init_app(app):
     app.after_request(close_unread_body)
     for module in (api_logs, api_histogram, api_jobs, api_search, stream, openapi, otlp, loki):
         app.register_blueprint(module.bp)
+    from . import api_alerts
+    app.register_blueprint(api_alerts.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(views.bp)

@@ -140,6 +140,25 @@ def job(job_id):
     return render_template("job.html", page="job", job=data)
 
 
+@bp.get("/alerts")
+def alerts():
+    """Alert rules and destinations, their state, recent notifications and deliveries."""
+    import json
+    from ..alerts.store import recent_events
+    from ..models import iso
+    service = current_app.extensions["quaero"].alerts
+    recent = []
+    for event, deliveries in recent_events(service.engine, 20):
+        payload = json.loads(event.payload)
+        recent.append({"at": iso(event.created_at), "rule": event.rule, "state": event.state,
+                       "summary": payload.get("summary"), "url": payload.get("url"),
+                       "deliveries": [{"destination": d.destination, "status": d.status,
+                                       "attempts": d.attempts, "last_error": d.last_error}
+                                      for d in deliveries]})
+    return render_template("alerts.html", page="alerts", alerts=service.status_json(),
+                           recent=recent)
+
+
 # --- errors ----------------------------------------------------------------------------
 
 def error_page(exc):

@@ -1,0 +1,501 @@
+"""The alert evaluator of this process (:class:`AlertService`): one of the app's parts,
+started and stopped with the others (``Quaero.start``/``stop``).
+
+Every process has one; only the process that holds the lease (``store.Lease``) evaluates.
+It never stands in the way of ingest or streams: the bus hands it committed lines by
+appending them to an inbox (nothing else happens in the publisher's greenlet), and its own
+greenlet reads them. Lines reach it as they reach the streams: from this process's writer,
+from other processes over Redis, and otherwise from the database — ids are dense and
+become visible in commit order, so "every line with an id above the last one read"
+misses none: a gap in the bus's ids, or lines the bus did not bring within a tick (other
+processes without Redis), are read from the database.
+
+What it decides is saved before anything is sent: the rules' states, how far it read and
+the notifications (events, one delivery per destination), in one transaction
+(``_checkpoint``). A sender greenlet then delivers, with retries and backoff; a delivery
+is marked ``sending`` before its request, so that one found ``sending`` by a new evaluator
+(its predecessor was killed mid-request: the outcome is unknown) is sent again, and only
+those are."""
+import json
+import logging
+import time
+from collections import deque
+from datetime import timedelta
+from urllib.parse import urlencode
+
+import gevent
+from gevent.event import Event
+
+from ..levels import LEVELS
+from ..models import ENDED, iso, utcnow, from_millis
+from ..queries import LineFilter, newest_id, select_lines, all_lines_between
+from . import engine, store
+from .config import AlertLibrary, resolve_alerts_dir
+from .notify import DeliveryFailed, delivery_key, send
+
+log = logging.getLogger("quaero.alerts")
+
+INBOX_MAX_LINES = 50000     # beyond this the inbox is dropped and read from the database
+CATCH_UP_PAGE = 5000
+REPLAY_MAX = 200000         # lines replayed at take-over; older ones are skipped, and said so
+CHECKPOINT_EVERY = 2.0      # seconds between saves of states when nothing was decided
+JOBS_EVERY = 2.0            # seconds between reads of ended and long-running jobs
+JOBS_SLACK = timedelta(seconds=60)   # a job end committed late is still seen
+MAX_IN_FLIGHT = 20
+PRUNE_EVERY = 3600.0
+
+
+def _ms():
+    return int(time.time() * 1000)
+
+
+class AlertService:
+    def __init__(self, app, state):
+        cfg = app.config
+        self.app = app
+        self.state = state
+        self.engine = state.engine
+        self.bus = state.bus
+        self.library = AlertLibrary(resolve_alerts_dir(cfg.get("QUAERO_ALERTS_DIR") or "alerts"))
+        self.lease = store.Lease(self.engine, "alerts", store.host_name(),
+                                 float(cfg.get("QUAERO_ALERTS_LEASE", 15.0)))
+        self.tick = float(cfg.get("QUAERO_ALERTS_TICK", 0.5))
+        self.smtp_url = cfg.get("QUAERO_SMTP_URL")
+        self.smtp_from = cfg.get("QUAERO_SMTP_FROM")
+        self.public_url = public_url(cfg)
+        self.retention_days = float(cfg.get("QUAERO_RETENTION_DAYS") or 0)
+        self.holding = False
+        self._closed = False
+        self._group = None
+        self._inbox = deque()
+        self._inbox_lines = 0
+        self._overflow = False
+        self._wake = Event()
+        self._send_wake = Event()
+        self._in_flight = set()
+        self._jobs_due = True
+        self._failing = None
+        self.bus.connect(self._on_lines, self._on_status)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self, group):
+        if self._closed:
+            return
+        self._group = group
+        self.lease.begin(self.state.pid)
+        group.spawn(self._loop)
+        group.spawn(self._sender)
+
+    def stop(self):
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        self._send_wake.set()
+        try:
+            self.bus.disconnect(self._on_lines, self._on_status)
+        except Exception:
+            pass
+        if self.holding and self.state.started_here():
+            self.holding = False
+            try:
+                self.lease.release()
+            except Exception:
+                pass
+
+    # -- the bus's receivers: never more than an append -----------------------------------
+
+    def _on_lines(self, lines):
+        if not self.holding:
+            return
+        if self._inbox_lines + len(lines) > INBOX_MAX_LINES:
+            self._overflow = True   # read from the database instead
+            self._inbox.clear()
+            self._inbox_lines = 0
+            return
+        self._inbox.append(lines)
+        self._inbox_lines += len(lines)
+        self._wake.set()
+
+    def _on_status(self, payload):
+        if self.holding and payload.get("job", {}).get("status") in ENDED:
+            self._jobs_due = True
+            self._wake.set()
+
+    def wake_sender(self):
+        self._send_wake.set()
+
+    # -- the evaluator's loop -----------------------------------------------------------
+
+    def _loop(self):
+        next_try = 0.0
+        while not self._closed and self.state.started_here():
+            try:
+                now = time.monotonic()
+                if not self.holding and now >= next_try:
+                    next_try = now + 1.0
+                    if self.lease.acquire():
+                        self._take_over()
+                if self.holding:
+                    self._evaluate()
+                if self._failing:
+                    log.info("alert evaluator: database working again")
+                self._failing = None
+            except store.LeaseLost:
+                log.warning("alert evaluator: another process holds the lease now; this one "
+                            "stops evaluating")
+                self.holding = False
+            except Exception as exc:
+                if self._failing != exc.__class__:
+                    log.warning("alert evaluator: %s: %s; retrying", exc.__class__.__name__,
+                                str(exc).splitlines()[0][:200] if str(exc) else "")
+                    self._failing = exc.__class__
+                gevent.sleep(1.0)
+            self._wake.wait(self.tick)
+            self._wake.clear()
+
+    def _take_over(self):
+        """This process holds the lease: resume from the checkpoint."""
+        self.holding = True   # from now on the bus's lines are kept (gaps are read anyway)
+        self.library.load()
+        saved = store.load_states(self.engine)
+        now = _ms()
+        cursor = saved.pop(store.CURSOR, None)
+        with self.engine.connect() as conn:
+            newest = newest_id(conn)
+        if cursor is None:  # the first evaluator ever: from now on, not the history
+            cursor = {"last_id": newest, "jobs_since": now}
+        self.last_id = cursor["last_id"]
+        if newest - self.last_id > REPLAY_MAX:
+            log.warning("alert evaluator: %d lines were committed since the last evaluator "
+                        "stopped; the rules see only the newest %d", newest - self.last_id,
+                        REPLAY_MAX)
+            self.last_id = newest - REPLAY_MAX
+        self.jobs_since = cursor["jobs_since"]
+        self.states = {}
+        self.dirty = set()
+        self._reconcile(saved, now)
+        self._unsaved = []          # notices decided, not yet written
+        self._db_mark = newest
+        self._saved_at = time.monotonic()
+        self._jobs_at = 0.0
+        self._pruned_at = 0.0
+        self._job_cache = {}
+        self._cursor_dirty = True
+        self._overflow = False
+        log.info("alert evaluator: this process (pid %s) evaluates %d rule%s from %s",
+                 self.lease.pid, len(self.rules), "" if len(self.rules) == 1 else "s",
+                 self.library.alerts_dir)
+        self._send_wake.set()
+
+    def _reconcile(self, saved, now):
+        """Each usable rule gets its saved state (if saved for this version of it), else a
+        fresh one; states of rules that are gone are dropped at the next save."""
+        self.rules = self.library.usable_rules()
+        gone = set(self.states) - set(self.rules)
+        for name, rule in self.rules.items():
+            st = engine.usable(rule, self.states.get(name) or saved.get(name))
+            if st is None:
+                st = engine.fresh_state(rule, now)
+                self.dirty.add(name)
+            self.states[name] = st
+        for name in gone:
+            del self.states[name]
+        self._dropped = gone | (set(saved) - set(self.rules))
+        by_level = {lv: [] for lv in LEVELS.values()}
+        for rule in self.rules.values():
+            if rule.on_lines:
+                for lv in by_level:
+                    if lv >= LEVELS[rule.level]:
+                        by_level[lv].append(rule)
+        self._by_level = by_level
+        self._job_patterns = any(r.on_lines and r.job for r in self.rules.values())
+
+    def _evaluate(self):
+        now = _ms()
+        if self.library.load():
+            self._reconcile({}, now)
+        lines = self._new_lines()
+        notices = []
+        if lines:
+            notices += self._match_lines(lines, now)
+        if self._jobs_due or time.monotonic() - self._jobs_at >= JOBS_EVERY:
+            notices += self._job_notices(now)
+        for name, rule in self.rules.items():
+            found = engine.on_tick(rule, self.states[name], now)
+            if found:
+                self.dirty.add(name)
+                notices += found
+        self._unsaved += notices
+        if self._unsaved or (time.monotonic() - self._saved_at >= CHECKPOINT_EVERY
+                             and (self.dirty or self._cursor_dirty or self._dropped)):
+            self._checkpoint()
+        elif time.monotonic() - self._saved_at >= self.lease.ttl_ms / 3000:
+            with self.engine.begin() as conn:
+                self.lease.fence(conn)
+            self._saved_at = time.monotonic()
+        if self.retention_days and time.monotonic() - self._pruned_at >= PRUNE_EVERY:
+            self._pruned_at = time.monotonic()
+            store.prune(self.engine, utcnow() - timedelta(days=max(self.retention_days, 1)))
+
+    # -- lines ----------------------------------------------------------------------------
+
+    def _new_lines(self):
+        """Every line committed after the last one read, in id order, once."""
+        out = []
+        batches, self._inbox = self._inbox, deque()
+        self._inbox_lines = 0
+        if self._overflow:
+            self._overflow = False
+            batches = deque()
+            with self.engine.connect() as conn:
+                self._db_mark = newest_id(conn)
+        for batch in batches:
+            fresh = [ln for ln in batch if ln["id"] > self.last_id]
+            if not fresh:
+                continue
+            if fresh[0]["id"] != self.last_id + 1:
+                out += self._read(self.last_id, fresh[0]["id"] - 1)
+            out += fresh
+            self.last_id = fresh[-1]["id"]
+        if self.last_id < self._db_mark:   # not brought by the bus within a tick
+            out += self._read(self.last_id, self._db_mark)
+        with self.engine.connect() as conn:
+            self._db_mark = newest_id(conn)
+        if out:
+            self._cursor_dirty = True
+        return out
+
+    def _read(self, after, upto):
+        out = []
+        with self.engine.connect() as conn:
+            while after < upto:
+                page = all_lines_between(conn, after, upto + 1, CATCH_UP_PAGE)
+                if not page:
+                    break
+                out += page
+                after = page[-1]["id"]
+        self.last_id = max(self.last_id, upto)
+        return out
+
+    def _match_lines(self, lines, now):
+        by_level = self._by_level
+        if not any(by_level.values()):
+            return []
+        if self._job_patterns:
+            self._learn_jobs({ln["job_id"] for ln in lines if ln["job_id"]})
+        matched = {}
+        for line in lines:
+            for rule in by_level[LEVELS[line["level"]]]:
+                if rule.line_filter.matches(line) and (
+                        rule.job is None or self._line_job_matches(rule, line)):
+                    matched.setdefault(rule.name, []).append(line)
+        notices = []
+        for name, found in matched.items():
+            self.dirty.add(name)
+            notices += engine.on_lines(self.rules[name], self.states[name], found, now)
+        return notices
+
+    def _learn_jobs(self, job_ids):
+        unknown = [j for j in job_ids if j not in self._job_cache]
+        if unknown:
+            if len(self._job_cache) > 10000:
+                self._job_cache.clear()
+            names = store.job_names(self.engine, unknown)
+            for j in unknown:
+                self._job_cache[j] = names.get(j, (None, None))
+
+    def _line_job_matches(self, rule, line):
+        if line["job_id"] is None:
+            return False
+        name, definition = self._job_cache.get(line["job_id"], (None, None))
+        return name is not None and rule.matches_job(name, definition)
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def _job_notices(self, now):
+        self._jobs_due = False
+        self._jobs_at = time.monotonic()
+        failed = [r for r in self.rules.values() if r.kind == "job_failed"]
+        slow = [r for r in self.rules.values() if r.kind == "long_running"]
+        found = []   # (rule, job row)
+        read_at = from_millis(now)
+        if failed:
+            statuses = ("failed", "cancelled") if any(r.cancelled for r in failed) else ("failed",)
+            for job in store.jobs_ended_since(self.engine, from_millis(self.jobs_since) - JOBS_SLACK,
+                                              statuses):
+                found += [(r, job) for r in failed if r.matches_job(job.name, job.definition)
+                          and (job.status == "failed" or r.cancelled)]
+        if slow:
+            longest = min(r.longer_than for r in slow)
+            for job in store.jobs_running_since(self.engine, read_at - timedelta(seconds=longest)):
+                found += [(r, job) for r in slow if r.matches_job(job.name, job.definition)
+                          and job.started_at <= read_at - timedelta(seconds=r.longer_than)]
+        if self.jobs_since != now:
+            self.jobs_since, self._cursor_dirty = now, True
+        if not found:
+            return []
+        candidates = {engine.job_notice(r, _job_json(j), now).key: (r, j) for r, j in found}
+        with self.engine.connect() as conn:
+            known = store.existing_keys(conn, candidates)
+        known |= {n.key for n in self._unsaved}
+        notices = []
+        for key, (rule, job) in candidates.items():
+            if key not in known:
+                lines = self._error_lines(job.id) if rule.kind == "job_failed" else []
+                notices.append(engine.job_notice(rule, _job_json(job), now, lines))
+        return notices
+
+    def _error_lines(self, job_id):
+        with self.engine.connect() as conn:
+            lines, _ = select_lines(conn, LineFilter(job_ids=(job_id,), min_level=LEVELS["error"]),
+                                    limit=engine.FIRST_LINES)
+        return lines
+
+    # -- saving what was decided ----------------------------------------------------------
+
+    def payload(self, notice, rule):
+        return {"rule": notice.rule, "kind": notice.kind, "state": notice.state,
+                "count": notice.count, "summary": notice.summary,
+                "url": self.link(notice, rule), "job": notice.job, "lines": notice.lines,
+                "at": iso(utcnow())}
+
+    def link(self, notice, rule):
+        base = self.public_url
+        if notice.job:
+            first = next((ln for ln in notice.lines if ln.get("line_number")), None)
+            return f"{base}/jobs/{notice.job['id']}" + (f"#L{first['line_number']}" if first else "")
+        first = next((ln for ln in notice.lines if ln.get("job_id")), None)
+        if first is not None:
+            return f"{base}/jobs/{first['job_id']}#L{first['line_number']}"
+        if rule is not None and rule.on_lines and rule.search_query() and (rule.q or rule.attrs):
+            return f"{base}/search?{urlencode(rule.search_query())}"
+        return f"{base}/alerts" if notice.state == "test" else f"{base}/"
+
+    def _checkpoint(self):
+        states = {n: self.states[n] for n in self.dirty if n in self.states}
+        states[store.CURSOR] = {"last_id": self.last_id, "jobs_since": self.jobs_since}
+        notices = list(self._unsaved)
+        with self.engine.begin() as conn:
+            self.lease.fence(conn)
+            for notice in notices:
+                rule = self.rules.get(notice.rule)
+                store.add_event(conn, notice.key, notice.rule, notice.state,
+                                self.payload(notice, rule), rule.notify if rule else ())
+            store.save_states(conn, states)
+            store.drop_states(conn, self._dropped)
+        self._unsaved = self._unsaved[len(notices):]
+        self.dirty.clear()
+        self._dropped = set()
+        self._cursor_dirty = False
+        self._saved_at = time.monotonic()
+        for notice in notices:
+            log.log(logging.WARNING if notice.state == "firing" else logging.INFO,
+                    "alert %s", notice.summary)
+        if notices:
+            self._send_wake.set()
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _sender(self):
+        while not self._closed and self.state.started_here():
+            timeout = 1.0
+            if self.holding:
+                try:
+                    room = MAX_IN_FLIGHT - len(self._in_flight)
+                    if room > 0:
+                        for row in store.due_deliveries(self.engine, self._in_flight, room):
+                            self._in_flight.add(row.id)
+                            self._group.spawn(self._deliver, row)
+                except Exception as exc:
+                    log.warning("alert sender: %s", exc.__class__.__name__)
+                    timeout = 2.0
+            self._send_wake.wait(timeout)
+            self._send_wake.clear()
+
+    def _deliver(self, row):
+        error = "not sent"
+        try:
+            dest = self.library.destinations.get(row.destination)
+            try:
+                store.mark_sending(self.engine, self.lease, row.id)
+            except store.LeaseLost:
+                return
+            error = None
+            if dest is None:
+                error = f"destination {row.destination!r} is no longer configured"
+            else:
+                try:
+                    send(dest, json.loads(row.payload), delivery_key(row.key, row.destination),
+                         self.smtp_url, self.smtp_from)
+                except DeliveryFailed as exc:
+                    error = str(exc)
+                except Exception as exc:
+                    error = f"{exc.__class__.__name__}: {exc}"[:300]
+            attempts = row.attempts + 1
+            if error is not None:
+                log.warning("alert delivery to %s failed (attempt %d): %s", row.destination,
+                            attempts, error)
+            store.mark_outcome(self.engine, row.id, store.MAX_ATTEMPTS if dest is None else attempts,
+                               error)
+        except Exception as exc:
+            log.warning("alert delivery %s: %s", row.id, exc.__class__.__name__)
+        finally:
+            self._in_flight.discard(row.id)
+            if self._in_flight or error is None:
+                self._send_wake.set()
+
+    # -- what the API and the pages use ---------------------------------------------------
+
+    def test(self, rule_name):
+        """Record a ``test`` notification of ``rule_name`` for each of its destinations
+        (the evaluator sends it); ``(event id, destinations)``; KeyError if no such rule."""
+        import uuid
+        self.library.load()
+        rule = self.library.rules[rule_name]
+        dests = [n for n in rule.notify if n in self.library.destinations]
+        notice = engine.Notice(rule.name, rule.kind, "test", f"{rule.name}/test/{uuid.uuid4().hex}",
+                               0, f"{rule.name}: a test notification from Quaero")
+        with self.engine.begin() as conn:
+            event_id = store.add_event(conn, notice.key, rule.name, "test",
+                                       self.payload(notice, rule), dests)
+        self._send_wake.set()
+        return event_id, dests
+
+    def status_json(self):
+        rules, dests, files = self.library.json()
+        status = store.rule_status(self.engine)
+        for rule in rules:
+            st = status.get(rule["name"], {})
+            rule["state"] = st.get("state") or ("ok" if "error" not in rule else None)
+            rule["last_fired_at"] = iso(st.get("last_fired_at"))
+            last = st.get("last_delivery")
+            rule["last_delivery"] = dict(last, at=iso(last["at"])) if last else None
+        for f in files:
+            rules.append({"name": f["file"].rsplit(".", 1)[0], "kind": None, "file": f["file"],
+                          "state": None, "last_fired_at": None, "last_delivery": None,
+                          "error": f["error"]})
+        return {"rules": rules, "destinations": dests, "evaluator": self.lease.who(),
+                "alerts_dir": self.library.alerts_dir}
+
+
+def _job_json(row):
+    return {"id": row.id, "name": row.name, "definition": row.definition, "status": row.status,
+            "created_at": iso(row.created_at), "started_at": iso(row.started_at),
+            "finished_at": iso(row.finished_at)}
+
+
+def public_url(cfg):
+    """Where links in notifications point: QUAERO_PUBLIC_URL, else the host and port the
+    server listens on."""
+    url = cfg.get("QUAERO_PUBLIC_URL")
+    if url:
+        return url.rstrip("/")
+    host = cfg.get("QUAERO_HOST") or "127.0.0.1"
+    if host in ("0.0.0.0", "::", ""):
+        import socket
+        host = socket.getfqdn()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{cfg.get('QUAERO_PORT') or 5000}"
