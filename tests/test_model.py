@@ -6,7 +6,7 @@ Operations: create jobs with steps; post batches of lines that mix several jobs,
 and the service log in one request, with and without ``Idempotency-Key`` (fresh keys,
 reused keys with the same or another body, invalid keys), some naming an unknown or
 deleted job or an unknown step; resend a recorded request; move jobs through their
-statuses (PATCH), cancel and delete them; archive, prune and import a finished job
+statuses (PATCH), cancel and delete them; push lines through the Loki push API; archive, prune and import a finished job
 (issue 22) as the pruner and ``quaero import`` do; poll ``GET /api/logs`` (scope, several
 ``job_id``, step, level, q, limit, after, before); ``GET /api/search`` and its
 ``next_before`` pages; ``GET /api/jobs/<id>`` and ``logs.txt``; SSE streams
@@ -630,6 +630,52 @@ class QuaeroModel(RuleBasedStateMachine):
             return
         lines, targets = self.resolve(items)
         self.post(lines, targets, self.key_for(key), via)
+
+    @rule(items=items, gz=st.booleans(), via=st.integers(0, 1))
+    def push_loki(self, items, gz, via):
+        """The same kind of batch through the Loki push API (issue 23): one stream per run
+        of lines with the same labels; labels become attributes, ``service_name`` the
+        source, ``level`` the level, ``quaero_job_id`` the job. 204, no ids in the answer:
+        the model finds each line's id by its unique message, and they must be one run of
+        new ids in push order."""
+        if SKIP & {"push_loki"}:
+            return
+        import gzip
+        lines, targets = self.resolve(items)
+        streams, expected = [], []
+        for line, (job, _) in zip(lines, targets):
+            labels = {"level": line["level"]}
+            if line.get("source"):
+                labels["service_name"] = line["source"]
+            for k, v in (line.get("attributes") or {}).items():
+                if isinstance(v, str) and k not in ("level", "service_name"):
+                    labels[k] = v
+            attrs = dict(labels)
+            if job is not None:
+                labels["quaero_job_id"] = job.id
+            entry = [str(time.time_ns()), line["message"]]
+            if streams and streams[-1]["stream"] == labels:
+                streams[-1]["values"].append(entry)
+            else:
+                streams.append({"stream": labels, "values": [entry]})
+            expected.append({"level": line["level"], "message": line["message"],
+                             "source": line.get("source"), "attributes": attrs})
+        body = json.dumps({"streams": streams}).encode()
+        headers = {"Content-Type": "application/json"}
+        if gz:
+            body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+        r = self.http[via].post("/loki/api/v1/push", content=body, headers=headers)
+        assert r.status_code == 204, f"Loki push: want 204, got {r.status_code} {r.text}"
+        ids = []
+        for line in expected:
+            found = self.http[0].get("/api/search", params={"q": line["message"],
+                                                            "level": "debug"}).json()
+            assert len(found["results"]) == 1, (line, found)
+            ids.append(found["results"][0]["id"])
+        assert ids == list(range(ids[0], ids[0] + len(ids))), \
+            f"a push's lines took ids {ids}: not one run in push order"
+        self.store(expected, [(job, None) for job, _ in targets], ids[0], ids[-1])
+        SEEN["loki push"] += 1
 
     @rule(items=items, bad=st.sampled_from(["unknown job", "deleted job", "unknown step",
                                             "long job id"]),
