@@ -7,6 +7,7 @@ not a setting, or a value of the wrong kind, stops the start with one line namin
 """
 import collections
 import os
+from datetime import timedelta
 import tomllib
 
 # Every setting, by kind: what the file may hold, and how a value is checked.
@@ -31,7 +32,7 @@ SETTINGS = {
                      "QUAERO_STREAM_STALL_SECONDS", "QUAERO_PING_INTERVAL",
                      "QUAERO_BATCH_INTERVAL", "QUAERO_WATCH_INTERVAL", "QUAERO_RETENTION_DAYS",
                      "QUAERO_PRUNE_INTERVAL", "QUAERO_INGEST_TIMEOUT", "QUAERO_DB_TIMEOUT",
-                     "QUAERO_FLUSH_TIMEOUT"), "number"),
+                     "QUAERO_FLUSH_TIMEOUT", "QUAERO_SESSION_DAYS"), "number"),
     "QUAERO_CAPTURE_ROOT_LOGGER": "boolean",
     "QUAERO_TRACE_URL": "trace URL",
 }
@@ -232,6 +233,9 @@ class Config:
         # the session's signing key; unset: derived from the API token (web.auth), else random
         self.QUAERO_SECRET_KEY = env.get("QUAERO_SECRET_KEY") or None
         self.SECRET_KEY = self.QUAERO_SECRET_KEY or os.urandom(32).hex()
+        # a sign-in lasts this long (its server-side session and its cookie; web.auth)
+        self.QUAERO_SESSION_DAYS = float(env.get("QUAERO_SESSION_DAYS") or 7)
+        self.PERMANENT_SESSION_LIFETIME = timedelta(days=self.QUAERO_SESSION_DAYS)
         # Request bodies: 10,000 lines of 64 KiB is the contract's maximum batch,
         # but a body that large is refused before parsing.
         self.MAX_CONTENT_LENGTH = _int("QUAERO_MAX_BODY_BYTES", 32 << 20)

@@ -58,6 +58,10 @@ class Refused(QuaeroError):
     """Not allowed from here: off loopback without a token, cross-site, bad CSRF token."""
 
 
+class Forbidden(Refused):
+    """Known credentials that lack the scope (or the job pattern) a request needs."""
+
+
 class Unavailable(QuaeroError):
     """A dependency (database, Redis) is away or the server is stopping: retry later."""
 

@@ -254,6 +254,48 @@ heartbeats_t = RunnerHeartbeat.__table__
 leases_t = JobLease.__table__
 
 
+class ApiKey(db.Model):
+    """An API key (``access.py``): only a SHA-256 of its text is kept. A revoked key keeps
+    its row (``revoked_at``), so the audit trail's names stay meaningful."""
+    __tablename__ = "api_keys"
+    id = sa.Column(sa.String(16), primary_key=True)
+    name = sa.Column(sa.String(200), nullable=False)
+    secret_hash = sa.Column(sa.String(64), nullable=False)
+    scopes = sa.Column(sa.String(64), nullable=False)       # comma-separated, SCOPES order
+    jobs = sa.Column(sa.String(200), nullable=True)          # job name pattern, None: all
+    created_by = sa.Column(sa.String(200), nullable=False)
+    created_at = sa.Column(sa.DateTime, nullable=False)
+    expires_at = sa.Column(sa.DateTime, nullable=True)
+    last_used_at = sa.Column(sa.DateTime, nullable=True)    # written at most once a minute
+    revoked_at = sa.Column(sa.DateTime, nullable=True)
+
+
+class AuthSession(db.Model):
+    """A signed-in browser: the cookie holds a random secret, this row its SHA-256, so that
+    signing out (``revoked_at``) ends the session on the server and a copy of the cookie."""
+    __tablename__ = "auth_sessions"
+    id = sa.Column(sa.String(64), primary_key=True)          # sha256 of the cookie's secret
+    subject = sa.Column(sa.String(200), nullable=False, index=True)  # "token", or a person
+    role = sa.Column(sa.String(16), nullable=False)          # access.ROLES
+    created_at = sa.Column(sa.DateTime, nullable=False)
+    expires_at = sa.Column(sa.DateTime, nullable=False, index=True)
+    revoked_at = sa.Column(sa.DateTime, nullable=True)
+
+
+class LoginFailure(db.Model):
+    """Failed sign-ins in the current window, per client address (``addr:…``) and per
+    account (``account:…``): every worker and host counts in the same rows."""
+    __tablename__ = "login_failures"
+    key = sa.Column(sa.String(200), primary_key=True)
+    window_start = sa.Column(sa.DateTime, nullable=False, index=True)
+    count = sa.Column(sa.Integer, nullable=False)
+
+
+keys_t = ApiKey.__table__
+sessions_t = AuthSession.__table__
+login_failures_t = LoginFailure.__table__
+
+
 def deployment_id(engine):
     """This database's random id, made by ``migrate.init_db`` (one per deployment)."""
     with engine.connect() as conn:

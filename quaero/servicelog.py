@@ -47,3 +47,17 @@ class IngestHandler(logging.Handler):
             pass  # a log handler must never fail its caller, nor log about itself
         finally:
             self._emitting = False
+
+
+AUDIT_SOURCE = "audit"
+
+
+def audit(ingestor, actor, action, text, **fields):
+    """One line of the audit trail: a service-log line with source ``audit``, naming who
+    (``actor``: a key's name, ``token``, a person) did what. Never give it a secret."""
+    attributes = {"actor": actor, "action": action}
+    attributes.update({k: v for k, v in fields.items() if v is not None})
+    ingestor.submit_nowait([{
+        "job_id": None, "step_name": None, "level": LEVELS["info"],
+        "message": f"{actor} {text}", "timestamp": utcnow(), "source": AUDIT_SOURCE,
+        "attributes": attributes}])

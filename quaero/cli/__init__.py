@@ -9,6 +9,7 @@ send any program's output; ``serve`` runs the server.
     quaero exec -- make test        |  make 2>&1 | quaero pipe
     quaero serve [--host H] [--port P] [--workers N] [--config FILE]
     quaero import ARCHIVE.ndjson.gz...   # archived jobs back into the local database
+    quaero keys create --name ci --scope ingest [--jobs 'nightly-*'] | list | revoke ID
 
 ``--url`` (env ``QUAERO_URL``; unset: ``QUAERO_HOST``/``QUAERO_PORT``, where ``python app.py``
 listens, default http://127.0.0.1:5000) and ``--token`` (env ``QUAERO_API_TOKEN``) pick the
@@ -31,6 +32,7 @@ from .common import (DEFAULT_URL, EXIT, RETRY_FOR, Printer, Settings, Unreachabl
 from .archive import import_
 from .alerts import alerts
 from .grep import grep
+from .keys import keys
 from .serve import SERVER_EXTRA, serve
 
 
@@ -62,6 +64,7 @@ cli.add_command(grep)
 cli.add_command(serve)
 cli.add_command(import_)
 cli.add_command(alerts)
+cli.add_command(keys)
 
 
 @cli.command()

@@ -7,12 +7,13 @@ they are sent. The core modules know nothing of HTTP."""
 def init_app(app):
     from .jsonio import OrjsonProvider
     app.json = OrjsonProvider(app)  # jsonify and request.json through orjson
-    from . import (api_histogram, api_jobs, api_logs, api_search, auth, loki, openapi, ops,
-                   otlp, stream, views)
+    from . import (api_histogram, api_jobs, api_keys, api_logs, api_search, auth, loki,
+                   openapi, ops, otlp, stream, views)
     auth.init_app(app)  # first: the loopback rule and the token come before anything else
     from .params import close_unread_body
     app.after_request(close_unread_body)
-    for module in (api_logs, api_histogram, api_jobs, api_search, stream, openapi, otlp, loki):
+    for module in (api_logs, api_histogram, api_jobs, api_keys, api_search, stream, openapi, otlp,
+                   loki):
         app.register_blueprint(module.bp)
     from . import api_alerts
     app.register_blueprint(api_alerts.bp)

@@ -7,9 +7,13 @@ from ..errors import Conflict, Invalid, NotFound
 from ..models import (JOB_STATUSES, LEVELS, RARE_LEVEL, STEP_STATUSES, Job, db, iso, job_dict,
                       log_t, of_jobs)
 from ..queries import level_counts
+from ..access import INGEST, OPERATE
+from .auth import audit, jobs_clause, principal, require, require_job
 from .params import MAX_NAME, clean_text, json_body, parse_int
 
-bp = Blueprint("jobs", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
+# auth: web.auth, for all of /api (access.ROUTE_NEEDS); what depends on the body or the
+# job (a run needs operate, a producer's job ingest; a key's job pattern) is checked here
+bp = Blueprint("jobs", __name__, url_prefix="/api")
 
 
 def _runner():
@@ -33,6 +37,10 @@ def list_jobs():
     if status:
         q = q.where(Job.status == status)
         count_q = count_q.where(Job.status == status)
+    limited = jobs_clause(db.engine.dialect.name)  # a key limited to some jobs sees those
+    if limited is not None:
+        q = q.where(limited)
+        count_q = count_q.where(limited)
     jobs = db.session.execute(
         q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)).scalars().all()
     total = db.session.execute(count_q).scalar()
@@ -75,11 +83,16 @@ def create_job():
         name = data["definition"]
         if not isinstance(name, str):
             raise Invalid("definition must be a string")
+        require(OPERATE)
+        require_job(name, name)
         if runner is None:
             raise NotFound(f"no job definition named {name!r}")
         job = runner.start_job(name)
+        audit("run", f"ran {name!r}: job {job.id}", job_id=job.id, definition=name)
         return jsonify(job_json(job)), 201
+    require(INGEST)
     name = clean_text(data.get("name"), "name", MAX_NAME)
+    require_job(name)
     steps = data.get("steps", [])
     if not isinstance(steps, list):
         raise Invalid("steps must be a list of names")
@@ -104,10 +117,19 @@ def _status_from_body(allowed):
     return status
 
 
+def _may_change(job):
+    """A producer (``ingest``) changes the status of its own jobs; a job the runner runs
+    from a definition needs ``operate``."""
+    require(OPERATE if job.definition else frozenset((INGEST, OPERATE)))
+
+
 @bp.patch("/jobs/<job_id>")
 def patch_job(job_id):
     status = _status_from_body(JOB_STATUSES)
-    jobops.get_job(job_id)
+    job = jobops.get_job(job_id)
+    _may_change(job)
+    if status == "cancelled":
+        audit("cancel", f"cancelled job {job_id} ({job.name!r})", job_id=job_id)
     runner = _runner()
     if status == "cancelled" and runner is not None and runner.cancel(job_id):
         return jsonify(job_json(jobops.get_job(job_id)))
@@ -117,6 +139,7 @@ def patch_job(job_id):
 @bp.patch("/jobs/<job_id>/steps/<step_name>")
 def patch_step(job_id, step_name):
     status = _status_from_body(STEP_STATUSES)
+    _may_change(jobops.get_job(job_id))
     return jsonify(job_json(jobops.set_step_status(job_id, step_name, status)))
 
 
@@ -128,6 +151,7 @@ def cancel_job(job_id):
     if job.status not in ("pending", "running"):
         raise Conflict(f"job is {job.status}")
     runner = _runner()
+    audit("cancel", f"cancelled job {job_id} ({job.name!r})", job_id=job_id)
     if runner is None or not runner.cancel(job_id):
         jobops.set_job_status(job_id, "cancelled", reason="cancelled by request", if_open=True)
     return jsonify(job_json(jobops.get_job(job_id))), 202
@@ -139,16 +163,27 @@ def rerun_job(job_id):
     runner = _runner()
     if not job.definition or runner is None:
         raise Conflict("only jobs started from a definition can be rerun")
-    return jsonify(job_json(runner.start_job(job.definition))), 201
+    new = runner.start_job(job.definition)
+    audit("rerun", f"reran job {job_id} ({job.definition!r}): job {new.id}", job_id=new.id,
+          rerun_of=job_id, definition=job.definition)
+    return jsonify(job_json(new)), 201
 
 
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id):
+    job = jobops.get_job(job_id)
+    name = job.name
+    db.session.rollback()
     jobops.delete_job(job_id)
+    audit("delete", f"deleted job {job_id} ({name!r})", job_id=job_id)
     return "", 204
 
 
 @bp.get("/job-definitions")
 def job_definitions():
     runner = _runner()
-    return jsonify(definitions=runner.definitions_json() if runner else [])
+    found = runner.definitions_json() if runner else []
+    who = principal()
+    if who is not None and who.jobs is not None:  # a key limited to some jobs sees those
+        found = [d for d in found if d.get("name") and who.may_job(d["name"], d["name"])]
+    return jsonify(definitions=found)

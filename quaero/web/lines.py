@@ -11,6 +11,7 @@ from ..errors import Conflict, Invalid, NotFound, TooLarge
 from ..ingest import KeyTaken
 from ..models import LEVELS, LEVEL_ALIASES, Job, Step, idempotency_t, utcnow
 from ..storage import IDEMPOTENCY_TTL
+from .auth import check_line_targets
 from .params import MAX_NAME, clean_text, db_reading, parse_timestamp
 
 MAX_MESSAGE_BYTES = 65536
@@ -54,8 +55,10 @@ def clean_line(item, where, now):
 def store_lines(lines, key=None, digest=None):
     """Commit validated ``lines`` (``clean_line``) all together through the one write path:
     ``(first_id, last_id)``, or the recorded answer (a Response) when another request with
-    the same ``Idempotency-Key`` was stored first. 404 for an unknown job or step."""
+    the same ``Idempotency-Key`` was stored first. 404 for an unknown job or step; 403
+    for a job outside the caller's key's job pattern."""
     _check_targets({(line["job_id"], line["step_name"]) for line in lines})
+    check_line_targets(lines)
     try:
         return current_app.extensions["quaero"].ingestor.submit(
             lines, key=(key, digest) if key else None)

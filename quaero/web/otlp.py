@@ -33,6 +33,7 @@ from ..levels import word_level_name
 from ..errors import Invalid, TooLarge, Unsupported
 from ..fields import fit_attributes, hex_id
 from ..models import LEVELS, Job, db
+from .auth import check_line_targets
 from .params import EARLIEST, LATEST, MAX_NAME, clean_text, read_body
 
 bp = Blueprint("otlp", __name__, url_prefix="/v1")
@@ -59,6 +60,7 @@ def export_logs():
     lines, rejected = records_to_lines(export, datetime.now(timezone.utc).replace(tzinfo=None))
     lines, unknown = _known_jobs(lines)
     rejected += unknown
+    check_line_targets(lines)  # a key limited to some jobs: 403, nothing stored
     if lines:
         current_app.extensions["quaero"].ingestor.submit(lines)
     answer = ExportLogsServiceResponse()

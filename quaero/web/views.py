@@ -1,8 +1,11 @@
-"""The browser pages: home, queue, a job's log, search; login and logout.
+"""The browser pages: home, queue, a job's log, search, settings; login and logout.
 
-Pages need the session cookie when ``QUAERO_API_TOKEN`` is set: ``/login`` takes the
-token (compared in constant time) and marks the session authenticated. Tokens, the
-session, CSRF and the loopback rule are in ``auth.py``.
+Pages need a caller when ``QUAERO_API_TOKEN`` is set: ``/login`` takes the token (compared
+in constant time; failures counted per client address and for the account, 429 past the
+limit, ``access.py``) and starts a server-side session (``auth.sign_in``); ``/logout``
+ends it on the server. A page needs the scope ``access.route_need`` names (``read``;
+``/settings``: ``admin``) and shows only the actions the caller may take. Tokens,
+sessions, CSRF and the loopback rule are in ``auth.py``.
 """
 import os
 import re
@@ -12,9 +15,13 @@ from urllib.parse import urlsplit
 from flask import (Blueprint, abort, current_app, redirect, render_template, request, session,
                    url_for)
 
-from ..models import Job, db, job_dict
+from .. import access, keystore
+from ..access import OPERATE
+from ..errors import Forbidden
+from ..models import Job, db, job_dict, utcnow
 from ..queries import level_counts
-from .auth import auth_required, authenticated, csrf_token, csrf_valid, same_secret
+from .auth import (SESSION_KEY, audit, auth_required, check_route, client_address, csrf_token,
+                   csrf_valid, principal, same_secret, sign_in, sign_out)
 
 bp = Blueprint("views", __name__)
 
@@ -40,10 +47,17 @@ def _safe_next(target):
 
 @bp.before_request
 def require_login():
-    if request.endpoint in ("views.login", "views.logout") or authenticated():
+    """A stranger goes to ``/login``; a caller without the page's scope gets a 403 page."""
+    if request.endpoint in ("views.login", "views.logout") or request.url_rule is None:
         return None
-    nxt = request.full_path if request.query_string else request.path
-    return redirect(url_for("views.login", next=nxt))
+    if principal() is None:
+        nxt = request.full_path if request.query_string else request.path
+        return redirect(url_for("views.login", next=nxt))
+    try:
+        check_route(request.url_rule)
+    except Forbidden:
+        abort(403)
+    return None
 
 
 @bp.after_request
@@ -59,10 +73,22 @@ def page_headers(response):
 
 @bp.app_context_processor
 def template_globals():
-    return {"csrf_token": csrf_token, "auth_required": auth_required(),
+    return {"csrf_token": csrf_token, "auth_required": auth_required(), **viewer(),
             "alpine_src": url_for("static", filename=f"vendor/alpinejs-{ALPINE_VERSION}/alpine.min.js"),
             "static_version": _static_version(),
             "trace_url": current_app.config.get("QUAERO_TRACE_URL")}
+
+
+def viewer():
+    """Who is looking, for the pages: the actions shown are those the caller may take."""
+    try:
+        who = principal()
+    except Exception:  # a page of an error (a refused Bearer key...): show no actions
+        who = None
+    return {"viewer": None if who is None or who.kind == "local" else access.describe(who),
+            "can_operate": who is not None and who.has(OPERATE),
+            "is_admin": who is not None and who.is_admin,
+            "signed_in": who is not None and who.kind == "session"}
 
 
 def _static_version():
@@ -87,28 +113,39 @@ def login():
         return redirect(nxt)
     error = None
     status = 200
+    headers = {}
     if request.method == "POST":
         if not csrf_valid(request.form.get("csrf_token")):
             error, status = "Your session expired; please try again.", 400
         else:
+            engine = current_app.extensions["quaero"].engine
+            now = utcnow()
+            address = "addr:" + client_address()
+            limits = {address: access.LOGIN_FAILURES_PER_ADDRESS,
+                      "account:token": access.LOGIN_FAILURES_PER_ACCOUNT}
+            wait = keystore.login_wait(engine, limits, now)
             given = request.form.get("token", "")
-            token = current_app.config["QUAERO_API_TOKEN"]
-            if same_secret(given, token):
-                session.clear()              # a fresh session: no fixation
-                session["authenticated"] = True
-                session.permanent = True
-                csrf_token()
+            if wait is not None:
+                error, status = f"Too many failed sign-ins; try again in {wait} s.", 429
+                headers["Retry-After"] = str(wait)
+            elif same_secret(given, current_app.config["QUAERO_API_TOKEN"]):
+                keystore.login_succeeded(engine, address)
+                sign_in("token", "admin")
                 return redirect(nxt)
-            time.sleep(0.5)              # a guess costs time (gevent: nothing else waits)
-            error, status = "That token is not valid.", 401
-    return render_template("login.html", error=error, next=nxt), status
+            else:
+                keystore.login_failed(engine, list(limits), now)
+                audit("sign-in-failed", f"failed to sign in from {client_address()}",
+                      who="anonymous")
+                time.sleep(0.5)              # a guess costs time (gevent: nothing else waits)
+                error, status = "That token is not valid.", 401
+    return render_template("login.html", error=error, next=nxt), status, headers
 
 
 @bp.post("/logout")
 def logout():
-    if session.get("authenticated") is True and not csrf_valid(request.form.get("csrf_token")):
+    if SESSION_KEY in session and not csrf_valid(request.form.get("csrf_token")):
         abort(400)
-    session.clear()
+    sign_out()
     return redirect(url_for("views.login") if auth_required() else url_for("views.index"))
 
 
@@ -127,6 +164,12 @@ def queue():
 @bp.get("/search")
 def search():
     return render_template("search.html", page="search")
+
+
+@bp.get("/settings")
+def settings():
+    """API keys: list, create (the secret shown once), revoke. Admins only."""
+    return render_template("settings.html", page="settings")
 
 
 @bp.get("/jobs/<job_id>")
