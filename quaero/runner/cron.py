@@ -99,6 +99,12 @@ class Plan:
     missed: int = 0        # ticks before it that no server ran
 
 
+@dataclass(frozen=True)
+class Started:
+    definition: str
+    job_id: str
+
+
 def signature(definition):
     return f"{definition.schedule} {definition.timezone}"
 
@@ -179,7 +185,8 @@ class ScheduleRunner:
             gevent.sleep(self.INTERVAL)
 
     def run_due(self, now):
-        """Claim and run (or skip, or queue) every tick due at ``now``; the jobs started."""
+        """Claim and run (or skip, or queue) every tick due at ``now``; the runs started
+        (:class:`Started`)."""
         runner = self.state.runner
         defs = {d.name: d for d in runner.library.all().values() if d.schedule}
         if not defs:
@@ -234,16 +241,16 @@ class ScheduleRunner:
         if not claim(conn, d.name, p.tick, sig, "started"):
             db.session.rollback()
             return None
-        job = runner.start_job(d.name)   # commits the claim with the job
-        self._note_job(d.name, p.tick, job.id)
+        job = Started(d.name, runner.start_job(d.name).id)   # commits the claim with the job
+        self._note_job(d.name, p.tick, job.job_id)
         if p.missed:
             log.warning("schedule: %s missed %s tick%s between %s and %s while no Quaero "
                         "server was running; the latest (%s) runs now: job %s", d.name,
                         f"{p.missed}+" if p.missed >= MAX_COUNTED else p.missed,
                         "" if p.missed == 1 else "s", _at(last_tick), _at(p.tick),
-                        _at(p.tick), job.id)
+                        _at(p.tick), job.job_id)
         else:
-            log.info("schedule: %s's run of %s: job %s", d.name, _at(p.tick), job.id)
+            log.info("schedule: %s's run of %s: job %s", d.name, _at(p.tick), job.job_id)
         return job
 
     def _start_queued(self, d):
@@ -261,9 +268,10 @@ class ScheduleRunner:
         if n != 1:
             db.session.rollback()
             return None
-        job = self.state.runner.start_job(d.name)
-        self._note_job(d.name, row.tick_at, job.id)
-        log.info("schedule: %s's queued run of %s starts: job %s", d.name, _at(row.tick_at), job.id)
+        job = Started(d.name, self.state.runner.start_job(d.name).id)
+        self._note_job(d.name, row.tick_at, job.job_id)
+        log.info("schedule: %s's queued run of %s starts: job %s", d.name, _at(row.tick_at),
+                 job.job_id)
         return job
 
     def _note_job(self, name, tick, job_id):
