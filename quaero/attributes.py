@@ -30,26 +30,36 @@ def clean_attributes(value, where):
     if len(value) > MAX_KEYS:
         raise TooLarge(f"{where} has more than {MAX_KEYS} keys")
     out, size = {}, 0
-    for key, v in value.items():
-        if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY:
+    for key, v in value.items():   # (types by identity, ASCII without encoding: the hot path)
+        if type(key) is not str or not 0 < len(key) <= MAX_KEY:
             raise Invalid(f"{where}: a key must be 1 to {MAX_KEY} characters")
-        key = _text(key)
-        if isinstance(v, str):
-            v = _text(v)
-            n = len(v.encode("utf-8"))
+        if key.isascii() and "\x00" not in key:
+            size += len(key)
+        else:
+            key = _text(key)
+            size += len(key.encode("utf-8"))
+        t = type(v)
+        if t is str:
+            if v.isascii() and "\x00" not in v:
+                n = len(v)
+            else:
+                v = _text(v)
+                n = len(v.encode("utf-8"))
             if n > MAX_VALUE_BYTES:
                 raise TooLarge(f"{where}[{key!r}] is over {MAX_VALUE_BYTES} bytes")
-        elif isinstance(v, bool):
-            n = 5
-        elif isinstance(v, (int, float)):
-            if isinstance(v, float) and not math.isfinite(v):
-                raise Invalid(f"{where}[{key!r}] must be a finite number")
-            if isinstance(v, int) and abs(v) >= 1 << 63:
+            size += n
+        elif t is bool:
+            size += 5
+        elif t is int:
+            if not -(1 << 63) < v < 1 << 63:
                 raise Invalid(f"{where}[{key!r}] is out of range (64-bit integers)")
-            n = 8
+            size += 8
+        elif t is float:
+            if not math.isfinite(v):
+                raise Invalid(f"{where}[{key!r}] must be a finite number")
+            size += 8
         else:
             raise Invalid(f"{where}[{key!r}] must be a string, a number or a boolean")
-        size += len(key.encode("utf-8")) + n
         if size > MAX_BYTES:
             raise TooLarge(f"{where} is over {MAX_BYTES} bytes")
         out[key] = v

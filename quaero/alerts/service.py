@@ -184,9 +184,10 @@ class AlertService:
         self._job_cache = {}
         self._cursor_dirty = True
         self._overflow = False
-        log.info("alert evaluator: this process (pid %s) evaluates %d rule%s from %s",
-                 self.lease.pid, len(self.rules), "" if len(self.rules) == 1 else "s",
-                 self.library.alerts_dir)
+        if self.rules:  # (none: nothing to say in every deployment's service log)
+            log.info("alert evaluator: this process (pid %s) evaluates %d rule%s from %s",
+                     self.lease.pid, len(self.rules), "" if len(self.rules) == 1 else "s",
+                     self.library.alerts_dir)
         self._send_wake.set()
 
     def _reconcile(self, saved, now):
