@@ -159,6 +159,51 @@ def test_a_changed_rule_starts_over(tmp_path):
     assert engine.usable(rule, st) is st and engine.usable(other, st) is None
 
 
+def test_the_matcher_finds_what_asking_every_rule_finds(tmp_path):
+    """The indexed matcher (sources, one automaton for every word, attributes) against
+    ``LineFilter.matches`` of each rule, on generated lines: words that overlap, repeat,
+    change length when lowered (İ), sources, attributes, levels."""
+    import random
+    from quaero.alerts.matcher import LineMatcher
+    from quaero.alerts import matcher as matcher_module
+    words = ["time", "timeout", "out", "İx", "ß", "a b", "error", "x"]
+    text = ""
+    for i in range(60):
+        kind = i % 5
+        level = ("debug", "info", "warn", "error")[i % 4]
+        body = f'name = "r{i}"\nkind = "match"\nwindow = 5\nlevel = "{level}"\n'
+        if kind in (0, 3):
+            body += f'q = "{words[i % len(words)]}"\n'
+        if kind in (1, 3):
+            body += f'source = "s{i % 3}"\n'
+        if kind == 2:
+            body += f'"attr.k" = "{i % 2}"\n'
+        text += "[[rule]]\n" + body
+    rules = parse_file(str(write_rules(tmp_path, text)))[0]
+    rng = random.Random(5)
+    pieces = words + ["TIMEOUT", "İX", "SS", " ", "zz", "time out", "\n"]
+    for automaton in (True, False):
+        m = LineMatcher(rules)
+        if not automaton:
+            m.automaton = None
+        for _ in range(30):
+            lines = []
+            for i in range(rng.randint(1, 40)):
+                line = {"id": i, "level": rng.choice(["debug", "info", "warn", "error"]),
+                        "message": "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))),
+                        "job_id": None, "step_name": None,
+                        "source": rng.choice([None, "s0", "s1", "s2", "s9"])}
+                if rng.random() < 0.3:
+                    line["attributes"] = {"k": rng.choice([0, 1, "1", True])}
+                lines.append(line)
+            want = [(ln["id"], sorted(r.name for r in rules if r.line_filter.matches(ln)))
+                    for ln in lines]
+            want = [w for w in want if w[1]]
+            got = [(ln["id"], sorted(r.name for r in found)) for ln, found in m.match(lines)]
+            assert got == want
+    assert matcher_module.SEP not in "".join(words)
+
+
 # --- what destinations are sent ---------------------------------------------------------
 
 PAYLOAD = {"rule": "r", "kind": "match", "state": "firing", "count": 3, "summary": "r: 3 lines",

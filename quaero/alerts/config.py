@@ -77,7 +77,7 @@ class Destination:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)   # hashed by identity: the matcher keeps sets of rules
 class Rule:
     name: str
     kind: str
@@ -262,6 +262,8 @@ def parse_rule(raw, where, path):
     if level not in LEVELS:
         raise AlertFileError(f"{where}: level must be one of {', '.join(LEVELS)}")
     q = _text(raw, "q", where, max_len=200)
+    if q is not None and "\x00" in q:
+        raise AlertFileError(f"{where}: q cannot contain NUL")
     source = _text(raw, "source", where, max_len=200)
     job = _text(raw, "job", where, max_len=200)
     attrs = raw.get("attributes", {})

@@ -31,6 +31,7 @@ from ..models import ENDED, iso, utcnow, from_millis
 from ..queries import LineFilter, newest_id, select_lines, all_lines_between
 from . import engine, store
 from .config import AlertLibrary, resolve_alerts_dir
+from .matcher import LineMatcher
 from .notify import DeliveryFailed, delivery_key, send
 
 log = logging.getLogger("quaero.alerts")
@@ -204,13 +205,7 @@ class AlertService:
         for name in gone:
             del self.states[name]
         self._dropped = gone | (set(saved) - set(self.rules))
-        by_level = {lv: [] for lv in LEVELS.values()}
-        for rule in self.rules.values():
-            if rule.on_lines:
-                for lv in by_level:
-                    if lv >= LEVELS[rule.level]:
-                        by_level[lv].append(rule)
-        self._by_level = by_level
+        self._matcher = LineMatcher([r for r in self.rules.values() if r.on_lines])
         self._job_patterns = any(r.on_lines and r.job for r in self.rules.values())
 
     def _evaluate(self):
@@ -281,16 +276,15 @@ class AlertService:
         return out
 
     def _match_lines(self, lines, now):
-        by_level = self._by_level
-        if not any(by_level.values()):
+        matcher = self._matcher
+        if matcher.empty:
             return []
         if self._job_patterns:
             self._learn_jobs({ln["job_id"] for ln in lines if ln["job_id"]})
         matched = {}
-        for line in lines:
-            for rule in by_level[LEVELS[line["level"]]]:
-                if rule.line_filter.matches(line) and (
-                        rule.job is None or self._line_job_matches(rule, line)):
+        for line, rules in matcher.match(lines):
+            for rule in rules:
+                if rule.job is None or self._line_job_matches(rule, line):
                     matched.setdefault(rule.name, []).append(line)
         notices = []
         for name, found in matched.items():
