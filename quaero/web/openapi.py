@@ -138,7 +138,27 @@ SCHEMAS = {
     "StatusChange": {"type": "object", "required": ["status"],
                      "properties": {"status": {"type": "string"}}},
     "Definitions": {"type": "object", "required": ["definitions"],
-                    "properties": {"definitions": {"type": "array", "items": {"type": "object"}}}},
+                    "properties": {"definitions": {"type": "array", "items": {
+                        "type": "object", "properties": {
+                            "schedule": {"type": ["string", "null"],
+                                         "description": "5-field cron expression"},
+                            "next_run_at": {"type": ["string", "null"]}}}}}},
+    "Alerts": {"type": "object", "required": ["rules", "destinations"], "properties": {
+        "rules": {"type": "array", "items": {
+            "type": "object", "required": ["name", "kind", "state", "last_fired_at",
+                                           "last_delivery"],
+            "properties": {"name": {"type": "string"}, "kind": {"type": ["string", "null"]},
+                           "state": {"type": ["string", "null"]},
+                           "last_fired_at": {"type": ["string", "null"]},
+                           "last_delivery": {"type": ["object", "null"]},
+                           "error": {"type": "string",
+                                     "description": "the file or rule does not load"}}}},
+        "destinations": {"type": "array", "items": {"type": "object"}},
+        "evaluator": {"type": ["object", "null"],
+                      "description": "the process that evaluates the rules (host, pid)"}}},
+    "AlertTest": {"type": "object", "required": ["rule", "destinations"],
+                  "properties": {"rule": {"type": "string"}, "event_id": {"type": "integer"},
+                                 "destinations": {"type": "array", "items": {"type": "string"}}}},
     "LokiPush": {
         "type": "object", "required": ["streams"],
         "properties": {"streams": {"type": "array", "items": {
@@ -252,6 +272,18 @@ PATHS = {
         "get": _op("List job definitions", {"200": {"description": "definitions",
                                                     **_json(_ref("Definitions"))},
                                             **_errors(401, 503)}),
+    },
+    "/api/alerts": {
+        "get": _op("List alerts", {"200": {"description": "rules (with their state, last firing "
+                                                          "and last delivery) and destinations",
+                                           **_json(_ref("Alerts"))},
+                                   **_errors(401, 503)}),
+    },
+    "/api/alerts/{rule}/test": {
+        "post": _op("Test alert", {"202": {"description": "a test notification is on its way "
+                                                          "to the rule's destinations",
+                                           **_json(_ref("AlertTest"))},
+                                   **_errors(401, 404, 409, 503)}, [_path("rule")]),
     },
     "/healthz": {
         "get": _op("Health", {"200": {"description": "ok", **_json(_ref("Health"))},
