@@ -158,6 +158,7 @@ class AlertService:
 
     def _take_over(self):
         """This process holds the lease: resume from the checkpoint."""
+        self._inbox, self._inbox_lines = deque(), 0   # what came while not holding: stale
         self.holding = True   # from now on the bus's lines are kept (gaps are read anyway)
         self.library.load()
         saved = store.load_states(self.engine)
