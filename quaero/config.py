@@ -154,6 +154,22 @@ def retention_settings(env):
             env.get("QUAERO_ARCHIVE_DIR") or None)
 
 
+def alert_settings(env):
+    """``(alerts folder, public URL, SMTP URL, SMTP sender)`` as ``env`` sets them: the
+    folder of rule and destination files; where links in notifications point (unset: the
+    host and port served); the mail server of e-mail destinations and its sender."""
+    host = env.get("QUAERO_HOST") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):   # every interface: this host's name
+        import socket
+        host = socket.gethostname()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    served = f"http://{host}:{env.get('QUAERO_PORT') or 5000}"
+    return (env.get("QUAERO_ALERTS_DIR") or "alerts",
+            (env.get("QUAERO_PUBLIC_URL") or served).rstrip("/"),
+            env.get("QUAERO_SMTP_URL") or None, env.get("QUAERO_SMTP_FROM") or None)
+
+
 class Config:
     """Settings read once, when the app is created."""
 
@@ -176,16 +192,8 @@ class Config:
         # /metrics needs this (or the API token) as a Bearer token when either is set
         self.QUAERO_METRICS_TOKEN = env.get("QUAERO_METRICS_TOKEN") or None
         self.QUAERO_JOBS_DIR = env.get("QUAERO_JOBS_DIR", "jobs")
-        # Alerts: the folder of rule and destination files; where the links in
-        # notifications point (unset: the host and port served); the mail server and
-        # sender of e-mail destinations (smtp://, smtp+starttls:// or smtps://, with the
-        # user and password in the URL if it needs them)
-        self.QUAERO_ALERTS_DIR = env.get("QUAERO_ALERTS_DIR") or "alerts"
-        self.QUAERO_PUBLIC_URL = env.get("QUAERO_PUBLIC_URL") or None
-        self.QUAERO_HOST = env.get("QUAERO_HOST") or "127.0.0.1"
-        self.QUAERO_PORT = env.get("QUAERO_PORT") or "5000"
-        self.QUAERO_SMTP_URL = env.get("QUAERO_SMTP_URL") or None
-        self.QUAERO_SMTP_FROM = env.get("QUAERO_SMTP_FROM") or None
+        (self.QUAERO_ALERTS_DIR, self.QUAERO_PUBLIC_URL, self.QUAERO_SMTP_URL,
+         self.QUAERO_SMTP_FROM) = alert_settings(env)
         self.QUAERO_MAX_RUNNING = _int("QUAERO_MAX_RUNNING", 4)
         # Runner: SIGTERM-to-SIGKILL grace on cancel, how often it looks for pending jobs,
         # its heartbeat, and when another process's running job counts as abandoned

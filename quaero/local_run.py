@@ -19,7 +19,8 @@ def run_local(definition, level, printer, detach):
     hub = gevent.get_hub()
     # Ctrl-C still raises KeyboardInterrupt in the command; the hub need not print it.
     hub.NOT_ERROR = tuple(hub.NOT_ERROR) + (KeyboardInterrupt,)
-    app = create_app()
+    # no evaluator, no schedules here: this process ends with its job
+    app = create_app({"QUAERO_DEPLOYMENT_DUTIES": False})
     state = app.extensions["quaero"]
     state.start()  # this process is the server: its writer, bus and runner
     runner = state.runner

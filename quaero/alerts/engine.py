@@ -150,3 +150,27 @@ def job_notice(rule, job, now_ms, lines=()):
                    f"than {_seconds(rule.longer_than)}")
     return Notice(rule.name, rule.kind, "firing", key, 1, summary,
                   [compact(ln) for ln in lines][:FIRST_LINES], job)
+
+
+def payload(notice, rule, base_url):
+    """What every destination is sent for ``notice`` (the webhook's JSON body)."""
+    from ..models import iso, utcnow
+    return {"rule": notice.rule, "kind": notice.kind, "state": notice.state,
+            "count": notice.count, "summary": notice.summary,
+            "url": link(notice, rule, base_url), "job": notice.job, "lines": notice.lines,
+            "at": iso(utcnow())}
+
+
+def link(notice, rule, base):
+    """Where a notification points: the job's line (``/jobs/<id>#L<n>``), else a search
+    for the rule's words or attributes, else the home page (the test: ``/alerts``)."""
+    from urllib.parse import urlencode
+    if notice.job:
+        first = next((ln for ln in notice.lines if ln.get("line_number")), None)
+        return f"{base}/jobs/{notice.job['id']}" + (f"#L{first['line_number']}" if first else "")
+    first = next((ln for ln in notice.lines if ln.get("job_id")), None)
+    if first is not None:
+        return f"{base}/jobs/{first['job_id']}#L{first['line_number']}"
+    if rule is not None and rule.on_lines and (rule.q or rule.attrs):
+        return f"{base}/search?{urlencode(rule.search_query())}"
+    return f"{base}/alerts" if notice.state == "test" else f"{base}/"

@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from urllib.parse import unquote, urlsplit
 
-from .. import __version__
+from .._version import __version__
 
 TIMEOUT = 10.0
 _MARK = {"firing": "FIRING", "resolved": "RESOLVED", "test": "TEST"}

@@ -16,23 +16,21 @@ the notifications (events, one delivery per destination), in one transaction
 is marked ``sending`` before its request, so that one found ``sending`` by a new evaluator
 (its predecessor was killed mid-request: the outcome is unknown) is sent again, and only
 those are."""
-import json
 import logging
 import time
 from collections import deque
 from datetime import timedelta
-from urllib.parse import urlencode
 
 import gevent
 from gevent.event import Event
 
-from ..levels import LEVELS
-from ..models import ENDED, iso, utcnow, from_millis
-from ..queries import LineFilter, newest_id, select_lines, all_lines_between
+from ..models import ENDED, utcnow
+from ..queries import all_lines_between, newest_id
 from . import engine, store
 from .config import AlertLibrary, resolve_alerts_dir
 from .matcher import LineMatcher
-from .notify import DeliveryFailed, delivery_key, send
+from .jobwatch import job_notices
+from .sender import Sender
 
 log = logging.getLogger("quaero.alerts")
 
@@ -41,8 +39,6 @@ CATCH_UP_PAGE = 5000
 REPLAY_MAX = 200000         # lines replayed at take-over; older ones are skipped, and said so
 CHECKPOINT_EVERY = 2.0      # seconds between saves of states when nothing was decided
 JOBS_EVERY = 2.0            # seconds between reads of ended and long-running jobs
-JOBS_SLACK = timedelta(seconds=60)   # a job end committed late is still seen
-MAX_IN_FLIGHT = 20
 PRUNE_EVERY = 3600.0
 
 
@@ -63,17 +59,18 @@ class AlertService:
         self.tick = float(cfg.get("QUAERO_ALERTS_TICK", 0.5))
         self.smtp_url = cfg.get("QUAERO_SMTP_URL")
         self.smtp_from = cfg.get("QUAERO_SMTP_FROM")
-        self.public_url = public_url(cfg)
+        self.public_url = cfg.get("QUAERO_PUBLIC_URL") or "http://127.0.0.1:5000"
+        # False for a process that is no server (``run --local``): no evaluator, no schedules
+        self.enabled = cfg.get("QUAERO_DEPLOYMENT_DUTIES", True)
         self.retention_days = float(cfg.get("QUAERO_RETENTION_DAYS") or 0)
         self.holding = False
-        self._closed = False
+        self.closed = False
         self._group = None
         self._inbox = deque()
         self._inbox_lines = 0
         self._overflow = False
         self._wake = Event()
-        self._send_wake = Event()
-        self._in_flight = set()
+        self.sender = Sender(self)
         self._jobs_due = True
         self._failing = None
         self.bus.connect(self._on_lines, self._on_status)
@@ -81,19 +78,19 @@ class AlertService:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self, group):
-        if self._closed:
+        if self.closed or not self.enabled:
             return
         self._group = group
         self.lease.begin(self.state.pid)
         group.spawn(self._loop)
-        group.spawn(self._sender)
+        group.spawn(self.sender.run, group)
 
     def stop(self):
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         self._wake.set()
-        self._send_wake.set()
+        self.sender.wake.set()
         try:
             self.bus.disconnect(self._on_lines, self._on_status)
         except Exception:
@@ -124,14 +121,11 @@ class AlertService:
             self._jobs_due = True
             self._wake.set()
 
-    def wake_sender(self):
-        self._send_wake.set()
-
     # -- the evaluator's loop -----------------------------------------------------------
 
     def _loop(self):
         next_try = 0.0
-        while not self._closed and self.state.started_here():
+        while not self.closed and self.state.started_here():
             try:
                 now = time.monotonic()
                 if not self.holding and now >= next_try:
@@ -190,7 +184,7 @@ class AlertService:
             log.info("alert evaluator: this process (pid %s) evaluates %d rule%s from %s",
                      self.lease.pid, len(self.rules), "" if len(self.rules) == 1 else "s",
                      self.library.alerts_dir)
-        self._send_wake.set()
+        self.sender.wake.set()
 
     def _reconcile(self, saved, now):
         """Each usable rule gets its saved state (if saved for this version of it), else a
@@ -313,61 +307,13 @@ class AlertService:
     def _job_notices(self, now):
         self._jobs_due = False
         self._jobs_at = time.monotonic()
-        failed = [r for r in self.rules.values() if r.kind == "job_failed"]
-        slow = [r for r in self.rules.values() if r.kind == "long_running"]
-        found = []   # (rule, job row)
-        read_at = from_millis(now)
-        if failed:
-            statuses = ("failed", "cancelled") if any(r.cancelled for r in failed) else ("failed",)
-            for job in store.jobs_ended_since(self.engine, from_millis(self.jobs_since) - JOBS_SLACK,
-                                              statuses):
-                found += [(r, job) for r in failed if r.matches_job(job.name, job.definition)
-                          and (job.status == "failed" or r.cancelled)]
-        if slow:
-            longest = min(r.longer_than for r in slow)
-            for job in store.jobs_running_since(self.engine, read_at - timedelta(seconds=longest)):
-                found += [(r, job) for r in slow if r.matches_job(job.name, job.definition)
-                          and job.started_at <= read_at - timedelta(seconds=r.longer_than)]
+        notices = job_notices(self.engine, self.rules.values(), self.jobs_since, now,
+                              {n.key for n in self._unsaved})
         if self.jobs_since != now:
             self.jobs_since, self._cursor_dirty = now, True
-        if not found:
-            return []
-        candidates = {engine.job_notice(r, _job_json(j), now).key: (r, j) for r, j in found}
-        with self.engine.connect() as conn:
-            known = store.existing_keys(conn, candidates)
-        known |= {n.key for n in self._unsaved}
-        notices = []
-        for key, (rule, job) in candidates.items():
-            if key not in known:
-                lines = self._error_lines(job.id) if rule.kind == "job_failed" else []
-                notices.append(engine.job_notice(rule, _job_json(job), now, lines))
         return notices
 
-    def _error_lines(self, job_id):
-        with self.engine.connect() as conn:
-            lines, _ = select_lines(conn, LineFilter(job_ids=(job_id,), min_level=LEVELS["error"]),
-                                    limit=engine.FIRST_LINES)
-        return lines
-
     # -- saving what was decided ----------------------------------------------------------
-
-    def payload(self, notice, rule):
-        return {"rule": notice.rule, "kind": notice.kind, "state": notice.state,
-                "count": notice.count, "summary": notice.summary,
-                "url": self.link(notice, rule), "job": notice.job, "lines": notice.lines,
-                "at": iso(utcnow())}
-
-    def link(self, notice, rule):
-        base = self.public_url
-        if notice.job:
-            first = next((ln for ln in notice.lines if ln.get("line_number")), None)
-            return f"{base}/jobs/{notice.job['id']}" + (f"#L{first['line_number']}" if first else "")
-        first = next((ln for ln in notice.lines if ln.get("job_id")), None)
-        if first is not None:
-            return f"{base}/jobs/{first['job_id']}#L{first['line_number']}"
-        if rule is not None and rule.on_lines and rule.search_query() and (rule.q or rule.attrs):
-            return f"{base}/search?{urlencode(rule.search_query())}"
-        return f"{base}/alerts" if notice.state == "test" else f"{base}/"
 
     def _checkpoint(self):
         states = {n: self.states[n] for n in self.dirty if n in self.states}
@@ -378,7 +324,8 @@ class AlertService:
             for notice in notices:
                 rule = self.rules.get(notice.rule)
                 store.add_event(conn, notice.key, notice.rule, notice.state,
-                                self.payload(notice, rule), rule.notify if rule else ())
+                                engine.payload(notice, rule, self.public_url),
+                                rule.notify if rule else ())
             store.save_states(conn, states)
             store.drop_states(conn, self._dropped)
         self._unsaved = self._unsaved[len(notices):]
@@ -390,108 +337,4 @@ class AlertService:
             log.log(logging.WARNING if notice.state == "firing" else logging.INFO,
                     "alert %s", notice.summary)
         if notices:
-            self._send_wake.set()
-
-    # -- sending --------------------------------------------------------------------------
-
-    def _sender(self):
-        while not self._closed and self.state.started_here():
-            timeout = 1.0
-            if self.holding:
-                try:
-                    room = MAX_IN_FLIGHT - len(self._in_flight)
-                    if room > 0:
-                        for row in store.due_deliveries(self.engine, self._in_flight, room):
-                            self._in_flight.add(row.id)
-                            self._group.spawn(self._deliver, row)
-                except Exception as exc:
-                    log.warning("alert sender: %s", exc.__class__.__name__)
-                    timeout = 2.0
-            self._send_wake.wait(timeout)
-            self._send_wake.clear()
-
-    def _deliver(self, row):
-        error = "not sent"
-        try:
-            dest = self.library.destinations.get(row.destination)
-            try:
-                store.mark_sending(self.engine, self.lease, row.id)
-            except store.LeaseLost:
-                return
-            error = None
-            if dest is None:
-                error = f"destination {row.destination!r} is no longer configured"
-            else:
-                try:
-                    send(dest, json.loads(row.payload), delivery_key(row.key, row.destination),
-                         self.smtp_url, self.smtp_from)
-                except DeliveryFailed as exc:
-                    error = str(exc)
-                except Exception as exc:
-                    error = f"{exc.__class__.__name__}: {exc}"[:300]
-            attempts = row.attempts + 1
-            if error is not None:
-                log.warning("alert delivery to %s failed (attempt %d): %s", row.destination,
-                            attempts, error)
-            store.mark_outcome(self.engine, row.id, store.MAX_ATTEMPTS if dest is None else attempts,
-                               error)
-        except Exception as exc:
-            log.warning("alert delivery %s: %s", row.id, exc.__class__.__name__)
-        finally:
-            self._in_flight.discard(row.id)
-            if self._in_flight or error is None:
-                self._send_wake.set()
-
-    # -- what the API and the pages use ---------------------------------------------------
-
-    def test(self, rule_name):
-        """Record a ``test`` notification of ``rule_name`` for each of its destinations
-        (the evaluator sends it); ``(event id, destinations)``; KeyError if no such rule."""
-        import uuid
-        self.library.load()
-        rule = self.library.rules[rule_name]
-        dests = [n for n in rule.notify if n in self.library.destinations]
-        notice = engine.Notice(rule.name, rule.kind, "test", f"{rule.name}/test/{uuid.uuid4().hex}",
-                               0, f"{rule.name}: a test notification from Quaero")
-        with self.engine.begin() as conn:
-            event_id = store.add_event(conn, notice.key, rule.name, "test",
-                                       self.payload(notice, rule), dests)
-        self._send_wake.set()
-        return event_id, dests
-
-    def status_json(self):
-        rules, dests, files = self.library.json()
-        status = store.rule_status(self.engine)
-        for rule in rules:
-            st = status.get(rule["name"], {})
-            rule["state"] = st.get("state") or ("ok" if "error" not in rule else None)
-            rule["last_fired_at"] = iso(st.get("last_fired_at"))
-            last = st.get("last_delivery")
-            rule["last_delivery"] = dict(last, at=iso(last["at"])) if last else None
-        for f in files:
-            rules.append({"name": f["file"].rsplit(".", 1)[0], "kind": None, "file": f["file"],
-                          "state": None, "last_fired_at": None, "last_delivery": None,
-                          "error": f["error"]})
-        return {"rules": rules, "destinations": dests, "evaluator": self.lease.who(),
-                "alerts_dir": self.library.alerts_dir}
-
-
-def _job_json(row):
-    return {"id": row.id, "name": row.name, "definition": row.definition, "status": row.status,
-            "created_at": iso(row.created_at), "started_at": iso(row.started_at),
-            "finished_at": iso(row.finished_at)}
-
-
-def public_url(cfg):
-    """Where links in notifications point: QUAERO_PUBLIC_URL, else the host and port the
-    server listens on."""
-    url = cfg.get("QUAERO_PUBLIC_URL")
-    if url:
-        return url.rstrip("/")
-    host = cfg.get("QUAERO_HOST") or "127.0.0.1"
-    if host in ("0.0.0.0", "::", ""):
-        import socket
-        host = socket.getfqdn()
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{cfg.get('QUAERO_PORT') or 5000}"
+            self.sender.wake.set()

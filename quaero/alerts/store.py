@@ -11,7 +11,6 @@ A notification is an event (its idempotency key unique) and one delivery per des
 written in the transaction that saves the rules' states and how far lines were read: a new
 evaluator resumes from that checkpoint and finds the deliveries still to send."""
 import json
-import os
 
 import sqlalchemy as sa
 
@@ -270,7 +269,3 @@ def job_names(engine, job_ids):
 def host_name():
     import socket
     return socket.gethostname()[:200]
-
-
-def this_pid():
-    return os.getpid()

@@ -164,7 +164,7 @@ class ScheduleRunner:
         self._failing = None
 
     def start(self, group):
-        if not self._closed:
+        if not self._closed and self.app.config.get("QUAERO_DEPLOYMENT_DUTIES", True):
             group.spawn(self._loop)
 
     def stop(self):

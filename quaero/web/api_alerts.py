@@ -1,6 +1,7 @@
 """The alerts API: the rules, destinations and their state; a test notification."""
 from flask import Blueprint, current_app, jsonify
 
+from ..alerts.status import send_test, status_json
 from ..errors import Conflict, NotFound
 
 bp = Blueprint("alerts", __name__, url_prefix="/api")  # auth: web.auth, for all of /api
@@ -12,7 +13,7 @@ def _alerts():
 
 @bp.get("/alerts")
 def list_alerts():
-    return jsonify(_alerts().status_json())
+    return jsonify(status_json(_alerts()))
 
 
 @bp.post("/alerts/<rule>/test")
@@ -24,7 +25,7 @@ def test_alert(rule):
     if rule not in alerts.library.rules:
         raise NotFound(f"no alert rule named {rule!r} in {alerts.library.alerts_dir}")
     problem = alerts.library.rule_errors.get(rule)
-    event_id, dests = alerts.test(rule)
+    event_id, dests = send_test(alerts, rule)
     if not dests:
         raise Conflict(f"alert rule {rule!r} has no destination to send to"
                        + (f" ({problem})" if problem else ""))

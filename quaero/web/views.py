@@ -187,6 +187,7 @@ def job(job_id):
 def alerts():
     """Alert rules and destinations, their state, recent notifications and deliveries."""
     import json
+    from ..alerts.status import status_json
     from ..alerts.store import recent_events
     from ..models import iso
     service = current_app.extensions["quaero"].alerts
@@ -198,7 +199,7 @@ def alerts():
                        "deliveries": [{"destination": d.destination, "status": d.status,
                                        "attempts": d.attempts, "last_error": d.last_error}
                                       for d in deliveries]})
-    return render_template("alerts.html", page="alerts", alerts=service.status_json(),
+    return render_template("alerts.html", page="alerts", alerts=status_json(service),
                            recent=recent)
 
 
