@@ -312,6 +312,26 @@ notify = ["hook"]
     assert status["evaluator"]["pid"] == os.getpid()
 
 
+def test_a_rule_added_later_sees_lines_from_then_on(alert_app, hook, tmp_path):
+    app = alert_app(hook_dest(hook.url))     # no rule yet: lines are not even read
+    c = app.test_client()
+    _post(c, [{"level": "error", "message": "old boom"}] * 3)
+    service = app.extensions["quaero"].alerts
+    eventually(lambda: service.last_id >= 3, what="the read position following the lines")
+    write_rules(tmp_path / "alerts", hook_dest(hook.url) + """
+[[rule]]
+name = "booms"
+kind = "match"
+q = "boom"
+window = 30
+notify = ["hook"]
+""")
+    eventually(lambda: "booms" in service.rules, what="the new rule")
+    _post(c, [{"level": "error", "message": "new boom"}])
+    [fired] = eventually(lambda: hook.bodies("firing"))
+    assert fired["count"] == 1 and fired["lines"][0]["message"] == "new boom"
+
+
 def test_absence_fires_within_the_window_plus_two_seconds(alert_app, hook):
     app = alert_app(hook_dest(hook.url) + """
 [[rule]]

@@ -71,6 +71,7 @@ class AlertService:
         self._overflow = False
         self._wake = Event()
         self.sender = Sender(self)
+        self._matcher = LineMatcher([])   # the rules that look at lines (from the take-over)
         self._jobs_due = True
         self._failing = None
         self.bus.connect(self._on_lines, self._on_status)
@@ -105,7 +106,7 @@ class AlertService:
     # -- the bus's receivers: never more than an append -----------------------------------
 
     def _on_lines(self, lines):
-        if not self.holding:
+        if not self.holding or self._matcher.empty:
             return
         if self._inbox_lines + len(lines) > INBOX_MAX_LINES:
             self._overflow = True   # read from the database instead
@@ -207,7 +208,7 @@ class AlertService:
         now = _ms()
         if self.library.load():
             self._reconcile({}, now)
-        lines = self._new_lines()
+        lines = self._new_lines() if not self._matcher.empty else self._skip_lines()
         notices = []
         if lines:
             notices += self._match_lines(lines, now)
@@ -257,6 +258,16 @@ class AlertService:
         if out:
             self._cursor_dirty = True
         return out
+
+    def _skip_lines(self):
+        """No rule looks at lines: the read position follows the newest line, unread (a
+        rule added later starts from there, not from history)."""
+        self._inbox, self._inbox_lines, self._overflow = deque(), 0, False
+        with self.engine.connect() as conn:
+            newest = newest_id(conn)
+        if newest != self.last_id:
+            self.last_id, self._db_mark, self._cursor_dirty = newest, newest, True
+        return []
 
     def _read(self, after, upto):
         out = []
