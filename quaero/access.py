@@ -64,6 +64,7 @@ ROUTE_NEEDS = {
     "/api/jobs/<>/rerun": {"POST": OPERATE},
     "/api/keys": {"GET": ADMIN, "POST": ADMIN},
     "/api/keys/<>": {"DELETE": ADMIN},
+    "/api/sessions": {"GET": ADMIN, "DELETE": ADMIN},
     "/api/alerts": {"GET": READ},
     "/api/alerts/<>/test": {"POST": OPERATE},
     "/v1/logs": {"POST": INGEST},
@@ -76,6 +77,8 @@ ROUTE_NEEDS = {
     "/settings": {"GET": ADMIN},
     "/login": {"GET": PUBLIC, "POST": PUBLIC},
     "/logout": {"POST": PUBLIC},
+    "/auth/oidc/login": {"GET": PUBLIC},       # OpenID Connect: to the provider and back
+    "/auth/oidc/callback": {"GET": PUBLIC},
     "/healthz": {"GET": PUBLIC},
     "/metrics": {"GET": PUBLIC},
     "/static/<>": {"GET": PUBLIC},

@@ -16,8 +16,13 @@ SETTINGS = {
                      "QUAERO_REDIS_CHANNEL", "QUAERO_API_TOKEN", "QUAERO_METRICS_TOKEN",
                      "QUAERO_SECRET_KEY", "QUAERO_JOBS_DIR", "QUAERO_ACCESS_LOG",
                      "QUAERO_URL", "QUAERO_ARCHIVE_DIR", "QUAERO_ALERTS_DIR",
-                     "QUAERO_SMTP_FROM"), "text"),
+                     "QUAERO_SMTP_FROM", "QUAERO_OIDC_CLIENT_ID", "QUAERO_OIDC_CLIENT_SECRET",
+                     "QUAERO_OIDC_NAME", "QUAERO_OIDC_SCOPES", "QUAERO_OIDC_ROLES_CLAIM",
+                     "QUAERO_OIDC_ADMIN_GROUPS", "QUAERO_OIDC_OPERATE_GROUPS",
+                     "QUAERO_OIDC_READ_GROUPS"), "text"),
     "QUAERO_PUBLIC_URL": "http URL",
+    "QUAERO_OIDC_ISSUER": "OIDC issuer",
+    "QUAERO_OIDC_ALLOW": "OIDC allow-list",
     "QUAERO_SMTP_URL": "SMTP URL",
     "QUAERO_LOG_LEVEL": ("debug", "info", "warning", "error", "critical"),
     "QUAERO_PORT": "port",
@@ -33,7 +38,7 @@ SETTINGS = {
                      "QUAERO_BATCH_INTERVAL", "QUAERO_WATCH_INTERVAL", "QUAERO_RETENTION_DAYS",
                      "QUAERO_PRUNE_INTERVAL", "QUAERO_INGEST_TIMEOUT", "QUAERO_DB_TIMEOUT",
                      "QUAERO_FLUSH_TIMEOUT", "QUAERO_SESSION_DAYS"), "number"),
-    "QUAERO_CAPTURE_ROOT_LOGGER": "boolean",
+    **dict.fromkeys(("QUAERO_CAPTURE_ROOT_LOGGER", "QUAERO_OIDC_PROVIDER_LOGOUT"), "boolean"),
     "QUAERO_TRACE_URL": "trace URL",
 }
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
@@ -74,6 +79,15 @@ def _problem(name, value):
     if kind == "SMTP URL" and not value.lower().startswith(("smtp://", "smtp+starttls://",
                                                            "smtps://")):
         return "is not an smtp://, smtp+starttls:// or smtps:// address"
+    if kind == "OIDC issuer":
+        from .oidc import issuer_problem
+        return issuer_problem(value)
+    if kind == "OIDC allow-list":
+        from .oidc import parse_allow
+        try:
+            parse_allow(value)
+        except ValueError as exc:
+            return f"has a bad entry ({exc})"
     if isinstance(kind, tuple) and value.lower() not in kind:
         return "is not one of " + ", ".join(kind)
     return None
@@ -170,6 +184,39 @@ def alert_settings(env):
             env.get("QUAERO_SMTP_URL") or None, env.get("QUAERO_SMTP_FROM") or None)
 
 
+def oidc_settings(env):
+    """The OpenID Connect sign-in's settings as ``env`` sets them (``QUAERO_OIDC_*``, see
+    quaero/oidc.py), or None when ``QUAERO_OIDC_ISSUER`` is not set; :class:`ConfigError`
+    when it is set without its client or without any rule giving a role (nobody could
+    sign in)."""
+    issuer = (env.get("QUAERO_OIDC_ISSUER") or "").rstrip("/")
+    if not issuer:
+        return None
+    from .oidc import RoleRules
+    missing = [n for n in ("QUAERO_OIDC_CLIENT_ID", "QUAERO_OIDC_CLIENT_SECRET")
+               if not env.get(n)]
+    if missing:
+        raise ConfigError(f"QUAERO_OIDC_ISSUER is set without {' and '.join(missing)}")
+    rules = RoleRules.from_settings(
+        env.get("QUAERO_OIDC_ROLES_CLAIM"), env.get("QUAERO_OIDC_ADMIN_GROUPS"),
+        env.get("QUAERO_OIDC_OPERATE_GROUPS"), env.get("QUAERO_OIDC_READ_GROUPS"),
+        env.get("QUAERO_OIDC_ALLOW"))
+    if rules.empty:
+        raise ConfigError("QUAERO_OIDC_ISSUER is set but no one would get a role: set "
+                          "QUAERO_OIDC_ADMIN_GROUPS, QUAERO_OIDC_OPERATE_GROUPS, "
+                          "QUAERO_OIDC_READ_GROUPS or QUAERO_OIDC_ALLOW")
+    from .oidc import provider_name
+    return {"issuer": issuer, "client_id": env["QUAERO_OIDC_CLIENT_ID"],
+            "client_secret": env["QUAERO_OIDC_CLIENT_SECRET"],
+            "name": env.get("QUAERO_OIDC_NAME") or provider_name(issuer),
+            "scopes": env.get("QUAERO_OIDC_SCOPES") or "openid email profile",
+            "rules": rules,
+            "provider_logout": (env.get("QUAERO_OIDC_PROVIDER_LOGOUT") or "1").lower()
+            in _TRUE,
+            # the redirect URI's base: where browsers reach Quaero (unset: as they asked)
+            "public_url": (env.get("QUAERO_PUBLIC_URL") or "").rstrip("/") or None}
+
+
 class Config:
     """Settings read once, when the app is created."""
 
@@ -244,6 +291,8 @@ class Config:
         # a sign-in lasts this long (its server-side session and its cookie; web.auth)
         self.QUAERO_SESSION_DAYS = float(env.get("QUAERO_SESSION_DAYS") or 7)
         self.PERMANENT_SESSION_LIFETIME = timedelta(days=self.QUAERO_SESSION_DAYS)
+        # people sign in with OpenID Connect (web.oidc): a dict of its settings, or None
+        self.QUAERO_OIDC = oidc_settings(env)
         # Request bodies: 10,000 lines of 64 KiB is the contract's maximum batch,
         # but a body that large is refused before parsing.
         self.MAX_CONTENT_LENGTH = _int("QUAERO_MAX_BODY_BYTES", 32 << 20)

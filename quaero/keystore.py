@@ -140,6 +140,19 @@ def end_session(engine, session_id, now):
                      .values(revoked_at=now))
 
 
+def list_sessions(engine, now):
+    """The sessions still open, newest first: who, the role, when it began and ends (not
+    their ids: the hash of a cookie's secret is nobody's business)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(sessions_t.c.subject, sessions_t.c.role,
+                                      sessions_t.c.created_at, sessions_t.c.expires_at)
+                            .where(sessions_t.c.revoked_at.is_(None),
+                                   sessions_t.c.expires_at > now)
+                            .order_by(sessions_t.c.created_at.desc())).all()
+    return [{"subject": r.subject, "role": r.role, "created_at": iso(r.created_at),
+             "expires_at": iso(r.expires_at)} for r in rows]
+
+
 def end_sessions_of(engine, subject, now):
     """End every session of ``subject`` (a person revoked): how many there were."""
     with engine.begin() as conn:

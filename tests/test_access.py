@@ -61,9 +61,11 @@ EXPECTED = {
     ("POST", "/api/jobs/<>/cancel"): {O}, ("POST", "/api/jobs/<>/rerun"): {O},
     ("DELETE", "/api/jobs/<>"): {O}, ("POST", "/api/alerts/<>/test"): {O},
     ("GET", "/api/keys"): set(), ("POST", "/api/keys"): set(), ("DELETE", "/api/keys/<>"): set(),
+    ("GET", "/api/sessions"): set(), ("DELETE", "/api/sessions"): set(),
     ("GET", "/"): {R}, ("GET", "/queue"): {R}, ("GET", "/search"): {R}, ("GET", "/jobs/<>"): {R},
     ("GET", "/alerts"): {R}, ("GET", "/settings"): set(),
     ("GET", "/login"): OPEN, ("POST", "/login"): OPEN, ("POST", "/logout"): OPEN,
+    ("GET", "/auth/oidc/login"): OPEN, ("GET", "/auth/oidc/callback"): OPEN,
     ("GET", "/healthz"): OPEN, ("GET", "/metrics"): OPEN, ("GET", "/static/<>"): OPEN,
 }
 

@@ -10,6 +10,7 @@ send any program's output; ``serve`` runs the server.
     quaero serve [--host H] [--port P] [--workers N] [--config FILE]
     quaero import ARCHIVE.ndjson.gz...   # archived jobs back into the local database
     quaero keys create --name ci --scope ingest [--jobs 'nightly-*'] | list | revoke ID
+    quaero sessions list | revoke alice@example.com     # sign a person out everywhere
 
 ``--url`` (env ``QUAERO_URL``; unset: ``QUAERO_HOST``/``QUAERO_PORT``, where ``python app.py``
 listens, default http://127.0.0.1:5000) and ``--token`` (env ``QUAERO_API_TOKEN``) pick the
@@ -33,6 +34,7 @@ from .archive import import_
 from .alerts import alerts
 from .grep import grep
 from .keys import keys
+from .sessions import sessions
 from .serve import SERVER_EXTRA, serve
 
 
@@ -65,6 +67,7 @@ cli.add_command(serve)
 cli.add_command(import_)
 cli.add_command(alerts)
 cli.add_command(keys)
+cli.add_command(sessions)
 
 
 @cli.command()

@@ -15,7 +15,9 @@ def init_app(app):
     for module in (api_logs, api_histogram, api_jobs, api_keys, api_search, stream, openapi, otlp,
                    loki):
         app.register_blueprint(module.bp)
-    from . import api_alerts
+    from . import api_alerts, api_sessions, oidc
     app.register_blueprint(api_alerts.bp)
+    app.register_blueprint(api_sessions.bp)
+    oidc.init_app(app)
     app.register_blueprint(ops.bp)
     app.register_blueprint(views.bp)

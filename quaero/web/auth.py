@@ -33,7 +33,8 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from flask import current_app, g, request, session
+from flask import current_app, g, has_request_context, request, session
+from flask.sessions import SecureCookieSessionInterface
 
 from .. import access, keystore
 from ..access import ADMIN, INGEST, OPERATE, PUBLIC
@@ -56,8 +57,15 @@ def api_token():
     return current_app.config.get("QUAERO_API_TOKEN") or None
 
 
+def oidc_settings():
+    """The OpenID Connect sign-in's settings (``config.oidc_settings``), or None."""
+    return current_app.config.get("QUAERO_OIDC")
+
+
 def auth_required():
-    return api_token() is not None
+    """Callers must say who they are: a token is configured, or people sign in with
+    OpenID Connect (a server for a team, not only for this host)."""
+    return api_token() is not None or oidc_settings() is not None
 
 
 def same_secret(given, expected):
@@ -99,10 +107,10 @@ def _resolve():
             raise AuthRequired(f"authentication required: {exc}") from None
         if found is not None:
             return found
-        if token is not None or access.key_id_of(given) is not None:
+        if auth_required() or access.key_id_of(given) is not None:
             raise AuthRequired()
-        # no token configured: a Bearer value that is no key of ours is ignored, as before
-    if token is None:
+        # nothing configured: a Bearer value that is no key of ours is ignored, as before
+    if not auth_required():
         return access.local_principal()
     secret = session.get(SESSION_KEY)
     if secret is None:
@@ -230,10 +238,11 @@ def audit(action, text, who=None, **fields):
 
 # --- sessions ------------------------------------------------------------------------
 
-def sign_in(subject, role):
+def sign_in(subject, role, **fields):
     """Start a server-side session for ``subject`` (``token``, or a person) with ``role``
     (``access.ROLES``): a fresh cookie (no fixation) holding the session's secret and a
-    new CSRF token. The OpenID Connect sign-in calls this too."""
+    new CSRF token. The OpenID Connect sign-in calls this too (``fields``: more for the
+    audit line)."""
     now = utcnow()
     secret = keystore.start_session(_engine(), subject, role,
                                     current_app.permanent_session_lifetime, now)
@@ -242,7 +251,7 @@ def sign_in(subject, role):
     session.permanent = True
     csrf_token()
     g.pop("principal", None)
-    audit("sign-in", f"signed in (role {role})", who=subject, role=role)
+    audit("sign-in", f"signed in (role {role})", who=subject, role=role, **fields)
 
 
 def sign_out():
@@ -366,15 +375,34 @@ def check_api_csrf():
         raise Refused("missing or invalid CSRF token")
 
 
+class SessionCookies(SecureCookieSessionInterface):
+    """Flask's signed cookie, ``Secure`` whenever the request came over https (directly, or
+    through a proxy on this host that says so: gunicorn trusts ``X-Forwarded-Proto`` from
+    loopback peers) or ``QUAERO_PUBLIC_URL`` is an https address: the browser then never
+    sends it in the clear. Over plain http (a loopback server) it could not be Secure."""
+
+    def get_cookie_secure(self, app):
+        if app.config.get("SESSION_COOKIE_SECURE"):
+            return True
+        if (app.config.get("QUAERO_PUBLIC_URL") or "").lower().startswith("https://"):
+            return True
+        return has_request_context() and request.is_secure
+
+
 def init_app(app):
-    """The loopback rule and CSRF check for every request; the session cookie's settings."""
-    if not app.config.get("QUAERO_SECRET_KEY") and app.config.get("QUAERO_API_TOKEN"):
-        # Stable across workers and restarts; rotating the token logs everyone out.
-        app.secret_key = hmac.new(app.config["QUAERO_API_TOKEN"].encode(),
-                                  b"quaero session signing key", hashlib.sha256).hexdigest()
+    """The loopback rule and CSRF check for every request; the session cookie's settings
+    (HttpOnly, SameSite=Lax, Secure over https)."""
+    oidc = app.config.get("QUAERO_OIDC")
+    seed = app.config.get("QUAERO_API_TOKEN") or (oidc and oidc["client_secret"])
+    if not app.config.get("QUAERO_SECRET_KEY") and seed:
+        # Stable across workers and restarts; rotating the token (or, without one, the
+        # OpenID client's secret) logs everyone out.
+        app.secret_key = hmac.new(seed.encode(), b"quaero session signing key",
+                                  hashlib.sha256).hexdigest()
     if app.config.get("SESSION_COOKIE_SAMESITE") is None:
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.session_interface = SessionCookies()
     app.before_request(check_request)
 
 

@@ -1,16 +1,16 @@
 """The browser pages: home, queue, a job's log, search, settings; login and logout.
 
-Pages need a caller when ``QUAERO_API_TOKEN`` is set: ``/login`` takes the token (compared
-in constant time; failures counted per client address and for the account, 429 past the
-limit, ``access.py``) and starts a server-side session (``auth.sign_in``); ``/logout``
-ends it on the server. A page needs the scope ``access.route_need`` names (``read``;
+Pages need a caller when ``QUAERO_API_TOKEN`` is set or people sign in with OpenID
+Connect: ``/login`` offers the provider (``web/oidc.py``) and, with a token configured,
+takes the token (compared in constant time; failures counted per client address and for
+the account, 429 past the limit, ``access.py``); either starts a server-side session
+(``auth.sign_in``); ``/logout`` ends it on the server (and at the provider, for a person
+who came from there). A page needs the scope ``access.route_need`` names (``read``;
 ``/settings``: ``admin``) and shows only the actions the caller may take. Tokens,
 sessions, CSRF and the loopback rule are in ``auth.py``.
 """
 import os
-import re
 import time
-from urllib.parse import urlsplit
 
 from flask import (Blueprint, abort, current_app, redirect, render_template, request, session,
                    url_for)
@@ -20,29 +20,14 @@ from ..access import OPERATE
 from ..errors import Forbidden
 from ..models import Job, db, job_dict, utcnow
 from ..queries import level_counts
+from . import oidc_client
 from .auth import (SESSION_KEY, audit, auth_required, check_route, client_address, csrf_token,
-                   csrf_valid, principal, same_secret, sign_in, sign_out)
+                   csrf_valid, oidc_settings, principal, same_secret, sign_in, sign_out)
+from .pages import page_headers, safe_next as _safe_next
 
 bp = Blueprint("views", __name__)
 
 ALPINE_VERSION = "3.17.5"
-# what a redirect target may hold: printable ASCII, no space or backslash (browsers drop
-# tabs and newlines from URLs, so "/\t/evil.example" would become "//evil.example")
-_NEXT_CHARS = re.compile(r"[!-\[\]-~]*\Z")
-CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self'; "
-       "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-       "form-action 'self'; frame-ancestors 'none'")
-
-
-def _safe_next(target):
-    """Only a local path, else ``/``: never an open redirect, never a header injection."""
-    if (not target or not target.startswith("/") or target.startswith("//")
-            or not _NEXT_CHARS.match(target)):
-        return url_for("views.index")
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc:
-        return url_for("views.index")
-    return target
 
 
 @bp.before_request
@@ -60,15 +45,7 @@ def require_login():
     return None
 
 
-@bp.after_request
-def page_headers(response):
-    response.headers.setdefault("Content-Security-Policy", CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    if response.mimetype == "text/html":
-        response.headers.setdefault("Cache-Control", "no-store")
-    return response
+bp.after_request(page_headers)
 
 
 @bp.app_context_processor
@@ -114,7 +91,10 @@ def login():
     error = None
     status = 200
     headers = {}
-    if request.method == "POST":
+    token_login = current_app.config.get("QUAERO_API_TOKEN") is not None
+    if request.method == "POST" and not token_login:
+        error, status = "This server takes no token: sign in with the identity provider.", 400
+    elif request.method == "POST":
         if not csrf_valid(request.form.get("csrf_token")):
             error, status = "Your session expired; please try again.", 400
         else:
@@ -138,15 +118,20 @@ def login():
                       who="anonymous")
                 time.sleep(0.5)              # a guess costs time (gevent: nothing else waits)
                 error, status = "That token is not valid.", 401
-    return render_template("login.html", error=error, next=nxt), status, headers
+    oidc = oidc_settings()
+    return render_template("login.html", error=error, next=nxt, token_login=token_login,
+                           oidc_name=oidc and oidc["name"]), status, headers
 
 
 @bp.post("/logout")
 def logout():
     if SESSION_KEY in session and not csrf_valid(request.form.get("csrf_token")):
         abort(400)
+    with_provider = bool(session.get(oidc_client.MARK_KEY))
     sign_out()
-    return redirect(url_for("views.login") if auth_required() else url_for("views.index"))
+    # a person who came from the identity provider signs out there too (where it can)
+    return redirect(oidc_client.provider_logout_url(with_provider)
+                    or (url_for("views.login") if auth_required() else url_for("views.index")))
 
 
 # --- pages -----------------------------------------------------------------------------

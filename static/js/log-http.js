@@ -17,8 +17,20 @@
     return meta ? meta.getAttribute("content") : "";
   }
 
+  // Signing out ends the session before its answer (a redirect, perhaps to the identity
+  // provider's sign-out) arrives: a poll refused meanwhile must not send the page to the
+  // login page instead, cancelling that redirect.
+  var leaving = false;
+  if (doc && doc.addEventListener) {
+    doc.addEventListener("submit", function (event) {
+      if (event.target && event.target.classList && event.target.classList.contains("logout")) {
+        leaving = true;
+      }
+    });
+  }
+
   function toLogin() {
-    if (!doc) return;
+    if (!doc || leaving) return;
     var meta = doc.querySelector('meta[name="quaero-login"]');
     if (!meta) return;
     var here = root.location.pathname + root.location.search + root.location.hash;
