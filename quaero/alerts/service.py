@@ -37,7 +37,9 @@ log = logging.getLogger("quaero.alerts")
 INBOX_MAX_LINES = 50000     # beyond this the inbox is dropped and read from the database
 CATCH_UP_PAGE = 5000
 REPLAY_MAX = 200000         # lines replayed at take-over; older ones are skipped, and said so
-CHECKPOINT_EVERY = 2.0      # seconds between saves of states when nothing was decided
+STALE_CHECKPOINT_MS = 600_000   # a failover resumes from the checkpoint; after this, now
+CHECKPOINT_EVERY = 5.0      # seconds between saves of states when nothing was decided
+DB_LOOK_EVERY = 0.5         # seconds between looks at the newest id (lines the bus missed)
 JOBS_EVERY = 2.0            # seconds between reads of ended and long-running jobs
 PRUNE_EVERY = 3600.0
 
@@ -72,6 +74,7 @@ class AlertService:
         self._wake = Event()
         self.sender = Sender(self)
         self._matcher = LineMatcher([])   # the rules that look at lines (from the take-over)
+        self.rules = {}
         self._jobs_due = True
         self._failing = None
         self.bus.connect(self._on_lines, self._on_status)
@@ -131,7 +134,9 @@ class AlertService:
                 now = time.monotonic()
                 if not self.holding and now >= next_try:
                     next_try = now + 1.0
-                    if self.lease.acquire():
+                    # no rule, no work: not even the lease (every test app, most servers)
+                    self.library.load()
+                    if self.library.rules and self.lease.acquire():
                         self._take_over()
                 if self.holding:
                     self._evaluate()
@@ -161,7 +166,9 @@ class AlertService:
         cursor = saved.pop(store.CURSOR, None)
         with self.engine.connect() as conn:
             newest = newest_id(conn)
-        if cursor is None:  # the first evaluator ever: from now on, not the history
+        if cursor is None or now - cursor["saved_ms"] > STALE_CHECKPOINT_MS:
+            # the first evaluator ever, or the first for long (no rule meanwhile, or no
+            # server up): the rules start from now on, not from the history
             cursor = {"last_id": newest, "jobs_since": now}
         self.last_id = cursor["last_id"]
         if newest - self.last_id > REPLAY_MAX:
@@ -175,6 +182,7 @@ class AlertService:
         self._reconcile(saved, now)
         self._unsaved = []          # notices decided, not yet written
         self._db_mark = newest
+        self._db_look_at = 0.0
         self._saved_at = time.monotonic()
         self._jobs_at = 0.0
         self._pruned_at = 0.0
@@ -207,6 +215,11 @@ class AlertService:
     def _evaluate(self):
         now = _ms()
         if self.library.load():
+            if not self.library.rules:   # the last rule went: so does the lease
+                self._checkpoint()
+                self.holding = False
+                self.lease.release()
+                return
             self._reconcile({}, now)
         lines = self._new_lines() if not self._matcher.empty else self._skip_lines()
         notices = []
@@ -224,9 +237,7 @@ class AlertService:
                              and (self.dirty or self._cursor_dirty or self._dropped)):
             self._checkpoint()
         elif time.monotonic() - self._saved_at >= self.lease.ttl_ms / 3000:
-            with self.engine.begin() as conn:
-                self.lease.fence(conn)
-            self._saved_at = time.monotonic()
+            self._checkpoint()   # renews the lease, and says the checkpoint is current
         if self.retention_days and time.monotonic() - self._pruned_at >= PRUNE_EVERY:
             self._pruned_at = time.monotonic()
             store.prune(self.engine, utcnow() - timedelta(days=max(self.retention_days, 1)))
@@ -251,10 +262,12 @@ class AlertService:
                 out += self._read(self.last_id, fresh[0]["id"] - 1)
             out += fresh
             self.last_id = fresh[-1]["id"]
-        if self.last_id < self._db_mark:   # not brought by the bus within a tick
-            out += self._read(self.last_id, self._db_mark)
-        with self.engine.connect() as conn:
-            self._db_mark = newest_id(conn)
+        if time.monotonic() >= self._db_look_at:
+            self._db_look_at = time.monotonic() + DB_LOOK_EVERY
+            if self.last_id < self._db_mark:   # not brought by the bus within a look
+                out += self._read(self.last_id, self._db_mark)
+            with self.engine.connect() as conn:
+                self._db_mark = newest_id(conn)
         if out:
             self._cursor_dirty = True
         return out

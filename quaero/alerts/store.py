@@ -94,22 +94,33 @@ class Lease:
 # -- the checkpoint ------------------------------------------------------------------------
 
 def load_states(engine):
+    """``{key: state}``, the cursor's with ``saved_ms``: when it was saved."""
     with engine.connect() as conn:
-        return {k: json.loads(s) for k, s in conn.execute(sa.select(state_t.c.key, state_t.c.state))}
+        rows = conn.execute(sa.select(state_t.c.key, state_t.c.state, state_t.c.updated_ms)).all()
+    out = {k: json.loads(s) for k, s, _ in rows}
+    for k, _, at in rows:
+        if k == CURSOR:
+            out[k]["saved_ms"] = at
+    return out
 
 
 def save_states(conn, states):
-    """Upsert ``{key: state}`` (few rows: the rules that changed, and the cursor)."""
+    """Upsert ``{key: state}`` (the rules that changed, and the cursor): one statement for
+    the rows there, one for the new ones (executemany: one round trip on PostgreSQL)."""
     now = epoch_ms()
     keys = list(states)
-    have = set(conn.execute(sa.select(state_t.c.key).where(state_t.c.key.in_(keys))).scalars()) if keys else set()
-    for key, st in states.items():
-        text = json.dumps(st, separators=(",", ":"))
-        if key in have:
-            conn.execute(state_t.update().where(state_t.c.key == key)
-                         .values(state=text, updated_ms=now))
-        else:
-            conn.execute(state_t.insert().values(key=key, state=text, updated_ms=now))
+    if not keys:
+        return
+    have = set(conn.execute(sa.select(state_t.c.key).where(state_t.c.key.in_(keys))).scalars())
+    rows = [{"k": k, "state": json.dumps(st, separators=(",", ":")), "updated_ms": now}
+            for k, st in states.items()]
+    old = [r for r in rows if r["k"] in have]
+    new = [{"key": r["k"], "state": r["state"], "updated_ms": now} for r in rows if r["k"] not in have]
+    if old:
+        conn.execute(state_t.update().where(state_t.c.key == sa.bindparam("k"))
+                     .values(state=sa.bindparam("state"), updated_ms=sa.bindparam("updated_ms")), old)
+    if new:
+        conn.execute(state_t.insert(), new)
 
 
 def drop_states(conn, keys):
