@@ -11,7 +11,6 @@ once stored, or a 4xx naming the bad line and nothing stored. Auth: the token ru
 ``/api`` (``web.auth``)."""
 import hashlib
 import re
-import zlib
 from datetime import datetime, timedelta, timezone
 
 import cramjam
@@ -22,7 +21,7 @@ from google.protobuf.message import DecodeError
 from ..errors import Invalid, TooLarge, Unsupported
 from ..levels import word_level_name
 from .lines import MAX_LINES_PER_REQUEST, answered, clean_line, idempotency_key, store_lines
-from .params import EARLIEST, LATEST, MAX_NAME, json_object, read_body
+from .params import EARLIEST, LATEST, MAX_NAME, gunzip, json_object, read_body
 from .protowire import count_nested
 
 bp = Blueprint("loki", __name__, url_prefix="/loki/api/v1")
@@ -75,20 +74,6 @@ def _as_loki(stored):
 
 
 # --- bodies ----------------------------------------------------------------------------
-
-def gunzip(data, limit):
-    """``data`` inflated, at most ``limit`` bytes of it (413 beyond), or a 400."""
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        out = inflater.decompress(data, limit)
-    except zlib.error:
-        raise Invalid("body is not valid gzip") from None
-    if inflater.unconsumed_tail:
-        raise TooLarge(f"request body too large: at most {limit} bytes once decompressed")
-    if not inflater.eof:
-        raise Invalid("body is not valid gzip (truncated)")
-    return out
-
 
 def unsnappy(data, limit):
     """A snappy block (Loki's framing: no stream format) decompressed, its size read from

@@ -1,5 +1,6 @@
 """Parsing of query strings and JSON bodies for the API: a clean value or a 400."""
 import re
+import zlib
 from datetime import datetime, timezone
 
 import gevent
@@ -153,6 +154,20 @@ def read_body():
             and request.environ["wsgi.input"].read(1)):
         raise TooLarge(f"request body too large: at most {limit} bytes per request")
     return data
+
+
+def gunzip(data, limit):
+    """A gzip body inflated, at most ``limit`` bytes of it (413 beyond), or a 400."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(data, limit)
+    except zlib.error:
+        raise Invalid("body is not valid gzip") from None
+    if inflater.unconsumed_tail:
+        raise TooLarge(f"request body too large: at most {limit} bytes once decompressed")
+    if not inflater.eof:
+        raise Invalid("body is not valid gzip (truncated)")
+    return out
 
 
 DRAIN_MOST = 1 << 20  # bytes of a refused request's body read before the connection closes
