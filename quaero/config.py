@@ -189,7 +189,7 @@ def oidc_settings(env):
     quaero/oidc.py), or None when ``QUAERO_OIDC_ISSUER`` is not set; :class:`ConfigError`
     when it is set without its client or without any rule giving a role (nobody could
     sign in)."""
-    issuer = (env.get("QUAERO_OIDC_ISSUER") or "").rstrip("/")
+    issuer = (env.get("QUAERO_OIDC_ISSUER") or "").strip()   # as the provider writes it
     if not issuer:
         return None
     from .oidc import RoleRules
@@ -292,7 +292,7 @@ class Config:
         self.QUAERO_SESSION_DAYS = float(env.get("QUAERO_SESSION_DAYS") or 7)
         self.PERMANENT_SESSION_LIFETIME = timedelta(days=self.QUAERO_SESSION_DAYS)
         # people sign in with OpenID Connect (web.oidc): a dict of its settings, or None
-        self.QUAERO_OIDC = oidc_settings(env)
+        self.OIDC = oidc_settings(env)
         # Request bodies: 10,000 lines of 64 KiB is the contract's maximum batch,
         # but a body that large is refused before parsing.
         self.MAX_CONTENT_LENGTH = _int("QUAERO_MAX_BODY_BYTES", 32 << 20)

@@ -2,16 +2,17 @@
 pure rules, scopes and patterns are in ``quaero/access.py``; keys and sessions are kept by
 ``quaero/keystore.py``).
 
-- Without ``QUAERO_API_TOKEN`` Quaero is open, so it answers loopback clients only
+- Without ``QUAERO_API_TOKEN`` (nor OpenID Connect sign-in) Quaero is open, so it answers loopback clients only
   (``check_loopback``): the peer address, every address a proxy names in
   ``X-Forwarded-For``, and the ``Host`` name must be loopback. The ``Host`` test stops DNS
   rebinding: a page on another site whose name was made to resolve to 127.0.0.1 still
   sends its own name as ``Host``. This does not rely on gunicorn.conf.py. Such a client
   may do everything, unless it sends an API key: a key is never more than its scopes.
-- With a token: every route needs what ``access.route_need`` says, from a caller
-  (:func:`principal`): ``Authorization: Bearer <token or key>`` (the scheme in any case),
-  or the session cookie set by ``/login`` (a server-side session: signing out ends it for
-  every copy of the cookie). ``/api`` answers 401 without valid credentials and 403 naming
+- With a token, or with ``QUAERO_OIDC_ISSUER`` (people sign in, ``web/oidc.py``): every
+  route needs what ``access.route_need`` says, from a caller (:func:`principal`):
+  ``Authorization: Bearer <token or key>`` (the scheme in any case), or the session
+  cookie set by ``/login`` or the OpenID Connect callback (a server-side session:
+  signing out ends it for every copy of the cookie). ``/api`` answers 401 without valid credentials and 403 naming
   the missing scope (or the job pattern) with them, on the headers, before the body is
   read; the pages send a stranger to ``/login``. ``/metrics`` needs
   ``QUAERO_METRICS_TOKEN`` or the API token as a Bearer token when either is set.
@@ -21,9 +22,11 @@ pure rules, scopes and patterns are in ``quaero/access.py``; keys and sessions a
 - Runs, cancels, reruns, deletes, key changes and sign-ins and -outs are written to the
   audit trail (:func:`audit`): service-log lines with source ``audit``.
 
-The cookie is signed with ``QUAERO_SECRET_KEY``. When it is not set and a token is,
-the key is derived from the token, so that the cookie works across workers and
-restarts (changing the token logs everyone out). Set ``QUAERO_SECRET_KEY`` in production.
+The cookie is signed with ``QUAERO_SECRET_KEY``. When it is not set and a token is (else
+the OpenID client's secret), the key is derived from it, so that the cookie works across
+workers and restarts (changing it logs everyone out). Set ``QUAERO_SECRET_KEY`` in
+production. The cookie is HttpOnly, SameSite=Lax, and Secure over https
+(:class:`SessionCookies`).
 """
 import hashlib
 import hmac
@@ -59,7 +62,7 @@ def api_token():
 
 def oidc_settings():
     """The OpenID Connect sign-in's settings (``config.oidc_settings``), or None."""
-    return current_app.config.get("QUAERO_OIDC")
+    return current_app.config.get("OIDC")
 
 
 def auth_required():
@@ -392,7 +395,7 @@ class SessionCookies(SecureCookieSessionInterface):
 def init_app(app):
     """The loopback rule and CSRF check for every request; the session cookie's settings
     (HttpOnly, SameSite=Lax, Secure over https)."""
-    oidc = app.config.get("QUAERO_OIDC")
+    oidc = app.config.get("OIDC")
     seed = app.config.get("QUAERO_API_TOKEN") or (oidc and oidc["client_secret"])
     if not app.config.get("QUAERO_SECRET_KEY") and seed:
         # Stable across workers and restarts; rotating the token (or, without one, the

@@ -88,6 +88,8 @@ def callback():
                      f"{settings['name']} did not sign you in ({error[:60]}"
                      + (f": {request.args.get('error_description', '')[:200]}"
                         if request.args.get("error_description") else "") + ").")
+    if not _flow_started(request.args.get("state")):    # before asking the provider anything
+        return _refused_flow("this sign-in did not start in this browser, or it expired")
     issuer = request.args.get("iss")
     if issuer is not None and issuer.rstrip("/") != settings["issuer"].rstrip("/"):
         return _refused_flow("the answer names another issuer")       # RFC 9207 mix-up

@@ -22,7 +22,7 @@ class ProviderMismatch(Exception):
 def init_app(app):
     """Register the provider with Authlib when OpenID Connect is configured (no network
     here: the discovery document is read on the first sign-in)."""
-    settings = app.config.get("QUAERO_OIDC")
+    settings = app.config.get("OIDC")
     if settings is None:
         return
     scopes = settings["scopes"].split()

@@ -28,7 +28,7 @@ def csp():
     """The pages' CSP. With OpenID Connect, forms may also lead to the provider's origin:
     signing out (a form) is redirected to its sign-out page, and ``form-action`` holds
     for a form's redirects too."""
-    settings = current_app.config.get("QUAERO_OIDC")
+    settings = current_app.config.get("OIDC")
     if settings is None:
         return CSP
     parts = urlsplit(settings["issuer"])
