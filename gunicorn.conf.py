@@ -10,6 +10,7 @@ except ConfigError as exc:
     raise SystemExit(f"quaero: {exc}") from None
 
 _token = os.environ.get("QUAERO_API_TOKEN")
+_oidc = os.environ.get("QUAERO_OIDC_ISSUER")   # people sign in: not open either
 _host = os.environ.get("QUAERO_HOST", "127.0.0.1")
 _port = os.environ.get("QUAERO_PORT", "5000")
 
@@ -103,9 +104,11 @@ def pre_request(worker, req):
 
 
 def when_ready(server):
-    """Without a token Quaero is open: refuse to listen beyond loopback."""
-    if _token:
-        server.log.info("Quaero: API token set; /api/* requires it")
+    """Without a token (or OpenID Connect sign-in) Quaero is open: refuse to listen beyond
+    loopback."""
+    if _token or _oidc:
+        server.log.info("Quaero: %s; /api/* and the pages require a sign-in or a key",
+                        "API token set" if _token else "OpenID Connect sign-in")
         return
     addrs = [listener.sock.getsockname() for listener in server.LISTENERS]
     if not all(_loopback(a) for a in addrs):

@@ -260,3 +260,15 @@ def test_quaero_sessions_revoke(server_factory):
         revoked = quaero("revoke", "token")
         assert revoked.returncode == 0 and revoked.stdout == "ended 1 session(s) of token\n"
         assert browser.get("/api/jobs").status_code == 401
+
+
+def test_with_oidc_alone_the_server_listens_beyond_loopback(server_factory):
+    """gunicorn refuses a non-loopback address only while Quaero is open; people signing in
+    with a provider is not open: every call needs a sign-in or a key, from anywhere."""
+    srv = server_factory(env={**BASE, "QUAERO_API_TOKEN": "", "QUAERO_HOST": "0.0.0.0"})
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/api/jobs").status_code == 401
+        r = c.get("/login")
+        assert r.status_code == 200 and "Sign in with id.example.com" in r.text
+    assert "OpenID Connect sign-in; /api/* and the pages require" in srv.logs()
