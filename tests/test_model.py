@@ -6,7 +6,7 @@ Operations: create jobs with steps; post batches of lines that mix several jobs,
 and the service log in one request, with and without ``Idempotency-Key`` (fresh keys,
 reused keys with the same or another body, invalid keys), some naming an unknown or
 deleted job or an unknown step; resend a recorded request; move jobs through their
-statuses (PATCH), cancel and delete them; push lines through the Loki push API; archive, prune and import a finished job
+statuses (PATCH), cancel and delete them; push lines through the Loki push API and as OpenTelemetry (OTLP/JSON) records; archive, prune and import a finished job
 (issue 22) as the pruner and ``quaero import`` do; poll ``GET /api/logs`` (scope, several
 ``job_id``, step, level, q, limit, after, before); ``GET /api/search`` and its
 ``next_before`` pages; ``GET /api/jobs/<id>`` and ``logs.txt``; SSE streams
@@ -188,6 +188,17 @@ def text_of(value):
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def otlp_value(value):
+    """An attribute value as OTLP/JSON's AnyValue."""
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    return {"stringValue": value}
 
 
 def with_attr_filter(f, params, spec):
@@ -676,6 +687,45 @@ class QuaeroModel(RuleBasedStateMachine):
             f"a push's lines took ids {ids}: not one run in push order"
         self.store(expected, [(job, None) for job, _ in targets], ids[0], ids[-1])
         SEEN["loki push"] += 1
+
+    @rule(items=items, via=st.integers(0, 1))
+    def export_otlp(self, items, via):
+        """The same kind of batch as OTLP/HTTP JSON log records (issue 23): a resource per
+        record naming its job (``quaero.job.id``) and source (``service.name``), the
+        record's attributes, trace and span ids. Like the Loki push, the answer names no
+        ids: each line is found by its unique message, and they must be one new run."""
+        if SKIP & {"export_otlp"}:
+            return
+        lines, targets = self.resolve(items)
+        resources, expected = [], []
+        for line, (job, _) in zip(lines, targets):
+            resource = []
+            if line.get("source"):
+                resource.append({"key": "service.name", "value": {"stringValue": line["source"]}})
+            if job is not None:
+                resource.append({"key": "quaero.job.id", "value": {"stringValue": job.id}})
+            record = {"timeUnixNano": str(time.time_ns()), "severityText": line["level"].upper(),
+                      "body": {"stringValue": line["message"]},
+                      "attributes": [{"key": k, "value": otlp_value(v)}
+                                     for k, v in (line.get("attributes") or {}).items()]}
+            for name, key in (("trace_id", "traceId"), ("span_id", "spanId")):
+                if line.get(name):
+                    record[key] = line[name].lower()
+            resources.append({"resource": {"attributes": resource},
+                              "scopeLogs": [{"logRecords": [record]}]})
+            expected.append(line)
+        r = self.http[via].post("/v1/logs", json={"resourceLogs": resources})
+        assert r.status_code == 200 and "rejected" not in r.text.lower(), r.text
+        ids = []
+        for line in expected:
+            found = self.http[0].get("/api/search", params={"q": line["message"],
+                                                            "level": "debug"}).json()
+            assert len(found["results"]) == 1, (line, found)
+            ids.append(found["results"][0]["id"])
+        assert ids == list(range(ids[0], ids[0] + len(ids))), \
+            f"an export's records took ids {ids}: not one run in order"
+        self.store(expected, [(job, None) for job, _ in targets], ids[0], ids[-1])
+        SEEN["otlp export"] += 1
 
     @rule(items=items, bad=st.sampled_from(["unknown job", "deleted job", "unknown step",
                                             "long job id"]),
