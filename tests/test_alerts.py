@@ -199,8 +199,12 @@ def test_the_matcher_finds_what_asking_every_rule_finds(tmp_path):
             want = [(ln["id"], sorted(r.name for r in rules if r.line_filter.matches(ln)))
                     for ln in lines]
             want = [w for w in want if w[1]]
-            got = [(ln["id"], sorted(r.name for r in found)) for ln, found in m.match(lines)]
-            assert got == want
+            by_line = {}
+            for rule, found in m.match(lines).items():
+                assert [ln["id"] for ln in found] == sorted({ln["id"] for ln in found})
+                for ln in found:
+                    by_line.setdefault(ln["id"], []).append(rule.name)
+            assert sorted((i, sorted(names)) for i, names in by_line.items()) == want
     assert matcher_module.SEP not in "".join(words)
 
 

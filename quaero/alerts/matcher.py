@@ -9,8 +9,9 @@ automaton (pyahocorasick, C) run once over the batch's messages, joined and lowe
 (0.2 µs a line for 60 words, where testing each word on each line took 2.7 µs); rules that
 need attributes are looked at only for lines that have some; the rest are tested on every
 line. Only the candidates are tested in full with ``matches``, which stays the one
-definition of a match. Pure: :meth:`match` equals asking every rule (``tests/test_alerts.py``
-checks it against that on generated lines)."""
+definition of a match; a rule whose index entry is its whole filter (a source, or a word,
+and a level) is not tested again. Pure: :meth:`match` equals asking every rule
+(``tests/test_alerts.py`` checks it against that on generated lines)."""
 from bisect import bisect_right
 
 from ..levels import LEVELS
@@ -43,34 +44,41 @@ class LineMatcher:
         self.empty = not rules
 
     def match(self, lines):
-        """``[(line, rules it matches)]`` for the lines of ``lines`` that match any (job
-        patterns are the caller's), in order."""
+        """``{rule: [the lines of lines it matches, in order]}`` (job patterns are the
+        caller's). Built rule by rule: each rule is in one index, so its lines come in
+        order from one pass."""
+        out = {}
         if self.empty or not lines:
-            return []
-        candidates = {}   # line index -> candidate rules
-        others, by_source, with_attrs = self.others, self.by_source, self.with_attrs
-        if others:
-            candidates = {i: set(others) for i in range(len(lines))}
+            return out
+        exact = self.exact
+
+        def offer(rule, line):
+            if LEVELS[line["level"]] >= rule.line_filter.min_level and (
+                    rule in exact or rule.line_filter.matches(line)):
+                found = out.get(rule)
+                if found is None:
+                    out[rule] = [line]
+                elif found[-1] is not line:   # (a word twice in one line)
+                    found.append(line)
+
+        by_source = self.by_source
         if by_source:
-            for i, line in enumerate(lines):
+            for line in lines:
                 rules = by_source.get(line.get("source"))
                 if rules:
-                    candidates.setdefault(i, set()).update(rules)
-        if with_attrs:
-            for i, line in enumerate(lines):
-                if line.get("attributes"):
-                    candidates.setdefault(i, set()).update(with_attrs)
+                    for rule in rules:
+                        offer(rule, line)
         if self.words:
             for i, rules in self._word_hits(lines):
-                candidates.setdefault(i, set()).update(rules)
-        out, exact = [], self.exact
-        for i in sorted(candidates):
-            line = lines[i]
-            level = LEVELS[line["level"]]
-            matched = [r for r in candidates[i] if r.line_filter.min_level <= level
-                       and (r in exact or r.line_filter.matches(line))]
-            if matched:
-                out.append((line, matched))
+                for rule in rules:
+                    offer(rule, lines[i])
+        for rule in self.with_attrs:
+            for line in lines:
+                if line.get("attributes"):
+                    offer(rule, line)
+        for rule in self.others:
+            for line in lines:
+                offer(rule, line)
         return out
 
     def _word_hits(self, lines):

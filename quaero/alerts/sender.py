@@ -7,12 +7,16 @@ request and its outcome written after; a failure waits for its backoff (``store`
 import json
 import logging
 
+import gevent
+
 from . import store
 from .notify import DeliveryFailed, delivery_key, send
 
 log = logging.getLogger("quaero.alerts")
 
 MAX_IN_FLIGHT = 20
+IDLE_LOOK = 3.0   # seconds between looks for work recorded elsewhere (a test from another
+                  # worker) or retries come due
 
 
 class Sender:
@@ -26,8 +30,9 @@ class Sender:
         """The sender's loop (in the app's ``group``), while the service runs; it sends
         only while the service holds the lease."""
         svc = self.service
+        self._group = group
         while not svc.closed and svc.state.started_here():
-            timeout = 1.0
+            timeout = IDLE_LOOK   # woken at once for what this process records
             if svc.holding:
                 try:
                     room = MAX_IN_FLIGHT - len(self._in_flight)
@@ -65,6 +70,10 @@ class Sender:
             if error is not None:
                 log.warning("alert delivery to %s failed (attempt %d): %s", row.destination,
                             attempts, error)
+                if dest is not None and attempts < store.MAX_ATTEMPTS:   # look again then
+                    later = gevent.Greenlet(self.wake.set)
+                    self._group.add(later)
+                    later.start_later(store.backoff_ms(attempts) / 1000 + 0.05)
             store.mark_outcome(svc.engine, row.id,
                                store.MAX_ATTEMPTS if dest is None else attempts, error)
         except Exception as exc:

@@ -39,8 +39,10 @@ CATCH_UP_PAGE = 5000
 REPLAY_MAX = 200000         # lines replayed at take-over; older ones are skipped, and said so
 STALE_CHECKPOINT_MS = 600_000   # a failover resumes from the checkpoint; after this, now
 CHECKPOINT_EVERY = 5.0      # seconds between saves of states when nothing was decided
-DB_LOOK_EVERY = 0.5         # seconds between looks at the newest id (lines the bus missed)
-JOBS_EVERY = 2.0            # seconds between reads of ended and long-running jobs
+DB_LOOK_EVERY = 0.5         # seconds between looks at the newest id (lines the bus missed;
+DB_LOOK_REDIS = 2.0         # with Redis the bus brings them, and a gap in its ids is read)
+JOBS_EVERY = 5.0            # seconds between reads of ended and long-running jobs (a job
+                            # ending on the bus wakes it at once)
 PRUNE_EVERY = 3600.0
 
 
@@ -75,6 +77,8 @@ class AlertService:
         self.sender = Sender(self)
         self._matcher = LineMatcher([])   # the rules that look at lines (from the take-over)
         self.rules = {}
+        self._db_look_every = DB_LOOK_REDIS if cfg.get("QUAERO_REDIS_URL") else DB_LOOK_EVERY
+        self._files_at = 0.0
         self._jobs_due = True
         self._failing = None
         self.bus.connect(self._on_lines, self._on_status)
@@ -183,6 +187,7 @@ class AlertService:
         self._unsaved = []          # notices decided, not yet written
         self._db_mark = newest
         self._db_look_at = 0.0
+        self._ticked_at = 0.0
         self._saved_at = time.monotonic()
         self._jobs_at = 0.0
         self._pruned_at = 0.0
@@ -210,11 +215,16 @@ class AlertService:
             del self.states[name]
         self._dropped = gone | (set(saved) - set(self.rules))
         self._matcher = LineMatcher([r for r in self.rules.values() if r.on_lines])
+        self._timed = [r for r in self.rules.values() if r.kind in ("match", "absence")]
         self._job_patterns = any(r.on_lines and r.job for r in self.rules.values())
 
     def _evaluate(self):
         now = _ms()
-        if self.library.load():
+        changed = False
+        if time.monotonic() >= self._files_at:   # the folder, at most once a second
+            self._files_at = time.monotonic() + 1.0
+            changed = self.library.load()
+        if changed:
             if not self.library.rules:   # the last rule went: so does the lease
                 self._checkpoint()
                 self.holding = False
@@ -227,11 +237,13 @@ class AlertService:
             notices += self._match_lines(lines, now)
         if self._jobs_due or time.monotonic() - self._jobs_at >= JOBS_EVERY:
             notices += self._job_notices(now)
-        for name, rule in self.rules.items():
-            found = engine.on_tick(rule, self.states[name], now)
-            if found:
-                self.dirty.add(name)
-                notices += found
+        if time.monotonic() >= self._ticked_at + self.tick:   # not at every batch of lines
+            self._ticked_at = time.monotonic()
+            for rule in self._timed:
+                found = engine.on_tick(rule, self.states[rule.name], now)
+                if found:
+                    self.dirty.add(rule.name)
+                    notices += found
         self._unsaved += notices
         if self._unsaved or (time.monotonic() - self._saved_at >= CHECKPOINT_EVERY
                              and (self.dirty or self._cursor_dirty or self._dropped)):
@@ -263,7 +275,7 @@ class AlertService:
             out += fresh
             self.last_id = fresh[-1]["id"]
         if time.monotonic() >= self._db_look_at:
-            self._db_look_at = time.monotonic() + DB_LOOK_EVERY
+            self._db_look_at = time.monotonic() + self._db_look_every
             if self.last_id < self._db_mark:   # not brought by the bus within a look
                 out += self._read(self.last_id, self._db_mark)
             with self.engine.connect() as conn:
@@ -301,10 +313,11 @@ class AlertService:
         if self._job_patterns:
             self._learn_jobs({ln["job_id"] for ln in lines if ln["job_id"]})
         matched = {}
-        for line, rules in matcher.match(lines):
-            for rule in rules:
-                if rule.job is None or self._line_job_matches(rule, line):
-                    matched.setdefault(rule.name, []).append(line)
+        for rule, found in matcher.match(lines).items():
+            if rule.job is not None:
+                found = [ln for ln in found if self._line_job_matches(rule, ln)]
+            if found:
+                matched[rule.name] = found
         notices = []
         for name, found in matched.items():
             self.dirty.add(name)
