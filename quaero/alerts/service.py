@@ -18,24 +18,22 @@ is marked ``sending`` before its request, so that one found ``sending`` by a new
 those are."""
 import logging
 import time
-from collections import deque
 from datetime import timedelta
 
 import gevent
 from gevent.event import Event
 
 from ..models import ENDED, utcnow
-from ..queries import all_lines_between, newest_id
+from ..queries import newest_id
 from . import engine, store
 from .config import AlertLibrary, resolve_alerts_dir
+from .feed import LineFeed
 from .matcher import LineMatcher
 from .jobwatch import job_notices
 from .sender import Sender
 
 log = logging.getLogger("quaero.alerts")
 
-INBOX_MAX_LINES = 50000     # beyond this the inbox is dropped and read from the database
-CATCH_UP_PAGE = 5000
 REPLAY_MAX = 200000         # lines replayed at take-over; older ones are skipped, and said so
 STALE_CHECKPOINT_MS = 600_000   # a failover resumes from the checkpoint; after this, now
 CHECKPOINT_EVERY = 5.0      # seconds between saves of states when nothing was decided
@@ -70,14 +68,12 @@ class AlertService:
         self.holding = False
         self.closed = False
         self._group = None
-        self._inbox = deque()
-        self._inbox_lines = 0
-        self._overflow = False
         self._wake = Event()
         self.sender = Sender(self)
         self._matcher = LineMatcher([])   # the rules that look at lines (from the take-over)
         self.rules = {}
-        self._db_look_every = DB_LOOK_REDIS if cfg.get("QUAERO_REDIS_URL") else DB_LOOK_EVERY
+        self.feed = LineFeed(self.engine, DB_LOOK_REDIS if cfg.get("QUAERO_REDIS_URL")
+                             else DB_LOOK_EVERY)
         self._files_at = 0.0
         self._jobs_due = True
         self._failing = None
@@ -115,14 +111,8 @@ class AlertService:
     def _on_lines(self, lines):
         if not self.holding or self._matcher.empty:
             return
-        if self._inbox_lines + len(lines) > INBOX_MAX_LINES:
-            self._overflow = True   # read from the database instead
-            self._inbox.clear()
-            self._inbox_lines = 0
-            return
-        self._inbox.append(lines)
-        self._inbox_lines += len(lines)
-        self._wake.set()
+        if self.feed.offer(lines):
+            self._wake.set()
 
     def _on_status(self, payload):
         if self.holding and payload.get("job", {}).get("status") in ENDED:
@@ -162,8 +152,6 @@ class AlertService:
 
     def _take_over(self):
         """This process holds the lease: resume from the checkpoint."""
-        self._inbox, self._inbox_lines = deque(), 0   # what came while not holding: stale
-        self.holding = True   # from now on the bus's lines are kept (gaps are read anyway)
         self.library.load()
         saved = store.load_states(self.engine)
         now = _ms()
@@ -174,30 +162,31 @@ class AlertService:
             # the first evaluator ever, or the first for long (no rule meanwhile, or no
             # server up): the rules start from now on, not from the history
             cursor = {"last_id": newest, "jobs_since": now}
-        self.last_id = cursor["last_id"]
-        if newest - self.last_id > REPLAY_MAX:
+        last_id = cursor["last_id"]
+        if newest - last_id > REPLAY_MAX:
             log.warning("alert evaluator: %d lines were committed since the last evaluator "
-                        "stopped; the rules see only the newest %d", newest - self.last_id,
+                        "stopped; the rules see only the newest %d", newest - last_id,
                         REPLAY_MAX)
-            self.last_id = newest - REPLAY_MAX
+            last_id = newest - REPLAY_MAX
+        self.feed.reset(last_id, newest)   # (what the inbox held meanwhile: stale)
         self.jobs_since = cursor["jobs_since"]
         self.states = {}
         self.dirty = set()
         self._reconcile(saved, now)
         self._unsaved = []          # notices decided, not yet written
-        self._db_mark = newest
-        self._db_look_at = 0.0
         self._ticked_at = 0.0
         self._saved_at = time.monotonic()
         self._jobs_at = 0.0
         self._pruned_at = 0.0
         self._job_cache = {}
         self._cursor_dirty = True
-        self._overflow = False
         if self.rules:  # (none: nothing to say in every deployment's service log)
             log.info("alert evaluator: this process (pid %s) evaluates %d rule%s from %s",
                      self.lease.pid, len(self.rules), "" if len(self.rules) == 1 else "s",
                      self.library.alerts_dir)
+        # from now on the bus's lines are kept: those committed since the newest id was
+        # read above are a gap the feed reads from the database
+        self.holding = True
         self.sender.wake.set()
 
     def _reconcile(self, saved, now):
@@ -231,7 +220,12 @@ class AlertService:
                 self.lease.release()
                 return
             self._reconcile({}, now)
-        lines = self._new_lines() if not self._matcher.empty else self._skip_lines()
+        if self._matcher.empty:
+            lines = []
+            self._cursor_dirty |= self.feed.skip()
+        else:
+            lines = self.feed.take()
+            self._cursor_dirty |= bool(lines)
         notices = []
         if lines:
             notices += self._match_lines(lines, now)
@@ -255,56 +249,6 @@ class AlertService:
             store.prune(self.engine, utcnow() - timedelta(days=max(self.retention_days, 1)))
 
     # -- lines ----------------------------------------------------------------------------
-
-    def _new_lines(self):
-        """Every line committed after the last one read, in id order, once."""
-        out = []
-        batches, self._inbox = self._inbox, deque()
-        self._inbox_lines = 0
-        if self._overflow:
-            self._overflow = False
-            batches = deque()
-            with self.engine.connect() as conn:
-                self._db_mark = newest_id(conn)
-        for batch in batches:
-            fresh = [ln for ln in batch if ln["id"] > self.last_id]
-            if not fresh:
-                continue
-            if fresh[0]["id"] != self.last_id + 1:
-                out += self._read(self.last_id, fresh[0]["id"] - 1)
-            out += fresh
-            self.last_id = fresh[-1]["id"]
-        if time.monotonic() >= self._db_look_at:
-            self._db_look_at = time.monotonic() + self._db_look_every
-            if self.last_id < self._db_mark:   # not brought by the bus within a look
-                out += self._read(self.last_id, self._db_mark)
-            with self.engine.connect() as conn:
-                self._db_mark = newest_id(conn)
-        if out:
-            self._cursor_dirty = True
-        return out
-
-    def _skip_lines(self):
-        """No rule looks at lines: the read position follows the newest line, unread (a
-        rule added later starts from there, not from history)."""
-        self._inbox, self._inbox_lines, self._overflow = deque(), 0, False
-        with self.engine.connect() as conn:
-            newest = newest_id(conn)
-        if newest != self.last_id:
-            self.last_id, self._db_mark, self._cursor_dirty = newest, newest, True
-        return []
-
-    def _read(self, after, upto):
-        out = []
-        with self.engine.connect() as conn:
-            while after < upto:
-                page = all_lines_between(conn, after, upto + 1, CATCH_UP_PAGE)
-                if not page:
-                    break
-                out += page
-                after = page[-1]["id"]
-        self.last_id = max(self.last_id, upto)
-        return out
 
     def _match_lines(self, lines, now):
         matcher = self._matcher
@@ -354,7 +298,7 @@ class AlertService:
 
     def _checkpoint(self):
         states = {n: self.states[n] for n in self.dirty if n in self.states}
-        states[store.CURSOR] = {"last_id": self.last_id, "jobs_since": self.jobs_since}
+        states[store.CURSOR] = {"last_id": self.feed.last_id, "jobs_since": self.jobs_since}
         notices = list(self._unsaved)
         with self.engine.begin() as conn:
             self.lease.fence(conn)
