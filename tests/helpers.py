@@ -173,3 +173,26 @@ class _PortTaken(RuntimeError):
 
 
 _IN_USE = re.compile(r"in use|Address already in use|Errno 98")
+
+
+def node_with(folder, package, why):
+    """``node``, with ``folder``'s node_modules installed from its lock file (``npm ci`` on
+    a fresh checkout, once: the suite's workers may all get here, so under a lock); the
+    test is skipped without node and npm (``why``: what they are needed for)."""
+    import fcntl
+    import shutil
+
+    import pytest
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip(f"node and npm are needed for {why} (apt-get install nodejs npm)")
+    lock = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(folder, "node_modules", package, "package.json")):
+            proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=folder,
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    finally:
+        os.close(lock)
+    return node

@@ -2,19 +2,16 @@
 
 A restart (SIGTERM, then a new server on the same port) and the stream cap must not make
 it give up, and it loses no line; a 204 makes it stop."""
-import fcntl
 import json
 import os
-import shutil
 import signal
 import subprocess
-import time
 
 import gevent
 import httpx
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, node_with
 from tests.sse_client import SSEClient
 from tests.tcp_proxy import TCPProxy
 
@@ -25,19 +22,7 @@ ENV = {"QUAERO_STREAM_RETRY_SCALE": "0.1", "QUAERO_PING_INTERVAL": "1"}
 @pytest.fixture(scope="session")
 def node_eventsource():
     """node with tests/js/node_modules installed (``npm ci`` on a fresh checkout)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are needed for the WHATWG EventSource tests (apt-get install nodejs npm)")
-    folder = os.open(JS, os.O_RDONLY)  # locked: the suite's workers (xdist) may all get here
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
-        if not os.path.exists(os.path.join(JS, "node_modules", "eventsource", "package.json")):
-            proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS,
-                                  capture_output=True, text=True, timeout=300)
-            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    finally:
-        os.close(folder)
-    return node
+    return node_with(JS, "eventsource", "the WHATWG EventSource tests")
 
 
 class Follower:

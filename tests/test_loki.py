@@ -2,14 +2,12 @@
 Flask test client on SQLite and PostgreSQL, the label grammar, the limits and the
 all-or-nothing answer, the token rule; and real clients nobody here wrote against a live
 server: ``python-logging-loki`` (JSON) and node's ``winston-loki`` (snappy protobuf)."""
-import fcntl
 import gzip
 import io
 import json
 import logging
 import os
 import queue
-import shutil
 import subprocess
 
 import cramjam
@@ -20,7 +18,7 @@ import sqlalchemy as sa
 from quaero.models import LogEntry, db
 from quaero.web.loki import parse_labels, stream_fields
 from quaero.web.protowire import count_nested
-from tests.helpers import ROOT, make_app
+from tests.helpers import ROOT, make_app, node_with
 
 PUSH = "/loki/api/v1/push"
 NS = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
@@ -483,19 +481,7 @@ WINSTON = os.path.join(ROOT, "tests", "js", "loki")
 @pytest.fixture(scope="session")
 def node_winston_loki():
     """node with tests/js/loki/node_modules installed (``npm ci`` on a fresh checkout)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are needed for the winston-loki test (apt-get install nodejs npm)")
-    folder = os.open(WINSTON, os.O_RDONLY)  # locked: the suite's workers (xdist) may all get here
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
-        if not os.path.exists(os.path.join(WINSTON, "node_modules", "winston-loki", "package.json")):
-            proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=WINSTON,
-                                  capture_output=True, text=True, timeout=300)
-            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    finally:
-        os.close(folder)
-    return node
+    return node_with(WINSTON, "winston-loki", "the winston-loki test")
 
 
 def test_winston_loki_sends_snappy_protobuf(server_factory, node_winston_loki):

@@ -677,16 +677,21 @@ class QuaeroModel(RuleBasedStateMachine):
             body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
         r = self.http[via].post("/loki/api/v1/push", content=body, headers=headers)
         assert r.status_code == 204, f"Loki push: want 204, got {r.status_code} {r.text}"
+        self.store_found(expected, targets)
+        SEEN["loki push"] += 1
+
+    def store_found(self, lines, targets):
+        """Store a batch whose answer named no ids (Loki, OTLP): each line is found by its
+        unique message, and the batch must have taken one run of new ids, in order."""
         ids = []
-        for line in expected:
+        for line in lines:
             found = self.http[0].get("/api/search", params={"q": line["message"],
                                                             "level": "debug"}).json()
             assert len(found["results"]) == 1, (line, found)
             ids.append(found["results"][0]["id"])
         assert ids == list(range(ids[0], ids[0] + len(ids))), \
-            f"a push's lines took ids {ids}: not one run in push order"
-        self.store(expected, [(job, None) for job, _ in targets], ids[0], ids[-1])
-        SEEN["loki push"] += 1
+            f"a batch's lines took ids {ids}: not one run in order"
+        self.store(lines, [(job, None) for job, _ in targets], ids[0], ids[-1])
 
     @rule(items=items, via=st.integers(0, 1))
     def export_otlp(self, items, via):
@@ -716,15 +721,7 @@ class QuaeroModel(RuleBasedStateMachine):
             expected.append(line)
         r = self.http[via].post("/v1/logs", json={"resourceLogs": resources})
         assert r.status_code == 200 and "rejected" not in r.text.lower(), r.text
-        ids = []
-        for line in expected:
-            found = self.http[0].get("/api/search", params={"q": line["message"],
-                                                            "level": "debug"}).json()
-            assert len(found["results"]) == 1, (line, found)
-            ids.append(found["results"][0]["id"])
-        assert ids == list(range(ids[0], ids[0] + len(ids))), \
-            f"an export's records took ids {ids}: not one run in order"
-        self.store(expected, [(job, None) for job, _ in targets], ids[0], ids[-1])
+        self.store_found(expected, targets)
         SEEN["otlp export"] += 1
 
     @rule(items=items, bad=st.sampled_from(["unknown job", "deleted job", "unknown step",

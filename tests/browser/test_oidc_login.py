@@ -5,11 +5,9 @@ An admin-group user sees Settings; a read-group user sees no Run or Cancel and a
 their session is 403; someone in no group is refused (403 page, no session); signing out
 kills a copied cookie and goes through the provider's sign-out; a tampered state and the
 provider's access_denied are 4xx pages with nothing signed in."""
-import fcntl
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 
@@ -17,7 +15,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.helpers import ROOT, Server, free_port
+from tests.helpers import ROOT, Server, free_port, node_with
 
 TOKEN = "oidc-admin-" + "t0k3n" * 6
 CLIENT_ID, CLIENT_SECRET = "quaero-tests", "client-" + "s3cr3t" * 6
@@ -35,20 +33,7 @@ ACCOUNTS = {
 @pytest.fixture(scope="module")
 def node_oidc_provider():
     """node with tests/js/oidc/node_modules installed (``npm ci`` on a fresh checkout)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are needed for the OpenID provider (apt-get install nodejs npm)")
-    folder = os.open(PROVIDER, os.O_RDONLY)  # locked: the suite's workers (xdist) may all get here
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
-        if not os.path.exists(os.path.join(PROVIDER, "node_modules", "oidc-provider",
-                                           "package.json")):
-            proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=PROVIDER,
-                                  capture_output=True, text=True, timeout=300)
-            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    finally:
-        os.close(folder)
-    return node
+    return node_with(PROVIDER, "oidc-provider", "the OpenID provider")
 
 
 @pytest.fixture(scope="module")
