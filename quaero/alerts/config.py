@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from ..levels import LEVELS
 from ..queries import LineFilter
+from ..runner.definitions import toml_files
 
 log = logging.getLogger("quaero.alerts")
 
@@ -336,19 +337,7 @@ class AlertLibrary:
         self._reported = {}
 
     def _files(self):
-        try:
-            entries = sorted((e for e in os.scandir(self.alerts_dir)
-                              if e.name.endswith(".toml") and e.is_file()), key=lambda e: e.name)
-        except OSError:
-            return ()
-        out = []
-        for e in entries:
-            try:
-                st = e.stat()
-            except OSError:
-                continue
-            out.append((e.path, st.st_mtime_ns, st.st_size))
-        return tuple(out)
+        return toml_files(self.alerts_dir)
 
     def load(self):
         """Read the folder again if a file changed; True when it did."""

@@ -198,6 +198,24 @@ def resolve_jobs_dir(configured):
     return path
 
 
+def toml_files(folder):
+    """``(path, mtime_ns, size)`` of each ``*.toml`` file in ``folder``, by name: a
+    folder's signature (it changed when this did); empty when it cannot be read."""
+    try:
+        entries = sorted((e for e in os.scandir(folder)
+                          if e.name.endswith(".toml") and e.is_file()), key=lambda e: e.name)
+    except OSError:
+        return ()
+    out = []
+    for e in entries:
+        try:
+            st = e.stat()
+        except OSError:
+            continue
+        out.append((e.path, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
 class DefinitionLibrary:
     """The definitions of one jobs folder, read again whenever a file changes."""
 
@@ -210,19 +228,7 @@ class DefinitionLibrary:
         self._load()
 
     def _files(self):
-        try:
-            entries = sorted((e for e in os.scandir(self.jobs_dir)
-                              if e.name.endswith(".toml") and e.is_file()), key=lambda e: e.name)
-        except OSError:
-            return ()
-        out = []
-        for e in entries:
-            try:
-                st = e.stat()
-            except OSError:
-                continue
-            out.append((e.path, st.st_mtime_ns, st.st_size))
-        return tuple(out)
+        return toml_files(self.jobs_dir)
 
     def _load(self):
         """(Re)read the definition files when any changed; bad files are reported once."""
