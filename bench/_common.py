@@ -206,6 +206,17 @@ def pct(values, q):
     return s[k]
 
 
+def timed(fn, n=15):
+    """``(median milliseconds, last result)`` of ``n`` calls of ``fn``, after one to warm."""
+    fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3, out
+
+
 def median(values):
     return statistics.median(values) if values else float("nan")
 

@@ -26,7 +26,6 @@ import http.client
 import json
 import os
 import random
-import statistics
 import sys
 import time
 import urllib.parse
@@ -35,7 +34,7 @@ from datetime import datetime, timedelta
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import Server, create_job, loadavg, revision, temp_database  # noqa: E402
+from _common import Server, create_job, loadavg, revision, temp_database, timed  # noqa: E402
 
 JOBS = 200
 RARE_WORD = "Zebra-Quokka"
@@ -114,16 +113,6 @@ class Client:
         r = self.conn.getresponse()
         out = r.read()
         assert r.status == 201, (r.status, out[:300])
-
-
-def timed(fn, n=15):
-    fn()  # warm
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3, out
 
 
 def measure(url, jobs, lines):

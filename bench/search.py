@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import Server, loadavg, revision, temp_database  # noqa: E402
+from _common import Server, loadavg, revision, temp_database, timed  # noqa: E402
 
 import sqlalchemy as sa  # noqa: E402
 
@@ -149,16 +149,6 @@ class Client:
         if r.status != 201:
             raise RuntimeError(f"POST {path} -> {r.status} {out[:200]!r}")
         return json.loads(out)
-
-
-def timed(fn, n=15):
-    fn()  # warm
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3, out
 
 
 def floor_figures(path):
