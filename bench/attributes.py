@@ -29,7 +29,7 @@ import random
 import sys
 import time
 import urllib.parse
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,7 +65,8 @@ def build(url, lines):
     engine = sa.create_engine(url)
     rnd = random.Random(23)
     t0 = time.perf_counter()
-    start = datetime(2026, 11, 1)
+    # a day ago: inside the default retention (30 days), which prunes older service lines
+    start = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=1)
     batch = []
     for i in range(lines):
         k = i % (JOBS + 1)

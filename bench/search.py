@@ -4,8 +4,8 @@
     python bench/search.py --rebuild        # build the data again
     python bench/search.py --postgres       # then the same on PostgreSQL
 
-The data is written with direct SQL (no HTTP) into a database brought up by the
-migrations, so the text index is the one the server keeps. Then a gunicorn worker
+The data is written by the server's own write path (no HTTP) into a database brought up
+by the migrations, so the layout and the text index are the ones the server keeps. Then a gunicorn worker
 answers ``GET /api/search`` and ``GET /api/logs?...&q=`` over keep-alive HTTP.
 
 Floor, in the same run: a bare SQLite FTS5 trigram table over the same messages (rowid =
@@ -20,16 +20,16 @@ import statistics
 import sys
 import time
 import urllib.parse
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import Server, loadavg, revision, temp_database, timed  # noqa: E402
+from _common import Server, create_job, loadavg, revision, temp_database, timed  # noqa: E402
 
 import sqlalchemy as sa  # noqa: E402
 
-LINES = 1_000_000
+LINES = int(os.environ.get("QUAERO_BENCH_LINES", 1_000_000))
 JOBS = 200
 RARE = "Zebra-Quokka"        # in 5 lines, one of them in the measured job
 COMMON = "timeout"           # in every 10th line
@@ -48,53 +48,42 @@ def message(i, rnd):
 
 def build(url):
     """1M lines: line i belongs to job i % 201 (200 = the service log), so jobs interleave
-    as they do when they run at the same time."""
-    from quaero.models import (ID_KEY, SERVICE_KEY, counters_t, counts_t, log_t,
-                               new_id)
-    engine = sa.create_engine(url)
+    as they do when they run at the same time. Jobs through the API (a short-lived
+    server), lines through the server's own write path (``storage.write_lines``, in this
+    process), so the layout, counters and text index are the ones the server keeps."""
     from quaero.migrate import init_db
+    from quaero.storage import index_behind, write_lines
+    engine = sa.create_engine(url)
     init_db(engine)
+    engine.dispose()
+    with Server(url) as server:
+        jobs = [create_job(server.url, name=f"job-{k}") for k in range(JOBS)]
+    engine = sa.create_engine(url)
     rnd = random.Random(12)
-    jobs = [new_id() for _ in range(JOBS)]
     t0 = time.perf_counter()
-    now = datetime(2026, 11, 1)
-    with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO jobs (id, name, status, created_at) "
-                             "VALUES (:id, :name, 'completed', :t)"),
-                     [{"id": j, "name": f"job-{k}", "t": now} for k, j in enumerate(jobs)])
-        conn.execute(counters_t.insert(), [{"key": j, "value": 0} for j in jobs])
-    numbers = {}
+    # a day ago: inside the default retention (30 days), which prunes older service lines
+    now = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=1)
     rare_at = {LINES // 5 * k + 7 * 201 + 3 for k in range(5)}  # job 3 gets the last one
     batch = []
     for i in range(LINES):
         k = i % (JOBS + 1)
-        key = SERVICE_KEY if k == JOBS else jobs[k]
-        numbers[key] = numbers.get(key, 0) + 1
         msg = message(i, rnd)
         if i in rare_at:
             msg += f" {RARE} seen"
         if i % 5000 == 17:
             msg += f" {SHORT}!"
-        batch.append({"id": i + 1, "job_id": None if k == JOBS else key, "step_name": None,
+        batch.append({"job_id": None if k == JOBS else jobs[k], "step_name": None,
                       "level": (20, 20, 20, 30, 10, 40, 20, 20, 20, 20)[i % 10],
                       "message": msg, "timestamp": now + timedelta(milliseconds=i),
-                      "line_number": numbers[key]})
-        if len(batch) == 50_000:
-            _insert(engine, batch)
+                      "source": None, "attributes": None, "trace_id": None, "span_id": None})
+        if len(batch) == 20_000:
+            with engine.begin() as conn:
+                write_lines(conn, batch)
             batch = []
     if batch:
-        _insert(engine, batch)
-    with engine.begin() as conn:
-        for key, n in numbers.items():
-            conn.execute(counters_t.update().where(counters_t.c.key == key).values(value=n))
-        conn.execute(counters_t.update().where(counters_t.c.key == ID_KEY).values(value=LINES))
-        rows = conn.execute(sa.select(sa.func.coalesce(log_t.c.job_id, SERVICE_KEY),
-                                      log_t.c.level, sa.func.count())
-                            .group_by(log_t.c.job_id, log_t.c.level)).all()
-        conn.execute(counts_t.insert(), [{"key": k, "step_name": "", "level": lv, "count": n}
-                                         for k, lv, n in rows])
+        with engine.begin() as conn:
+            write_lines(conn, batch)
     if engine.dialect.name == "sqlite":
-        from quaero.storage import index_behind
         with engine.begin() as conn:  # what the writer does when idle, all at once
             index_behind(conn, chunk=LINES)
         with engine.begin() as conn:
@@ -110,20 +99,6 @@ def build(url):
     print(f"built {LINES:,} lines in {JOBS} jobs + the service log in "
           f"{time.perf_counter() - t0:.0f} s")
     return jobs
-
-
-def _insert(engine, rows):
-    from quaero.models import log_t
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            with conn.connection.driver_connection.cursor() as cur, cur.copy(
-                    "COPY log_entries (id, job_id, step_name, level, message, timestamp, "
-                    "line_number) FROM STDIN") as copy:
-                for r in rows:
-                    copy.write_row((r["id"], r["job_id"], r["step_name"], r["level"],
-                                    r["message"], r["timestamp"], r["line_number"]))
-        else:
-            conn.execute(log_t.insert(), rows)
 
 
 class Client:
