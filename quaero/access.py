@@ -120,6 +120,7 @@ class Principal:
     name: str
     scopes: frozenset
     jobs: str = None            # a key's job pattern: only jobs whose name matches
+    sources: frozenset = None   # a key's sources: lines it sends must name one of them
     key_id: str = None
     session_id: str = None      # the hash that names the session's row
     role: str = None
@@ -142,6 +143,11 @@ class Principal:
             return True
         return any(v is not None and job_pattern_matches(self.jobs, v)
                    for v in (name, definition))
+
+    def may_source(self, source):
+        """A source this principal may send lines as: it has no source list, or the
+        source is on it (a line without a source is not)."""
+        return self.sources is None or source in self.sources
 
     @property
     def is_admin(self):
@@ -181,7 +187,22 @@ def job_refusal(principal, job_name):
             f"{principal.jobs!r}; job {job_name!r} does not")
 
 
-# --- job patterns ----------------------------------------------------------------------
+# --- job patterns and sources -------------------------------------------------------------
+
+MAX_SOURCES = 20
+
+
+def clean_sources(value):
+    """A key's source list as given (None: no limit), or ValueError saying why not."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not 0 < len(value) <= MAX_SOURCES
+            or not all(isinstance(s, str) and 0 < len(s) <= 200 and "\x00" not in s
+                       for s in value)):
+        raise ValueError(f"sources must be a list of 1 to {MAX_SOURCES} source names "
+                         "(1 to 200 characters each)")
+    return sorted(set(value))
+
 
 def clean_pattern(value):
     """A job pattern as given (None: no limit), or ValueError saying why not."""

@@ -6,6 +6,7 @@ so a key revoked (or a session ended) on one worker is refused on every other wo
 host by their next request; nothing is cached. A key's ``last_used_at`` is written at most
 once a minute (``access.last_used_due``), not once per request. Each function takes the
 engine and holds no transaction beyond its own few statements."""
+import json
 import secrets
 from types import SimpleNamespace
 
@@ -21,15 +22,18 @@ from .models import iso, keys_t, login_failures_t, sessions_t
 
 def key_dict(row):
     return {"id": row.id, "name": row.name, "scopes": row.scopes.split(","),
-            "jobs": row.jobs, "created_by": row.created_by, "created_at": iso(row.created_at),
+            "jobs": row.jobs, "sources": json.loads(row.sources) if row.sources else None,
+            "created_by": row.created_by, "created_at": iso(row.created_at),
             "expires_at": iso(row.expires_at), "last_used_at": iso(row.last_used_at)}
 
 
-def create_key(engine, name, scopes, jobs, expires_at, created_by, now):
+def create_key(engine, name, scopes, jobs, expires_at, created_by, now, sources=None):
     """A new key: ``(its dict, its text)``; the text is shown once and never kept."""
     key_id, text = access.new_key()
     values = {"id": key_id, "name": name, "secret_hash": access.secret_hash(text),
-              "scopes": ",".join(scopes), "jobs": jobs, "created_by": created_by[:200],
+              "scopes": ",".join(scopes), "jobs": jobs,
+              "sources": json.dumps(sources) if sources is not None else None,
+              "created_by": created_by[:200],
               "created_at": now, "expires_at": expires_at, "last_used_at": None,
               "revoked_at": None}
     with engine.begin() as conn:
@@ -57,7 +61,7 @@ def revoke_key(engine, key_id, now):
 
 
 _FIND_KEY = sa.select(keys_t.c.name, keys_t.c.secret_hash, keys_t.c.scopes, keys_t.c.jobs,
-                      keys_t.c.expires_at, keys_t.c.revoked_at, keys_t.c.last_used_at
+                      keys_t.c.sources, keys_t.c.expires_at, keys_t.c.revoked_at, keys_t.c.last_used_at
                       ).where(keys_t.c.id == sa.bindparam("id"))
 
 
@@ -81,8 +85,9 @@ def key_principal(engine, text, now):
         raise KeyRefused("this key has expired")
     if access.last_used_due(row.last_used_at, now):
         _mark_used(engine, key_id, now)
+    sources = frozenset(json.loads(row.sources)) if row.sources else None
     return access.Principal("key", row.name, frozenset(row.scopes.split(",")), jobs=row.jobs,
-                            key_id=key_id)
+                            sources=sources, key_id=key_id)
 
 
 def _mark_used(engine, key_id, now):

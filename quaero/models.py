@@ -263,6 +263,7 @@ class ApiKey(db.Model):
     secret_hash = sa.Column(sa.String(64), nullable=False)
     scopes = sa.Column(sa.String(64), nullable=False)       # comma-separated, SCOPES order
     jobs = sa.Column(sa.String(200), nullable=True)          # job name pattern, None: all
+    sources = sa.Column(sa.Text, nullable=True)   # JSON list of the sources it may send as
     created_by = sa.Column(sa.String(200), nullable=False)
     created_at = sa.Column(sa.DateTime, nullable=False)
     expires_at = sa.Column(sa.DateTime, nullable=True)

@@ -242,6 +242,41 @@ def test_otlp_lines_of_a_limited_key(tapp):
     assert c.post("/v1/logs", json=export(mine), headers=key).status_code == 200
 
 
+def test_a_key_limited_to_sources(kapp):
+    """A key with ``sources`` sends lines naming one of them only, by every way in."""
+    c = kapp.test_client()
+    made = new_key(c, name="ci", scopes=["ingest", "read"], sources=["ci", "ci-arm"])
+    assert made["sources"] == ["ci", "ci-arm"]
+    assert [k["sources"] for k in c.get("/api/keys", headers=ADMIN).get_json()["keys"]] == \
+        [["ci", "ci-arm"]]
+    key = bearer(made["key"])
+    ok = {"logs": [{"level": "info", "message": "built", "source": "ci"},
+                   {"level": "info", "message": "built", "source": "ci-arm"}]}
+    assert c.post("/api/logs", json=ok, headers=key).status_code == 201
+    for line in ({"level": "info", "message": "x"}, {"level": "info", "message": "x",
+                                                     "source": "prod"}):
+        r = c.post("/api/logs", json={"logs": [ok["logs"][0], line]}, headers=key)
+        assert r.status_code == 403 and "source" in r.get_json()["error"], r.get_json()
+    loki = {"streams": [{"stream": {"service_name": "prod"}, "values": [["1", "x"]]}]}
+    assert c.post("/loki/api/v1/push", json=loki, headers=key).status_code == 403
+    loki["streams"][0]["stream"]["service_name"] = "ci"
+    assert c.post("/loki/api/v1/push", json=loki, headers=key).status_code == 204
+    otlp = {"resourceLogs": [{"resource": {"attributes": [
+        {"key": "service.name", "value": {"stringValue": "prod"}}]}, "scopeLogs": [
+        {"logRecords": [{"body": {"stringValue": "otlp"}, "severityText": "INFO"}]}]}]}
+    assert c.post("/v1/logs", json=otlp, headers=key).status_code == 403
+    stored = c.get("/api/logs?scope=service&level=debug&limit=500", headers=ADMIN).get_json()
+    assert sorted(ln["source"] for ln in stored["logs"] if ln["source"] != "audit") == \
+        ["ci", "ci", "ci-arm"]                        # nothing of the refused requests
+    for bad in ([], ["x" * 201], "ci", [1], ["ok"] * 21 + ["y"]):
+        r = c.post("/api/keys", json={"name": "b", "scopes": ["ingest"], "sources": bad},
+                   headers=ADMIN)
+        assert r.status_code == 400, bad
+    r = c.post("/api/keys", json={"name": "b", "scopes": ["admin"], "sources": ["ci"]},
+               headers=ADMIN)
+    assert r.status_code == 400
+
+
 # --- refusals change nothing and read no body ------------------------------------------
 
 class _CountingBody(io.BytesIO):

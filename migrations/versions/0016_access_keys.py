@@ -26,6 +26,7 @@ def upgrade():
         sa.Column("secret_hash", sa.String(64), nullable=False),
         sa.Column("scopes", sa.String(64), nullable=False),
         sa.Column("jobs", sa.String(200), nullable=True),
+        sa.Column("sources", sa.Text(), nullable=True),
         sa.Column("created_by", sa.String(200), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("expires_at", sa.DateTime(), nullable=True),

@@ -21,14 +21,18 @@ def keys():
               help="A scope (repeatable): ingest, read, operate, admin (admin implies all).")
 @click.option("--jobs", "jobs", metavar="PATTERN",
               help="Only jobs whose name matches PATTERN (* and ?), e.g. 'nightly-*'.")
+@click.option("--source", "sources", multiple=True, metavar="NAME",
+              help="Lines it sends must name this source (repeatable), e.g. 'ci'.")
 @click.option("--expires", metavar="ISO", help="Expiry, ISO 8601 (without a zone: UTC).")
 @click.option("--json", "as_json", is_flag=True, help="The API's answer as JSON.")
 @click.pass_obj
-def create(settings, name, scopes, jobs, expires, as_json):
+def create(settings, name, scopes, jobs, sources, expires, as_json):
     """Make a key and print it: it is shown this once and never again."""
     body = {"name": name, "scopes": list(scopes)}
     if jobs:
         body["jobs"] = jobs
+    if sources:
+        body["sources"] = list(sources)
     if expires:
         body["expires_at"] = expires
     key = api_call(settings, "POST", "/api/keys", json=body)
@@ -38,6 +42,7 @@ def create(settings, name, scopes, jobs, expires, as_json):
     click.echo(key["key"])
     click.echo(f"key {key['id']} ({key['name']}): {', '.join(key['scopes'])}"
                f"{' for jobs ' + key['jobs'] if key['jobs'] else ''}"
+               f"{' as source ' + ', '.join(key['sources']) if key.get('sources') else ''}"
                f"{', expires ' + key['expires_at'] if key['expires_at'] else ''}. "
                "Copy it now: it is not shown again.", err=True)
 

@@ -28,18 +28,21 @@ def create_key():
     try:
         scopes = access.clean_scopes(data.get("scopes"))
         jobs = access.clean_pattern(data.get("jobs"))
+        sources = access.clean_sources(data.get("sources"))
         expires_at = access.parse_expiry(data.get("expires_at"), now)
     except ValueError as exc:
         raise Invalid(str(exc)) from None
-    if jobs is not None and access.ADMIN in scopes:
-        raise Invalid("an admin key cannot be limited to jobs (it could make keys that are not)")
-    unknown = set(data) - {"name", "scopes", "jobs", "expires_at"}
+    if (jobs is not None or sources is not None) and access.ADMIN in scopes:
+        raise Invalid("an admin key cannot be limited to jobs or sources (it could make "
+                      "keys that are not)")
+    unknown = set(data) - {"name", "scopes", "jobs", "sources", "expires_at"}
     if unknown:
         raise Invalid(f"unknown field {sorted(unknown)[0]!r}")
     key, secret = keystore.create_key(_engine(), name.strip(), scopes, jobs, expires_at,
-                                      actor(), now)
+                                      actor(), now, sources=sources)
     audit("key-create", f"created key {key['name']!r} ({key['id']}) with scopes "
-                        f"{','.join(scopes)}" + (f" for jobs {jobs!r}" if jobs else ""),
+                        f"{','.join(scopes)}" + (f" for jobs {jobs!r}" if jobs else "")
+                        + (f" as sources {', '.join(sources)}" if sources else ""),
           key_id=key["id"], key_name=key["name"], scopes=",".join(scopes), jobs=jobs)
     return jsonify({**key, "key": secret}), 201
 

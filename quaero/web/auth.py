@@ -181,9 +181,18 @@ def _check_named_jobs(who, rule):
 
 def check_line_targets(lines):
     """Lines about to be stored: a key limited to some jobs may send lines to those jobs
-    only (not to the service log, nor to other jobs)."""
+    only (not to the service log, nor to other jobs); a key limited to some sources, lines
+    naming one of them only."""
     who = principal()
-    if who is None or who.jobs is None:
+    if who is None:
+        return
+    if who.sources is not None:
+        for line in lines:
+            if not who.may_source(line.get("source")):
+                raise Forbidden(f"forbidden: {access.describe(who)} may send lines only with "
+                                f"source {', '.join(sorted(who.sources))}; a line has "
+                                f"{line.get('source')!r}")
+    if who.jobs is None:
         return
     ids = {line["job_id"] for line in lines}
     if None in ids:
