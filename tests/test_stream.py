@@ -169,7 +169,9 @@ def test_leading_edge_then_coalescing(own_api):
             f"burst{i}" for i in range(10)]
         times = [ev.received] + [e.received for e in events]
         gaps = [b - a for a, b in zip(times, times[1:])]
-        assert all(g >= 0.13 for g in gaps), gaps
+        # the server spaces events 150 ms apart; seen from here a gap shrinks by how much
+        # later the earlier event arrived than the later one (a loaded machine: 30 ms)
+        assert all(g >= 0.1 for g in gaps), gaps
         assert len(events) <= 3
     finally:
         s.close()
