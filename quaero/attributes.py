@@ -6,7 +6,7 @@ the stream and the model agree."""
 import math
 import re
 
-from .errors import Invalid, TooLarge
+from .errors import Invalid
 # the limits live with the producers' side (no server imports there); validation is here
 from .fields import (MAX_BYTES, MAX_KEY, MAX_KEYS, MAX_VALUE_BYTES, SPAN_DIGITS,  # noqa: F401
                      TRACE_DIGITS, safe_text as _text)
@@ -28,7 +28,7 @@ def clean_attributes(value, where):
     if not value:
         return None
     if len(value) > MAX_KEYS:
-        raise TooLarge(f"{where} has more than {MAX_KEYS} keys")
+        raise Invalid(f"{where} has more than {MAX_KEYS} keys")
     out, size = {}, 0
     for key, v in value.items():   # (types by identity, ASCII without encoding: the hot path)
         if type(key) is not str or not 0 < len(key) <= MAX_KEY:
@@ -46,7 +46,7 @@ def clean_attributes(value, where):
                 v = _text(v)
                 n = len(v.encode("utf-8"))
             if n > MAX_VALUE_BYTES:
-                raise TooLarge(f"{where}[{key!r}] is over {MAX_VALUE_BYTES} bytes")
+                raise Invalid(f"{where}[{key!r}] is over {MAX_VALUE_BYTES} bytes")
             size += n
         elif t is bool:
             size += 5
@@ -61,7 +61,7 @@ def clean_attributes(value, where):
         else:
             raise Invalid(f"{where}[{key!r}] must be a string, a number or a boolean")
         if size > MAX_BYTES:
-            raise TooLarge(f"{where} is over {MAX_BYTES} bytes")
+            raise Invalid(f"{where} is over {MAX_BYTES} bytes")
         out[key] = v
     return out
 
