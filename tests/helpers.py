@@ -1,6 +1,7 @@
 """What the tests share besides pytest's fixtures (those are in conftest.py): the app as a
 worker runs it, a real gunicorn, free ports, PostgreSQL's admin connection, and
 ``eventually`` — the one way to wait for something (never sleep, then assert)."""
+import io
 import os
 import re
 import socket
@@ -196,3 +197,26 @@ def node_with(folder, package, why):
     finally:
         os.close(lock)
     return node
+
+
+class CountingBody(io.BytesIO):
+    """A request body that says how much of it the server read."""
+
+    def __init__(self, size):
+        super().__init__(b"{" * size)
+        self.read_bytes = 0
+
+    def read(self, n=-1):
+        data = super().read(n)
+        self.read_bytes += len(data)
+        return data
+
+    def readinto(self, buf):
+        n = super().readinto(buf)
+        self.read_bytes += n
+        return n
+
+    def readline(self, n=-1):
+        data = super().readline(n)
+        self.read_bytes += len(data)
+        return data

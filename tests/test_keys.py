@@ -1,6 +1,5 @@
 """API keys, their scopes and job patterns, server-side sessions, the sign-in rate limit and
 the audit trail (issue 24; docs/contract.md "Access")."""
-import io
 import os
 import re
 import subprocess
@@ -15,7 +14,7 @@ import sqlalchemy as sa
 
 from quaero import access, keystore
 from quaero.models import keys_t, sessions_t, utcnow
-from tests.helpers import REDIS_URL, ROOT, eventually, make_app
+from tests.helpers import CountingBody, REDIS_URL, ROOT, eventually, make_app
 
 TOKEN = "keys-" + "t0k3n" * 6
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -279,33 +278,10 @@ def test_a_key_limited_to_sources(kapp):
 
 # --- refusals change nothing and read no body ------------------------------------------
 
-class _CountingBody(io.BytesIO):
-    """A request body that says how much of it the server read."""
-
-    def __init__(self, size):
-        super().__init__(b"{" * size)
-        self.read_bytes = 0
-
-    def read(self, n=-1):
-        data = super().read(n)
-        self.read_bytes += len(data)
-        return data
-
-    def readinto(self, buf):
-        n = super().readinto(buf)
-        self.read_bytes += n
-        return n
-
-    def readline(self, n=-1):
-        data = super().readline(n)
-        self.read_bytes += len(data)
-        return data
-
-
 def test_a_refused_scope_reads_no_body_and_stores_nothing(tapp):
     c = tapp.test_client()
     reader = bearer(new_key(c, scopes=["read"])["key"])
-    body = _CountingBody(8 << 20)
+    body = CountingBody(8 << 20)
     r = c.post("/api/logs", input_stream=body, content_type="application/json", headers=reader)
     assert r.status_code == 403 and "'ingest'" in r.get_json()["error"]
     assert body.read_bytes <= (1 << 20) + 65536       # the drain at most, never parsed

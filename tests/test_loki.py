@@ -3,7 +3,6 @@ Flask test client on SQLite and PostgreSQL, the label grammar, the limits and th
 all-or-nothing answer, the token rule; and real clients nobody here wrote against a live
 server: ``python-logging-loki`` (JSON) and node's ``winston-loki`` (snappy protobuf)."""
 import gzip
-import io
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import sqlalchemy as sa
 from quaero.models import LogEntry, db
 from quaero.web.loki import parse_labels, stream_fields
 from quaero.web.protowire import count_nested
-from tests.helpers import ROOT, make_app, node_with
+from tests.helpers import CountingBody, ROOT, make_app, node_with
 
 PUSH = "/loki/api/v1/push"
 NS = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
@@ -365,29 +364,6 @@ def test_idempotency_key_replays_without_storing_again(c, any_app):
     assert stored(any_app) == 1
 
 
-class _CountingBody(io.BytesIO):
-    """A request body that says how much of it the server read."""
-
-    def __init__(self, size):
-        super().__init__(b"{" * size)
-        self.read_bytes = 0
-
-    def read(self, n=-1):
-        data = super().read(n)
-        self.read_bytes += len(data)
-        return data
-
-    def readinto(self, buf):
-        n = super().readinto(buf)
-        self.read_bytes += n
-        return n
-
-    def readline(self, n=-1):
-        data = super().readline(n)
-        self.read_bytes += len(data)
-        return data
-
-
 @pytest.fixture
 def token_app(tmp_path):
     app = make_app(f"sqlite:///{tmp_path}/q.db", tmp_path, QUAERO_API_TOKEN="loki-secret",
@@ -411,11 +387,11 @@ def test_the_token_rule_refuses_on_the_headers(token_app):
     assert stored(token_app) == 1
     # 8 MB without the token: answered on the headers; at most the 1 MiB drain is read
     # (params.close_unread_body), never the body
-    body = _CountingBody(8 << 20)
+    body = CountingBody(8 << 20)
     r = c.post(PUSH, input_stream=body, content_type="application/json")
     assert r.status_code == 401 and body.read_bytes <= (1 << 20) + 65536
     # over the size limit with the token: the same
-    body = _CountingBody(32 << 20)
+    body = CountingBody(32 << 20)
     r = c.post(PUSH, input_stream=body, content_type="application/json",
                headers={"Authorization": "Bearer loki-secret"})
     assert r.status_code == 413 and r.json["error"]
