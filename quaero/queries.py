@@ -224,13 +224,17 @@ def _candidates(parts):
     return sa.text(" UNION ALL ".join(parts)).columns(sa.column("id", sa.Integer))
 
 
-def _where(f, conn):
+def _where(f, conn, gens=None):
     """The filter as conditions. "info and above" (the default) matches nearly every line,
     so its level test is kept out of the index choice (``level + 0``): the job's or step's
     index is then read backwards from the newest line, instead of every line at a level
     being collected and sorted. Rarer levels (warn, error) use the (job, level, id) index,
     which holds only them: its condition is stated as written (a literal), since neither
-    planner proves ``level >= :bound`` implies it."""
+    planner proves ``level >= :bound`` implies it. ``gens``: SQLite's search index
+    generations when the caller has read them (``tail_lines``: once for every job)."""
+    dialect = conn.dialect.name
+    if gens is None:
+        gens = generations(conn) if dialect == "sqlite" and (f.q is not None or f.attrs) else ()
     conds = []
     if f.min_level > LEVELS["info"]:  # warn or error: RARE_LEVEL and above
         conds.append(log_t.c.level >= f.min_level)
@@ -242,15 +246,12 @@ def _where(f, conn):
     if f.step is not None:
         conds.append(log_t.c.step_name == f.step)
     if f.q is not None:
-        sqlite = conn.dialect.name == "sqlite"
-        conds.append(_text_condition(f.q, conn.dialect.name, generations(conn) if sqlite else ()))
+        conds.append(_text_condition(f.q, dialect, gens))
     if f.source is not None:
         conds.append(log_t.c.source == f.source)
     if f.trace_id is not None:
         conds.append(log_t.c.trace_id == sa.type_coerce(f.trace_id, HexBytes()))
     if f.attrs:
-        dialect = conn.dialect.name
-        gens = generations(conn) if dialect == "sqlite" else ()
         conds.extend(_attr_condition(k, t, dialect, gens) for k, t in f.attrs)
     return conds
 
@@ -333,10 +334,12 @@ def tail_lines(conn, f, limit):
     if len(f.job_ids) <= 1:
         return select_lines(conn, f, limit=limit)
     bounds = job_bounds(conn, f) or {}
+    indexed = conn.dialect.name == "sqlite" and (f.q is not None or f.attrs)
+    gens = generations(conn) if indexed else ()
     parts = []
     for job_id in f.job_ids:
         one = dataclasses.replace(f, job_ids=(job_id,))
-        conds = _where(one, conn)
+        conds = _where(one, conn, gens)
         if job_id in bounds:
             conds.append(log_t.c.id.between(*bounds[job_id]))
         parts.append(_select_lines().where(*conds)
