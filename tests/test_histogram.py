@@ -1,13 +1,16 @@
 """``GET /api/logs/histogram``: log volume per time bucket and level, on SQLite and
 PostgreSQL; from the lines (short logs, ``q``) and from the roll-up (``log_volume``)."""
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 
 from quaero.histogram import bucket_plan
 
-T0 = datetime(2026, 11, 20, 10, 0, 0)
+# yesterday at 10:00: a fixed date would age past the retention (30 days by default) and
+# the app's own pruner would take the service lines between a post and the count
+T0 = datetime.now(timezone.utc).replace(tzinfo=None, hour=10, minute=0, second=0,
+                                        microsecond=0) - timedelta(days=1)
 
 
 @pytest.fixture

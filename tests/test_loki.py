@@ -24,6 +24,15 @@ NS = 1_700_000_000_123_456_789  # 2023-11-14T22:13:20.123456789Z
 
 
 @pytest.fixture
+def any_app(database_url, tmp_path):
+    """Retention off: shippers send their own times (2023 here, 1970 once), and the app's
+    pruner took a 2023 service line between a push and the count once on PostgreSQL."""
+    app = make_app(database_url, tmp_path, QUAERO_RETENTION_DAYS=0)
+    yield app
+    app.extensions["quaero"].close()
+
+
+@pytest.fixture
 def c(any_app):
     return any_app.test_client()
 
