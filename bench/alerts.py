@@ -242,12 +242,19 @@ def main():
     ap.add_argument("--window", type=float, default=3)
     ap.add_argument("--absence-runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cpu-only", action="store_true", help="only part 3 (ingest CPU)")
     args = ap.parse_args()
     kind = "postgresql" if args.postgres else "sqlite"
     env = {}
     if args.postgres and os.environ.get("QUAERO_BENCH_REDIS_URL"):
         env["QUAERO_REDIS_URL"] = os.environ["QUAERO_BENCH_REDIS_URL"]
     print(f"bench/alerts.py at {revision()} on {kind}, {args.rate} lines/s of background ingest")
+    if not args.cpu_only:
+        latency_and_absence_figures(kind, env, args)
+    cpu_figures(kind, env, args)
+
+
+def latency_and_absence_figures(kind, env, args):
     with temp_database(kind) as url:
         lat, floor, delays = latency_and_absence(url, env, args)
     print(f"commit -> webhook ({len(lat)} probes, 100 rules): p50 {pct(lat, 50) * 1000:.0f} ms, "
@@ -257,6 +264,9 @@ def main():
     print(f"absence, window {args.window:g} s: fired {', '.join(f'{d:+.2f}' for d in delays)} s "
           f"after the window (goal <= +2 s) | floor (commit -> webhook p50): "
           f"{pct(lat, 50):.2f} s")
+
+
+def cpu_figures(kind, env, args):
     none, some = [], []
     for _ in range(args.rounds):
         with temp_database(kind) as url:

@@ -42,6 +42,7 @@ DB_LOOK_REDIS = 2.0         # with Redis the bus brings them, and a gap in its i
 JOBS_EVERY = 5.0            # seconds between reads of ended and long-running jobs (a job
                             # ending on the bus wakes it at once)
 PRUNE_EVERY = 3600.0
+COALESCE = 0.25
 
 
 def _ms():
@@ -148,6 +149,8 @@ class AlertService:
                     self._failing = exc.__class__
                 gevent.sleep(1.0)
             self._wake.wait(self.tick)
+            # lines come in many small batches a second: take them together
+            gevent.sleep(max(0.0, COALESCE - (time.monotonic() - now)))
             self._wake.clear()
 
     def _take_over(self):
