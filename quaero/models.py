@@ -132,14 +132,19 @@ class LogEntry(db.Model):
     __tablename__ = "log_entries"
     __table_args__ = (
         # last N / after X for a job or the service log (job_id IS NULL)
-        sa.Index("ix_log_job_id", "job_seq", "id"),
+        sa.Index("ix_log_job_id", "job_seq", "id").ddl_if(dialect="postgresql"),
         # ... of one step
-        sa.Index("ix_log_job_step_id", "job_seq", "step_name", "id"),
+        sa.Index("ix_log_job_step_id", "job_seq", "step_name", "id").ddl_if(dialect="postgresql"),
         # ... at warn or error (the rare levels: "info and above" reads ix_log_job_id);
         # queries._where states the index's condition for the planners to see it applies
         sa.Index("ix_log_job_level_id", "job_seq", "level", "id",
-                 sqlite_where=sa.text(f"level >= {RARE_LEVEL}"),
-                 postgresql_where=sa.text(f"level >= {RARE_LEVEL}")),
+                 postgresql_where=sa.text(f"level >= {RARE_LEVEL}")).ddl_if(dialect="postgresql"),
+        # SQLite: the same three without the id, which ends every SQLite index entry (the
+        # rowid) in the same order (migration 0017)
+        sa.Index("ix_log_job", "job_seq").ddl_if(dialect="sqlite"),
+        sa.Index("ix_log_job_step", "job_seq", "step_name").ddl_if(dialect="sqlite"),
+        sa.Index("ix_log_job_level", "job_seq", "level", sqlite_where=sa.text(
+            f"level >= {RARE_LEVEL}")).ddl_if(dialect="sqlite"),
         # the service log, newest first (PostgreSQL does not order (job_seq, id) by id
         # under "job_seq IS NULL")
         sa.Index("ix_log_service_id", "id", sqlite_where=sa.text("job_seq IS NULL"),
