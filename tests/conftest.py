@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 
 # The fixtures live here; what tests share besides them (make_app, Server, eventually, ...)
 # is in tests/helpers.py, which tests import directly.
-from tests.helpers import PG_URL, Server, make_app, pg_admin, reset_pg  # noqa: E402
+from tests.helpers import PG_URL, Server, make_app, pg_admin, reap_stopped, reset_pg  # noqa: E402
 
 
 class _ThreadSafeEvent:
@@ -88,6 +88,10 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+def pytest_sessionfinish(session):
+    reap_stopped()  # the servers whose teardown did not wait for their exit
+
+
 def shares_a_module_fixture(item):
     info = getattr(item, "_fixtureinfo", None)
     return info is not None and any(
@@ -154,7 +158,7 @@ def server_factory(tmp_path):
 
     yield factory
     for s in servers:
-        s.stop()
+        s.stop(wait=False)
 
 
 @pytest.fixture
@@ -168,4 +172,4 @@ def module_server(tmp_path_factory):
     (their own jobs): a server start costs a second or two of CPU."""
     s = Server(tmp_path_factory.mktemp("server")).start()
     yield s
-    s.stop()
+    s.stop(wait=False)

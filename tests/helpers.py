@@ -154,19 +154,51 @@ class Server:
                 time.sleep(0.1)
         raise RuntimeError(f"gunicorn did not come up: {self.log_path.read_text()[-3000:]}")
 
-    def stop(self):
+    def stop(self, wait=True):
+        """SIGTERM, then the exit waited for (SIGKILL after 15 s). ``wait=False`` (the
+        fixtures' teardowns): a server that shares nothing with later tests (its SQLite
+        file in its own folder, no Redis) exits while the next test runs, and the session's
+        end waits for it (:func:`reap_stopped`): the exit took 2 to 3 s (gunicorn's gevent
+        worker looks at its stop flag once a second, then Python's own shutdown)."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            if wait or not self._shares_nothing():
+                _wait_or_kill(self.proc)
+            else:
+                _STOPPED.append(self.proc)
         if self.proc:
             self.log.close()
+        reap_stopped(block=False)
+
+    def _shares_nothing(self):
+        own_db = f"sqlite:///{self.tmp_path}/"
+        return (self.env["QUAERO_DATABASE_URL"].startswith(own_db)
+                and not self.env.get("QUAERO_REDIS_URL"))
 
     def logs(self):
         return self.log_path.read_text(errors="replace")
+
+
+_STOPPED = []  # servers told to stop whose exit nobody has waited for yet
+
+
+def _wait_or_kill(proc):
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def reap_stopped(block=True):
+    """Wait for the servers stopped with ``wait=False`` (``block=False``: only collect
+    those that have exited)."""
+    for proc in list(_STOPPED):
+        if block:
+            _wait_or_kill(proc)
+        elif proc.poll() is None:
+            continue
+        _STOPPED.remove(proc)
 
 
 class _PortTaken(RuntimeError):
