@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.browser.helpers import ARGS, CHROMIUM, TIMEOUT
+from tests.helpers import Server
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +51,15 @@ def live(server_factory):
     with httpx.Client(base_url=srv.url, timeout=30) as client:
         client.server = srv
         yield client
+
+
+@pytest.fixture(scope="module")
+def module_live(tmp_path_factory):
+    """``live``, one for a module whose tests touch only what they made (their own jobs,
+    their own page's settings): a server's start and stop cost 3 to 5 s on a loaded
+    2-core machine."""
+    srv = Server(tmp_path_factory.mktemp("live"), env={"QUAERO_PING_INTERVAL": "1"}).start()
+    with httpx.Client(base_url=srv.url, timeout=30) as client:
+        client.server = srv
+        yield client
+    srv.stop(wait=False)

@@ -14,6 +14,13 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
+@pytest.fixture
+def live(module_live):
+    """The module's server: each test reads its own job (the search, its own word), or
+    the pages' own settings."""
+    return module_live
+
+
 @pytest.fixture(params=[("desktop", "light"), ("desktop", "dark"), ("phone", "light"), ("phone", "dark")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def shaped(request, browser):
@@ -239,10 +246,10 @@ def test_theme_toggle_and_panel_size_are_remembered(live, browser):
 
 def test_search_results_have_their_volume(live, page):
     job = new_job(live, "s", steps=("a",))
-    post(live, [{"level": "error", "message": "needle in a job", "job_id": job, "step": "a"},
-                {"level": "warn", "message": "needle in the service log"},
+    post(live, [{"level": "error", "message": "bodkin in a job", "job_id": job, "step": "a"},
+                {"level": "warn", "message": "bodkin in the service log"},
                 {"level": "info", "message": "hay"}])
-    page.goto(live.server.url + "/search?q=needle")
+    page.goto(live.server.url + "/search?q=bodkin")
     vol = page.get_by_role("img", name=re.compile("Log volume: matching lines"))
     expect(vol.locator("rect.vol-error")).to_have_count(1)
     expect(vol.locator("rect.vol-warn")).to_have_count(1)
