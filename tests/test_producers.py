@@ -17,6 +17,13 @@ def c(any_app):
     return any_app.test_client()
 
 
+@pytest.fixture
+def server(module_server):
+    """The module's server: each test reads only the jobs it made (by their id, or by a
+    name no other test uses)."""
+    return module_server
+
+
 def _post(c, *lines):
     return c.post("/api/logs", json={"logs": list(lines)})
 
