@@ -100,18 +100,22 @@ def _insert(cur, sqlite, sql, rows, seqs):
     tuples: SQLAlchemy's per-row parameter processing cost as much as SQLite's insert.
     Timestamps go in as the column keeps them there (``models.EpochMillis``); a line's
     job as its ``seq`` (``seqs``: job id to seq, None to None)."""
-    if sqlite:
-        plain = [r for r in rows if not _has_fields(r)]
-        cur.executemany(sql["insert"], [
-            (r["id"], seqs[r["job_id"]], r["step_name"], r["level"], r["message"],
-             (r["timestamp"] - _EPOCH) // _MS, r["line_number"], r["source"])
-            for r in plain])
-        if len(plain) < len(rows):
-            cur.executemany(sql["insert_attrs"], [
-                (r["id"], seqs[r["job_id"]], r["step_name"], r["level"], r["message"],
-                 (r["timestamp"] - _EPOCH) // _MS, r["line_number"], r["source"],
-                 attributes_json(r["attributes"]), _hex_bytes(r["trace_id"]),
-                 _hex_bytes(r["span_id"])) for r in rows if _has_fields(r)])
+    if sqlite:  # (one pass: a line's fields looked at once)
+        plain, rich = [], []
+        for r in rows:
+            fields, trace, span = r["attributes"], r["trace_id"], r["span_id"]
+            row = (r["id"], seqs[r["job_id"]], r["step_name"], r["level"], r["message"],
+                   (r["timestamp"] - _EPOCH) // _MS, r["line_number"], r["source"])
+            if fields is None and trace is None and span is None:
+                plain.append(row)
+            else:
+                rich.append(row + (orjson.dumps(fields).decode() if fields else None,
+                                   None if trace is None else bytes.fromhex(trace),
+                                   None if span is None else bytes.fromhex(span)))
+        if plain:
+            cur.executemany(sql["insert"], plain)
+        if rich:
+            cur.executemany(sql["insert_attrs"], rich)
         return
     with cur.copy(_COPY) as copy:  # one buffer: psycopg's write_row was a third of a batch
         copy.write("".join([
@@ -119,10 +123,6 @@ def _insert(cur, sqlite, sql, rows, seqs):
             f"{r['level']}\t"
             f"{_copy_text(r['message'])}\t{r['timestamp'].isoformat(' ')}\t{r['line_number']}\t"
             f"{_copy_text(r['source'])}\t{_copy_fields(r)}\n" for r in rows]))
-
-
-def _hex_bytes(value):
-    return None if value is None else bytes.fromhex(value)
 
 
 def _copy_fields(r):
