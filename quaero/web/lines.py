@@ -44,12 +44,17 @@ def clean_line(item, where, now):
     source = item.get("source")
     if source is not None and source != "":
         source = clean_text(source, f"{where}.source", MAX_NAME)
+    timestamp = parse_timestamp(item.get("timestamp"), now)
+    fields, trace, span = item.get("attributes"), item.get("trace_id"), item.get("span_id")
+    if fields is not None:  # (a field not sent: no call, no name built)
+        fields = clean_attributes(fields, f"{where}.attributes")
+    if trace is not None:
+        trace = clean_hex_id(trace, f"{where}.trace_id", TRACE_DIGITS)
+    if span is not None:
+        span = clean_hex_id(span, f"{where}.span_id", SPAN_DIGITS)
     return {"job_id": job_id or None, "step_name": step, "level": LEVELS[level],
-            "message": message, "timestamp": parse_timestamp(item.get("timestamp"), now),
-            "source": source or None,
-            "attributes": clean_attributes(item.get("attributes"), f"{where}.attributes"),
-            "trace_id": clean_hex_id(item.get("trace_id"), f"{where}.trace_id", TRACE_DIGITS),
-            "span_id": clean_hex_id(item.get("span_id"), f"{where}.span_id", SPAN_DIGITS)}
+            "message": message, "timestamp": timestamp,
+            "source": source or None, "attributes": fields, "trace_id": trace, "span_id": span}
 
 
 def store_lines(lines, key=None, digest=None):
