@@ -119,9 +119,10 @@ class Server:
         self.env["QUAERO_PORT"] = str(port)
         self.log_path = self.tmp_path / f"gunicorn-{port}.log"
 
-    def start(self, timeout=20):
+    def start(self, timeout=60):
         """Start and wait for /healthz; a port another process took meanwhile (free_port
-        races) is traded for another, unless the test asked for that port."""
+        races) is traded for another, unless the test asked for that port. Three workers
+        on PostgreSQL took more than 20 s to come up on a loaded 2-core machine."""
         for _ in range(3):
             try:
                 return self._start(timeout)
@@ -152,6 +153,7 @@ class Server:
                         return self
             except OSError:
                 time.sleep(0.1)
+        self.stop()  # not left running when nobody will stop it
         raise RuntimeError(f"gunicorn did not come up: {self.log_path.read_text()[-3000:]}")
 
     def stop(self, wait=True):
