@@ -26,6 +26,7 @@ import http.client
 import json
 import os
 import random
+import statistics
 import sys
 import time
 import urllib.parse
@@ -109,7 +110,7 @@ class Client:
         return json.loads(body)
 
     def post(self, path, data):
-        body = json.dumps(data).encode()
+        body = data if isinstance(data, bytes) else json.dumps(data).encode()
         self.conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
         r = self.conn.getresponse()
         out = r.read()
@@ -165,7 +166,9 @@ def ingest_rate(kind, n, with_attributes):
                     if trace_of(i):
                         line["trace_id"] = trace_of(i)
                 batch.append(line)
-            batches.append({"logs": batch})
+            # encoded before the clock starts: the client's json.dumps (2.0 us a line with
+            # attributes, 0.8 without) is not the server's ingest
+            batches.append(json.dumps({"logs": batch}).encode())
         c.post("/api/logs", batches[0])  # warm
         t0 = time.perf_counter()
         for batch in batches[1:]:
@@ -173,27 +176,38 @@ def ingest_rate(kind, n, with_attributes):
         return (len(batches) - 1) * 1000 / (time.perf_counter() - t0)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--postgres", action="store_true")
-    p.add_argument("--lines", type=int, default=1_000_000)
-    p.add_argument("--ingest", type=int, default=100_000)
-    args = p.parse_args()
-    kind = "postgresql" if args.postgres else "sqlite"
-    print(f"Quaero {revision()}, {kind}, load average {loadavg()}")
+def lookups(kind, lines):
     with temp_database(kind) as url:
         from quaero.migrate import init_db
         import sqlalchemy as sa
         engine = sa.create_engine(url)
         init_db(engine)
         engine.dispose()
-        jobs = build(url, args.lines)
-        ok = measure(url, jobs, args.lines)
-    plain = ingest_rate(kind, args.ingest, False)
-    rich = ingest_rate(kind, args.ingest, True)
+        jobs = build(url, lines)
+        return measure(url, jobs, lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--postgres", action="store_true")
+    p.add_argument("--lines", type=int, default=1_000_000)
+    p.add_argument("--ingest", type=int, default=100_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--ingest-only", action="store_true", help="only the ingest ratio")
+    args = p.parse_args()
+    kind = "postgresql" if args.postgres else "sqlite"
+    print(f"Quaero {revision()}, {kind}, load average {loadavg()}")
+    ok = args.ingest_only or lookups(kind, args.lines)
+    plains, riches = [], []
+    for _ in range(args.rounds):   # alternated, on fresh servers: the medians
+        plains.append(ingest_rate(kind, args.ingest, False))
+        riches.append(ingest_rate(kind, args.ingest, True))
+    plain, rich = statistics.median(plains), statistics.median(riches)
     ratio = rich / plain
     print(f"ingest over HTTP, batches of 1,000: {plain:,.0f} lines/s plain, {rich:,.0f} lines/s "
-          f"with 5 attributes: {ratio:.0%} (goal 70 %)")
+          f"with 5 attributes: {ratio:.0%} (goal 70 %); rounds: plain "
+          f"{', '.join(f'{r:,.0f}' for r in plains)}, with attributes "
+          f"{', '.join(f'{r:,.0f}' for r in riches)}")
     return 0 if ok and ratio >= 0.7 else 1
 
 
