@@ -82,7 +82,6 @@ def pytest_collection_modifyitems(config, items):
             # pytest-xdist (--dist loadgroup, pytest.ini): the module's tests on one worker,
             # so its server or browser starts once, not once per worker
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-            name_the_group(config, item, item.module.__name__)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # the long ones first, the in-process ones last to fill the workers' gaps (every
         # worker sorts alike: xdist needs the same order everywhere)
@@ -91,16 +90,6 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_sessionfinish(session):
     reap_stopped()  # the servers whose teardown did not wait for their exit
-
-
-def name_the_group(config, item, group):
-    """What pytest-xdist 3.8's worker does for an ``xdist_group`` mark under --dist
-    loadgroup, done so that pytest 9 sees it: xdist appends "@group" to ``item._nodeid``,
-    which pytest 9 no longer reads (an item's nodeid is ``str(item._id)``), so no test was
-    grouped and every module-scoped server and browser started on up to four workers."""
-    if getattr(config.option, "loadgroup", False) and "@" not in item.nodeid:
-        from _pytest.nodeid import NodeId
-        item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
 def shares_a_module_fixture(item):
