@@ -45,7 +45,11 @@ def _lines(srv, **query):
 def _provider(srv, attributes, compression=Compression.NoCompression, token=TOKEN):
     exporter = OTLPLogExporter(endpoint=srv.url + "/v1/logs", compression=compression,
                                headers={"Authorization": f"Bearer {token}"})
-    provider = LoggerProvider(resource=Resource.create(attributes))
+    # shutdown_on_exit=False: atexit would hold the provider for the rest of this test
+    # worker, and with it the at-fork handler each provider registers, which yields in a
+    # forked child under gevent and made a child run a copy of another job's greenlet
+    # (gevent #2202): test_runner saw a command run twice in the full suite, never alone
+    provider = LoggerProvider(resource=Resource.create(attributes), shutdown_on_exit=False)
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
     return provider, exporter
 
@@ -154,7 +158,7 @@ def test_the_sdk_exporter_keeps_attributes_resource_attributes_and_span_ids(srv)
     job = _job(srv)
     provider, _ = _provider(srv, {"service.name": "billing", "quaero.job.id": job,
                                   "deployment.environment": "prod", "user.id": "from-resource"})
-    tracer = TracerProvider().get_tracer("checkout")
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("checkout")
     handler = LoggingHandler(level=logging.DEBUG, logger_provider=provider)
     app_log = logging.getLogger("otel-attributes-app")
     app_log.addHandler(handler)
