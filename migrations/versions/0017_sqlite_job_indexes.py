@@ -20,26 +20,25 @@ down_revision = '0016_access_keys'
 branch_labels = None
 depends_on = None
 
-_LEVEL = "WHERE level >= 30"   # models.RARE_LEVEL, as 0010 made it
+# (the name with the id, the name without it, the columns after job_seq, the condition:
+# models.RARE_LEVEL, as 0010 made it)
+_INDEXES = (("ix_log_job_id", "ix_log_job", "", ""),
+            ("ix_log_job_step_id", "ix_log_job_step", ", step_name", ""),
+            ("ix_log_job_level_id", "ix_log_job_level", ", level", " WHERE level >= 30"))
+
+
+def _rebuild(drop_id):
+    if op.get_bind().dialect.name != "sqlite":
+        return
+    for with_id, without, columns, where in _INDEXES:
+        old, new, id_column = (with_id, without, "") if drop_id else (without, with_id, ", id")
+        op.execute(f"DROP INDEX {old}")
+        op.execute(f"CREATE INDEX {new} ON log_entries (job_seq{columns}{id_column}){where}")
 
 
 def upgrade():
-    if op.get_bind().dialect.name != "sqlite":
-        return
-    op.execute("DROP INDEX ix_log_job_id")
-    op.execute("CREATE INDEX ix_log_job ON log_entries (job_seq)")
-    op.execute("DROP INDEX ix_log_job_step_id")
-    op.execute("CREATE INDEX ix_log_job_step ON log_entries (job_seq, step_name)")
-    op.execute("DROP INDEX ix_log_job_level_id")
-    op.execute(f"CREATE INDEX ix_log_job_level ON log_entries (job_seq, level) {_LEVEL}")
+    _rebuild(drop_id=True)
 
 
 def downgrade():
-    if op.get_bind().dialect.name != "sqlite":
-        return
-    op.execute("DROP INDEX ix_log_job")
-    op.execute("CREATE INDEX ix_log_job_id ON log_entries (job_seq, id)")
-    op.execute("DROP INDEX ix_log_job_step")
-    op.execute("CREATE INDEX ix_log_job_step_id ON log_entries (job_seq, step_name, id)")
-    op.execute("DROP INDEX ix_log_job_level")
-    op.execute(f"CREATE INDEX ix_log_job_level_id ON log_entries (job_seq, level, id) {_LEVEL}")
+    _rebuild(drop_id=False)
