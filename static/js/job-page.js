@@ -280,6 +280,8 @@
         if (view.query) view.setQuery(view.query);
       },
 
+      /** Open the step and the group of `rec` and scroll it to the middle of the view;
+       * resolves to `rec` once it is there (after Alpine has shown its step). */
       reveal: function (rec) {
         var self = this;
         var name = rec.line.step_name;
@@ -287,10 +289,13 @@
         if (this.collapsed[key]) this.collapsed[key] = false;
         folder.reveal(rec);
         this.paused = true;
-        this.$nextTick(function () {
-          rec.el.scrollIntoView({ block: "center" });
-          // scrolling up is a pause; the scroll event says so
-          self.paused = !atBottom(self.$refs.scroller);
+        return new Promise(function (resolve) {
+          self.$nextTick(function () {
+            rec.el.scrollIntoView({ block: "center" });
+            // scrolling up is a pause; the scroll event says so
+            self.paused = !atBottom(self.$refs.scroller);
+            resolve(rec);
+          });
         });
       },
 
@@ -340,8 +345,6 @@
           return self.loadAround(line, true).then(function (rec) {
             if (!rec) return;
             self.message = line.line_number === n ? "" : "Line " + n + " is not shown at this level; nearest line shown.";
-            view.highlight(rec);
-            self.reveal(rec);
           });
         }).catch(function () {
           self.message = "Could not load line " + n + ".";
@@ -351,8 +354,14 @@
         });
       },
 
-      /** Show the lines around `line` (200 before, 800 after) instead of the window;
-       * resolves to its record. Following stops unless they reach the newest line. */
+      /** Show the lines around `line` (200 before, 800 after) instead of the window, `line`
+       * highlighted in the middle of the view; resolves to its record once it is there (null
+       * if it could not be loaded). Following stops unless they reach the newest line.
+       * `locating` holds until the line is in view, not only until the lines are in: the new
+       * window moves the scroller by itself (a shorter one leaves it at its bottom) and the
+       * scroll to the line waits for $nextTick, so a scroll event in between looked like the
+       * reader reaching the bottom of a detached window, and onScroll jumped to the latest
+       * lines, dropping the line just shown (seen under load in test_search_pages). */
       loadAround: function (line, keepLocating) {
         var self = this;
         this.locating = true;
@@ -368,7 +377,10 @@
           self.hasOlder = !!(both[0].body.meta && both[0].body.meta.has_more);
           self.lineCount = view.length;
           self.rematch();
-          return S.findRecord(view, line.id);
+          var rec = S.findRecord(view, line.id);
+          if (!rec) return null;
+          view.highlight(rec);
+          return self.reveal(rec);
         }).then(function (rec) {
           if (!keepLocating) self.locating = false;
           return rec;

@@ -36,8 +36,8 @@
 
   /**
    * Add the search to a job page component `data`. `viewOf()` gives its LogView. The
-   * component provides `pollQuery(extra)`, `reveal(rec)`, `loadAround(line)` and
-   * `connect()`.
+   * component provides `pollQuery(extra)`, `reveal(rec)` (scroll a loaded line into view),
+   * `loadAround(line)` (load the lines around one, highlight and reveal it) and `connect()`.
    */
   function withSearch(data, viewOf) {
     var seq = 0;             // a newer search makes older answers stale
@@ -144,18 +144,13 @@
         return stepping;
       },
 
-      /** Scroll to a matching line, loading the lines around it when it is not loaded. */
+      /** Scroll to a matching line, loading the lines around it when it is not loaded
+       * (loadAround highlights and reveals it: the page must not follow until it is shown). */
       showMatch: function (line) {
-        var self = this;
-        var view = viewOf();
-        var rec = findRecord(view, line.id);
-        var loaded = rec ? Promise.resolve(rec) : this.loadAround(line);
-        return loaded.then(function (found) {
-          found = found || findRecord(viewOf(), line.id);
-          if (!found) return;
-          viewOf().highlight(found);
-          self.reveal(found);
-        });
+        var rec = findRecord(viewOf(), line.id);
+        if (!rec) return this.loadAround(line);
+        viewOf().highlight(rec);
+        return this.reveal(rec);
       },
 
       toggleOnlyMatching: function () {

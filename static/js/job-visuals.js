@@ -63,16 +63,18 @@
       },
 
       showLine: function (line) {
-        var self = this;
         var view = viewOf();
         var rec = view.findLine(line.line_number);
-        var found = rec ? Promise.resolve(rec) : this.loadAround(line);
-        return found.then(function (r) {
-          if (!r) return;
-          if (folderOf()) folderOf().reveal(r);
-          view.highlight(r);
-          self.reveal(r);
-          if (r.el && r.el.focus) { r.el.tabIndex = -1; r.el.focus({ preventScroll: true }); }
+        var shown;
+        if (rec) {
+          if (folderOf()) folderOf().reveal(rec);
+          view.highlight(rec);
+          shown = this.reveal(rec);
+        } else {
+          shown = this.loadAround(line);    // highlights and reveals it
+        }
+        return shown.then(function (r) {
+          if (r && r.el && r.el.focus) { r.el.tabIndex = -1; r.el.focus({ preventScroll: true }); }
         });
       },
 
