@@ -532,6 +532,55 @@ def test_two_runners_on_one_database_never_run_a_job_twice(tmp_path, database_ur
         b.extensions["quaero"].close()
 
 
+_YIELD_IN_FORKED_CHILD = False
+
+
+def _yield_in_forked_child():
+    if _YIELD_IN_FORKED_CHILD:
+        gevent.sleep(0)
+
+
+os.register_at_fork(after_in_child=_yield_in_forked_child)
+
+
+def test_a_library_that_yields_at_fork_never_makes_a_command_run_twice(tmp_path, sqlite_url):
+    """A library with an at-fork handler that yields (the OpenTelemetry SDK's providers do)
+    must not make a forked child resume the server's greenlets (gevent #2202): commands are
+    spawned without running Python in the child, so each runs once, from its own job."""
+    global _YIELD_IN_FORKED_CHILD
+    app = make_app(sqlite_url, tmp_path, QUAERO_MAX_RUNNING=4, QUAERO_RUNNER_POLL=0.2)
+    record = tmp_path / "ran.txt"
+    define(tmp_path, "once", f"""
+        [[steps]]
+        name = "once"
+        run = 'echo "$QUAERO_JOB_ID $$" >> {record}; sleep 0.2'
+    """)
+    copies = tmp_path / "copies.txt"
+    server = os.getpid()
+
+    def probe():  # a busy server greenlet that notes any copy of itself running elsewhere
+        while True:
+            gevent.sleep(0)  # always ready: a child that runs the hub runs it
+            if os.getpid() != server:
+                with open(copies, "a") as f:
+                    f.write(f"{os.getpid()}\n")
+
+    _YIELD_IN_FORKED_CHILD = True
+    probing = gevent.spawn(probe)
+    try:
+        c = app.test_client()
+        ids = [start(c, "once")["id"] for _ in range(8)]
+        jobs = [wait_job(c, i, timeout=60) for i in ids]
+    finally:
+        _YIELD_IN_FORKED_CHILD = False
+        probing.kill()
+        app.extensions["quaero"].close()
+    assert not copies.exists(), f"server greenlets ran in {len(copies.read_text().split())} children"
+    assert [j["status"] for j in jobs] == ["completed"] * 8
+    ran = [line.split()[0] for line in record.read_text().splitlines()]
+    assert sorted(ran) == sorted(ids)  # each once
+
+
 def test_a_claim_starts_the_job_after_the_end_that_made_room(tmp_path, pg_database):
     """A claim waits for its turn (the claim lock on PostgreSQL); a job that ends meanwhile
     makes room for it. The claimed job's started_at is not older than that end: taken

@@ -4,6 +4,12 @@ Its stdout lines are ``info`` and its stderr lines ``warn``, unless a line start
 level word (``ERROR:``, ``[debug]``, ``WARNING ...``, colour codes aside). Lines go to the
 ingestor in batches; a step that prints faster than the database commits is slowed down by
 its full pipe. Stopping a step (cancel, timeout, shutdown) signals its whole group.
+
+Commands are started with ``posix_spawn``, not ``subprocess.Popen``: under gevent, Popen
+forks and runs Python in the child, where any library's at-fork handler that yields (the
+OpenTelemetry SDK's do) hands the child to its copy of the hub, which resumes copies of
+the server's greenlets: one of them could start another job's command a second time
+(gevent #2202). A spawned child runs no Python before ``exec``.
 """
 import os
 import signal
@@ -12,8 +18,10 @@ import time
 from collections import deque
 
 import gevent
-from gevent import subprocess
+import gevent.os
 from gevent.event import Event
+from gevent.fileobject import FileObjectPosix
+from gevent.monkey import get_original
 
 from ..errors import QuaeroError, Unavailable
 from ..levels import DEBUG, ERROR, INFO, WARN, line_level
@@ -23,6 +31,72 @@ BATCH_LINES = 5000        # lines per ingest call from one step
 BUFFER_LINES = 20000      # a step's unsent lines beyond which its pipes are not read
 MAX_LINE_BYTES = 65536    # longer output lines are split
 SECRET_ENV = ("QUAERO_API_TOKEN", "QUAERO_SECRET_KEY", "QUAERO_DATABASE_URL", "QUAERO_REDIS_URL")
+
+
+SHELL = "/bin/sh"
+IN_DIR = 'cd -- "$1" && exec /bin/sh -c "$2"'  # posix_spawn has no cwd here
+# Patched os.close defers the close to the hub's next turn: a write end still open here
+# then would keep a reader of its pipe from ever seeing the end. These never had watchers.
+close_now = get_original("os", "close")
+
+
+class Process:
+    """A shell command in a new session, spawned without running Python in the child.
+
+    ``stdout`` and ``stderr`` are pipes read through gevent; gevent's child watcher reaps
+    it, so ``wait`` and ``poll`` never block the server."""
+
+    def __init__(self, command, cwd, env):
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+                       (os.POSIX_SPAWN_DUP2, err_w, 2)]
+            # Like Popen's close_fds: the server's inheritable descriptors stay here.
+            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()]
+            # Before the child exists: an end before gevent handles SIGCHLD is never seen.
+            gevent.get_hub().loop.install_sigchld()
+            self.pid = gevent.os.posix_spawn(SHELL, [SHELL, "-c", IN_DIR, "sh", cwd, command],
+                                             env, file_actions=actions, setsid=True)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            for fd in (null, out_w, err_w):
+                close_now(fd)
+        self.returncode = None
+        self.stdout = FileObjectPosix(out_r, "rb")
+        self.stderr = FileObjectPosix(err_r, "rb")
+
+    def _reap(self, options):
+        if self.returncode is None:
+            pid, status = gevent.os.waitpid(self.pid, options)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self):
+        return self._reap(os.WNOHANG)
+
+    def wait(self, timeout=None):
+        """The exit code (minus the signal that killed it), or None after ``timeout``."""
+        with gevent.Timeout(timeout, False):
+            self._reap(0)
+        return self.returncode
+
+
+def _inheritable_fds():
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if fd > 2 and os.get_inheritable(fd):
+                fds.append(fd)
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    return fds
 
 
 class OutputPump:
@@ -169,10 +243,7 @@ def run_command(ctx, rj, step):
     ctx.write(job_id, step.name, DEBUG, f"$ {step.target}")
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(step.target, shell=True, cwd=ctx.jobs_dir,
-                                env=step_env(ctx, rj, step), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc = Process(step.target, ctx.jobs_dir, step_env(ctx, rj, step))
     except OSError as exc:
         detail = f"could not start the command: {exc}"
         ctx.write(job_id, step.name, ERROR, detail)
@@ -215,9 +286,8 @@ def _supervise(ctx, rj, step, proc):
     flusher = gevent.spawn(pump.run)
     timed_out = False
     try:
-        try:
-            code = proc.wait(timeout=step.timeout)
-        except subprocess.TimeoutExpired:
+        code = proc.wait(timeout=step.timeout)
+        if code is None:
             timed_out = True
             pump.add_line(ERROR, f"step {step.name!r} timed out after {step.timeout:g} s: "
                                  "stopping its processes")
