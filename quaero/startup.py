@@ -16,6 +16,7 @@ import sys
 import time
 
 CONNECT_SECONDS = 3.0  # a database that has not answered by then fails the start
+IMPORT_SECONDS = 30.0  # the check's child must be ready to connect by then
 # set by python app.py and quaero serve once they checked: gunicorn's master does not again
 CHECKED = "_QUAERO_STARTUP_CHECKED"
 STDERR_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
@@ -149,18 +150,20 @@ def _connect_args(url):
 
 
 def _check_here(url, report):
-    """In the child: connect, say so, bring the schema up to date, say so."""
+    """In the child: say its imports are done (the connection's deadline starts there),
+    connect, say so, bring the schema up to date, say so."""
     import sqlalchemy as sa
-
-    from .migrate import StartupError, describe, init_db
+    report("I")
     try:
         engine = sa.create_engine(url, connect_args=_connect_args(url))
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001 - any reason is the one line
+        from .migrate import describe
         report("E" + describe(url, exc))
         return
     report("C")
+    from .migrate import StartupError, describe, init_db
     try:
         init_db(engine)
     except StartupError as exc:
@@ -194,8 +197,10 @@ def check_database(url, seconds=CONNECT_SECONDS):
         finally:
             os._exit(code)
     os.close(write_end)
-    deadline = time.monotonic() + seconds
-    buf, problem, connected, done = b"", None, False, False
+    # The child's imports are not the database's time: on a loaded machine they alone took
+    # seconds, and a healthy database was reported silent. Its deadline starts after them.
+    deadline = time.monotonic() + IMPORT_SECONDS
+    buf, problem, imported, connected, done = b"", None, False, False, False
     try:
         while not done:
             wait = None if connected else deadline - time.monotonic()
@@ -203,7 +208,9 @@ def check_database(url, seconds=CONNECT_SECONDS):
                 from .bus import redact
                 problem = (f"cannot connect to the database {redact(url)}: no answer within "
                            f"{seconds:g} s (is the host right? does a firewall drop the "
-                           "connection?)")
+                           "connection?)" if imported else
+                           f"cannot check the database {redact(url)}: the check did not "
+                           f"start within {IMPORT_SECONDS:g} s (is the machine overloaded?)")
                 break
             if not select.select([read_end], [], [], wait)[0]:
                 continue
@@ -217,6 +224,8 @@ def check_database(url, seconds=CONNECT_SECONDS):
             buf = rest
             for line in lines:
                 kind, text = line[:1], line[1:].decode(errors="replace")
+                if kind == b"I":
+                    imported, deadline = True, time.monotonic() + seconds
                 connected = connected or kind in (b"C", b"O")
                 if kind == b"E":
                     problem, done = text, True

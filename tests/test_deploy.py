@@ -96,6 +96,21 @@ def test_database_that_never_answers_fails_within_5_s(entry, tmp_path, silent_da
     assert "no answer within 3 s" in lines[0]
 
 
+def test_slow_imports_do_not_make_a_healthy_database_silent(monkeypatch):
+    """The connection's deadline starts once the check's child has imported what it needs:
+    on a loaded machine its imports alone took seconds."""
+    if not PG_URL:
+        pytest.skip("QUAERO_TEST_POSTGRES_URL is not set: PostgreSQL tests run in CI")
+    from quaero import startup
+    check_here = startup._check_here
+
+    def slowly(url, report):  # (in the forked child) as imports at load 18 were
+        time.sleep(1.0)
+        check_here(url, report)
+    monkeypatch.setattr(startup, "_check_here", slowly)
+    assert startup.check_database(PG_URL, seconds=0.5) is None
+
+
 @pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.server
 @pytest.mark.slow
