@@ -48,14 +48,20 @@ def pg_admin():
 
 
 def reset_pg(url):
+    """Empty every table but alembic_version (the schema stays). DELETE, not TRUNCATE:
+    TRUNCATE gives each of the 17 tables a new file and waits for their flush, 0.25 to
+    0.3 s a call on this machine where the DELETEs of a test's few rows take 4 to 20 ms;
+    neither resets a sequence. The foreign keys' triggers are off for the transaction
+    (session_replication_role), so the order of the tables does not matter."""
     import sqlalchemy as sa
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         tables = conn.execute(sa.text(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
             "AND tablename <> 'alembic_version'")).scalars().all()
-        if tables:
-            conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+        conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
+        for t in tables:
+            conn.execute(sa.text(f'DELETE FROM "{t}"'))
     engine.dispose()
 
 
