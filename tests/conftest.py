@@ -173,3 +173,44 @@ def module_server(tmp_path_factory):
     s = Server(tmp_path_factory.mktemp("server")).start()
     yield s
     s.stop(wait=False)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One Chromium for the whole run of this process: a launch costs about 1.1 s of CPU
+    (Playwright's driver and Chromium's processes), and a worker runs tests of most browser
+    modules (xdist hands out single tests), so once per module meant 31 launches in a full
+    run. Tests share nothing through it: every test has a context of its own. Real headless
+    Chromium (Debian's /usr/bin/chromium) driven by Python Playwright; never downloads a
+    browser. A process can run one Playwright at a time: every test that wants Chromium
+    takes this one."""
+    from tests.browser.helpers import ARGS, CHROMIUM
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def context(browser):
+    from playwright.sync_api import expect
+
+    from tests.browser.helpers import TIMEOUT
+    expect.set_options(timeout=TIMEOUT)
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(TIMEOUT)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context):
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("console", lambda m: pg.errors.append(f"console.{m.type}: {m.text}")
+          if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.errors.append(f"pageerror: {e}"))
+    return pg

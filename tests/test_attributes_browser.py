@@ -10,7 +10,6 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import browser, context, page  # noqa: F401 (fixtures)
 from tests.browser.helpers import new_job, post, set_status
 from tests.helpers import Server
 

@@ -1,8 +1,6 @@
 """Chromium's own EventSource: a plain ``new EventSource(...)`` on a page served by Quaero
 survives a restart (SIGTERM, a new server on the same port) and the stream cap, and gets
 every line once."""
-import os
-
 import gevent
 import httpx
 import pytest
@@ -10,10 +8,6 @@ import pytest
 from tests.helpers import eventually
 from tests.test_eventsource_node import (ENV, front, post, refused,
                                         restart_with_the_one_stream_taken)
-
-CHROMIUM = os.environ.get("QUAERO_TEST_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
 FOLLOW = """url => {
   window.seen = []; window.opens = 0; window.errors = 0;
@@ -27,18 +21,16 @@ FOLLOW = """url => {
 
 
 @pytest.fixture
-def page():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            pg = browser.new_page()
-            pg.set_default_timeout(20_000)
-            yield pg
-        finally:
-            browser.close()
+def page(browser):
+    """A page of a fresh context of the process's Chromium (tests/conftest.py: a process
+    can run one Playwright at a time)."""
+    ctx = browser.new_context()
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(20_000)
+        yield pg
+    finally:
+        ctx.close()
 
 
 def wait_seen(page, acked, timeout=30):

@@ -1,46 +1,10 @@
-"""Real headless Chromium (Debian's /usr/bin/chromium) driven by Python Playwright.
-
-Never downloads a browser. The browser is launched once per module; each test gets a
-fresh context (cookies, storage) and a page that records console errors.
-"""
-import os
-
+"""The browser tests' servers. Their Chromium (``browser``, ``context``, ``page``) is
+tests/conftest.py's: one per test process, shared with the browser tests outside this
+folder."""
 import httpx
 import pytest
 
-from tests.browser.helpers import ARGS, CHROMIUM, TIMEOUT
 from tests.helpers import Server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def context(browser):
-    from playwright.sync_api import expect
-    expect.set_options(timeout=TIMEOUT)
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    ctx.set_default_timeout(TIMEOUT)
-    yield ctx
-    ctx.close()
-
-
-@pytest.fixture
-def page(context):
-    pg = context.new_page()
-    pg.errors = []
-    pg.on("console", lambda m: pg.errors.append(f"console.{m.type}: {m.text}")
-          if m.type == "error" else None)
-    pg.on("pageerror", lambda e: pg.errors.append(f"pageerror: {e}"))
-    return pg
 
 
 @pytest.fixture
