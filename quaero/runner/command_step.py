@@ -87,9 +87,12 @@ class Process:
         return self.returncode
 
 
+FD_DIR = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"  # (macOS: /dev/fd)
+
+
 def _inheritable_fds():
     fds = []
-    for name in os.listdir("/proc/self/fd"):
+    for name in os.listdir(FD_DIR):
         fd = int(name)
         try:
             if fd > 2 and os.get_inheritable(fd):
