@@ -18,16 +18,13 @@ discovery (``<issuer>/.well-known/openid-configuration``).
   ``end_session_endpoint`` (and ``QUAERO_OIDC_PROVIDER_LOGOUT`` is not off), goes there
   too (:func:`provider_logout_url`).
 
-Without ``QUAERO_OIDC_ISSUER`` these routes answer 404. Routes are named in
-``access.ROUTE_NEEDS`` (public: they have their own rules).
+Without ``QUAERO_OIDC_ISSUER`` these routes answer 404, and Authlib is never imported
+(``oidc_client``: only once it is configured, not at each worker's start). Routes are
+named in ``access.ROUTE_NEEDS`` (public: they have their own rules).
 """
 import logging
 
-import requests
-from authlib.common.errors import AuthlibBaseError
-from authlib.integrations.base_client import MismatchingStateError, OAuthError
 from flask import Blueprint, abort, current_app, redirect, render_template, request, session
-from joserfc.errors import JoseError
 
 from .. import oidc
 from . import oidc_client
@@ -62,6 +59,7 @@ def _page(status, title, text, who=None):
 @bp.get("/login")
 def login():
     _configured()
+    import requests
     session[NEXT_KEY] = safe_next(request.args.get("next"))
     try:
         return oidc_client.client().authorize_redirect(external("oidc.callback"))
@@ -75,6 +73,10 @@ def login():
 @bp.get("/callback")
 def callback():
     settings = _configured()
+    import requests
+    from authlib.common.errors import AuthlibBaseError
+    from authlib.integrations.base_client import MismatchingStateError, OAuthError
+    from joserfc.errors import JoseError
     nxt = safe_next(session.pop(NEXT_KEY, None))
     error = request.args.get("error")
     if error:
