@@ -5,12 +5,10 @@ from gevent import monkey
 monkey.patch_all()  # before anything imports socket, ssl or threading
 
 from quaero import create_app  # noqa: E402
-from quaero.cli import cli  # noqa: E402
 
 import sys  # noqa: E402
 
 app = create_app()
-app.cli.add_command(cli, "quaero")  # `flask --app wsgi quaero run demo` = `quaero run demo`
 
 if "gunicorn" in sys.modules:
     # Imported by a gunicorn worker (gunicorn loads the app in each worker after the fork):
@@ -18,3 +16,8 @@ if "gunicorn" in sys.modules:
     # gunicorn.conf.py (whose post_worker_init then finds it started). Not in `flask` CLI
     # commands, which import this module too but must not run jobs.
     app.extensions["quaero"].start()
+else:
+    # `flask --app wsgi quaero run demo` = `quaero run demo`. Not in a worker: the command
+    # line's modules cost each worker's start 0.1-0.3 s of CPU for nothing.
+    from quaero.cli import cli
+    app.cli.add_command(cli, "quaero")
