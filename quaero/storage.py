@@ -192,8 +192,30 @@ def attr_token(key, text):
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
-def _tokens(attributes):
-    return {attr_token(k, value_text(v)) for k, v in orjson.loads(attributes).items()}
+class _TokenCache(dict):
+    """``attr_token`` of ``(key, text)`` pairs, each hashed once per indexing pass (up to
+    ``_TOKEN_CACHE`` pairs at a time): most attributes repeat their values from line to
+    line (a status code, a region), and the hash was most of indexing a line's
+    attributes."""
+
+    def __missing__(self, pair):
+        if len(self) >= _TOKEN_CACHE:
+            self.clear()
+        token = self[pair] = attr_token(*pair)
+        return token
+
+
+_TOKEN_CACHE = 1 << 16
+# attribute rows gathered before they go in, sorted: (token, block) is the table's key,
+# and rows in key order touch each page once where a block's own order was random
+_ATTR_ROWS = 1 << 17
+
+
+def _add_pairs(pairs, attributes):
+    """Add a line's ``(key, text)`` pairs (``attributes``: the column's JSON text) to the
+    set ``pairs``. (The text, not the value: the values 1, 1.0 and True are equal keys.)"""
+    for k, v in orjson.loads(attributes).items():
+        pairs.add((k, v if type(v) is str else value_text(v)))
 
 
 def generation_table(g):
@@ -232,15 +254,17 @@ def index_behind(conn, chunk=INDEX_CHUNK):
     read, write = dbapi.cursor(), dbapi.cursor()
     try:
         read.execute(_INDEX_READ, (mark, upto))
-        tables, block, messages, tokens = set(), None, [], set()
+        tables, block, messages, pairs = set(), None, [], set()
+        cache, rows = _TokenCache(), {}
         for line_id, message, attributes in read:
             if line_id // BLOCK != block:
-                _index_block(write, tables, block, messages, tokens)
-                block, messages, tokens = line_id // BLOCK, [], set()
+                _index_block(write, tables, block, messages, pairs, cache, rows)
+                block, messages, pairs = line_id // BLOCK, [], set()
             messages.append(message)
             if attributes is not None:
-                tokens |= _tokens(attributes)
-        _index_block(write, tables, block, messages, tokens)
+                _add_pairs(pairs, attributes)
+        _index_block(write, tables, block, messages, pairs, cache, rows)
+        _insert_attr_rows(write, rows, 0)
     finally:
         read.close()
         write.close()
@@ -248,9 +272,10 @@ def index_behind(conn, chunk=INDEX_CHUNK):
     return upto
 
 
-def _index_block(cur, tables, block, messages, tokens):
-    """Add one block's document and attribute tokens to its generation's tables (made on
-    first use)."""
+def _index_block(cur, tables, block, messages, pairs, cache, rows):
+    """Add one block's document to its generation's table (made on first use), and the
+    tokens of its attributes' ``(key, text)`` ``pairs`` to ``rows`` (generation: rows),
+    which go in once there are enough of them (``_insert_attr_rows``)."""
     if not messages:
         return
     g = block * BLOCK // GENERATION
@@ -259,9 +284,20 @@ def _index_block(cur, tables, block, messages, tokens):
         make_generation(cur, g)
         tables.add(name)
     cur.execute(f"INSERT INTO {name}(rowid, message) VALUES (?, ?)", (block, "\n".join(messages)))
-    if tokens:
+    if pairs:
+        rows.setdefault(g, []).extend([(cache[p], block) for p in pairs])
+        _insert_attr_rows(cur, rows, _ATTR_ROWS)
+
+
+def _insert_attr_rows(cur, rows, least):
+    """Insert the gathered attribute rows, in key order, once there are ``least``."""
+    if sum(map(len, rows.values())) < max(least, 1):
+        return
+    for g, some in rows.items():
+        some.sort()
         cur.executemany(f"INSERT OR IGNORE INTO {attr_table(g)}(token, block) VALUES (?, ?)",
-                        [(t, block) for t in tokens])
+                        some)
+    rows.clear()
 
 
 def make_generation(cur, g):
