@@ -219,10 +219,7 @@ def create_app(config=None):
         _sqlite_plain_binds()
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "handle_error", _reraise_interrupt)
-    init_db(engine)
-    from flask_migrate import Migrate
-    from .migrate import MIGRATIONS
-    Migrate(app, db, directory=MIGRATIONS)  # `flask --app wsgi db migrate` for new revisions
+    init_db(engine)  # Flask-Migrate's `flask --app wsgi db ...`: quaero/wsgi.py adds it
 
     app.extensions["quaero"] = Quaero(app, engine)
 

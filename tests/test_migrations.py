@@ -176,3 +176,31 @@ def test_lines_refer_to_jobs_by_number_and_sqlite_timestamps_become_milliseconds
                 "SELECT count(*) FROM log_fts WHERE log_fts MATCH 'one'")).scalar() == 0
         command.upgrade(alembic_config(conn), "head")
     engine.dispose()
+
+
+def test_the_heads_are_read_from_the_files_as_alembic_reads_them():
+    from alembic.script import ScriptDirectory
+    from quaero.migrate import alembic_config, head_revisions
+    assert head_revisions() == frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def test_a_database_at_head_is_left_alone_and_one_behind_is_brought_up(database_url,
+                                                                       monkeypatch):
+    """A worker's start: no Alembic when ``alembic_version`` is the head; else the upgrade
+    (with PostgreSQL's advisory lock) as before."""
+    from alembic import command
+    from quaero.migrate import alembic_config, is_current, upgrade
+    engine = sa.create_engine(database_url)
+    init_db(engine)
+    assert is_current(engine)
+    calls = []
+    real = command.upgrade
+    monkeypatch.setattr(command, "upgrade", lambda *a, **kw: (calls.append(a[1]), real(*a, **kw)))
+    upgrade(engine)
+    assert calls == []
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0016_access_keys")  # a shared one, at head
+    assert not is_current(engine)
+    upgrade(engine)
+    assert calls == ["head"] and is_current(engine)
+    engine.dispose()
