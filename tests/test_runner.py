@@ -757,6 +757,9 @@ def _dead_runners_are_failed_at_start(any_app, c):
 def served(tmp_path, server_factory):
     define(tmp_path, "steps3", """
         [[steps]]
+        name = "ready"
+        run = "while [ ! -e go ]; do sleep 0.02; done"
+        [[steps]]
         name = "one"
         run = "echo first; echo 'WARNING: second'"
         [[steps]]
@@ -785,6 +788,9 @@ def test_status_and_end_events_on_a_real_stream(served):
     api = httpx.Client(base_url=served.url, timeout=30)
     job = api.post("/api/jobs", json={"definition": "steps3"}).json()
     s = SSEClient(f"{served.url}/api/logs/stream?scope=job&job_id={job['id']}&level=debug")
+    # the steps start once the stream is open (a loaded machine connected after step one
+    # had ended, and its 'running' was never on this stream)
+    (served.tmp_path / "jobs" / "go").touch()
     try:
         events = read_until_end(s)
     finally:
