@@ -354,6 +354,14 @@
         });
       },
 
+      /** Highlight `line` and scroll it into view: `rec`, its record when it is loaded, or
+       * else the lines around it, loaded first (loadAround). Resolves to its record. */
+      showLineAt: function (line, rec) {
+        if (!rec) return this.loadAround(line);
+        view.highlight(rec);
+        return this.reveal(rec);
+      },
+
       /** Show the lines around `line` (200 before, 800 after) instead of the window, `line`
        * highlighted in the middle of the view; resolves to its record once it is there (null
        * if it could not be loaded). Following stops unless they reach the newest line.
@@ -417,7 +425,7 @@
     });
     data.job = options.job || null;
     data.lastSeenId = function () { return stream ? stream.lastId : null; };
-    JV.withJobVisuals(data, function () { return view; }, function () { return folder; });
+    JV.withJobVisuals(data, function () { return view; });
     // a value of a line's fields clicked, or a filter chip removed: the log again, filtered
     A.withAttrFilters(data, { prefix: "", changed: function () {
       this.connect();

@@ -37,7 +37,8 @@
   /**
    * Add the search to a job page component `data`. `viewOf()` gives its LogView. The
    * component provides `pollQuery(extra)`, `reveal(rec)` (scroll a loaded line into view),
-   * `loadAround(line)` (load the lines around one, highlight and reveal it) and `connect()`.
+   * `showLineAt(line, rec)` (highlight and reveal a line, loading the lines around it when
+   * `rec` is null) and `connect()`.
    */
   function withSearch(data, viewOf) {
     var seq = 0;             // a newer search makes older answers stale
@@ -147,10 +148,7 @@
       /** Scroll to a matching line, loading the lines around it when it is not loaded
        * (loadAround highlights and reveals it: the page must not follow until it is shown). */
       showMatch: function (line) {
-        var rec = findRecord(viewOf(), line.id);
-        if (!rec) return this.loadAround(line);
-        viewOf().highlight(rec);
-        return this.reveal(rec);
+        return this.showLineAt(line, findRecord(viewOf(), line.id));
       },
 
       toggleOnlyMatching: function () {

@@ -43,7 +43,7 @@
   }
 
   /** Add the timeline, volume and keys to the job page's data; `viewOf()` is its LogView. */
-  function withJobVisuals(data, viewOf, folderOf) {
+  function withJobVisuals(data, viewOf) {
     return Object.assign(data, {
       wrap: true,
 
@@ -63,17 +63,7 @@
       },
 
       showLine: function (line) {
-        var view = viewOf();
-        var rec = view.findLine(line.line_number);
-        var shown;
-        if (rec) {
-          if (folderOf()) folderOf().reveal(rec);
-          view.highlight(rec);
-          shown = this.reveal(rec);
-        } else {
-          shown = this.loadAround(line);    // highlights and reveals it
-        }
-        return shown.then(function (r) {
+        return this.showLineAt(line, viewOf().findLine(line.line_number)).then(function (r) {
           if (r && r.el && r.el.focus) { r.el.tabIndex = -1; r.el.focus({ preventScroll: true }); }
         });
       },
