@@ -208,9 +208,5 @@ def context(browser):
 
 @pytest.fixture
 def page(context):
-    pg = context.new_page()
-    pg.errors = []
-    pg.on("console", lambda m: pg.errors.append(f"console.{m.type}: {m.text}")
-          if m.type == "error" else None)
-    pg.on("pageerror", lambda e: pg.errors.append(f"pageerror: {e}"))
-    return pg
+    from tests.browser.helpers import watch_errors
+    return watch_errors(context.new_page())

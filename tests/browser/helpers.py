@@ -9,6 +9,16 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 TIMEOUT = 20_000  # ms: generous, for a loaded 2-core machine
 
 
+def watch_errors(page):
+    """``page`` keeps its script errors and console errors in ``page.errors`` (tests
+    assert it stays empty); returns it."""
+    page.errors = []
+    page.on("console", lambda m: page.errors.append(f"console.{m.type}: {m.text}")
+            if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(f"pageerror: {e}"))
+    return page
+
+
 def new_job(api, name="job", steps=("build", "test")):
     r = api.post("/api/jobs", json={"name": name, "steps": list(steps)})
     assert r.status_code == 201, r.text

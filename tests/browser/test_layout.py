@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from tests.helpers import ROOT, Server
 
-from .helpers import TIMEOUT, new_job, post, set_status
+from .helpers import TIMEOUT, new_job, post, set_status, watch_errors
 
 pytestmark = pytest.mark.server     # its own server, shared by the module (conftest marks browsers slow)
 
@@ -108,10 +108,7 @@ def shape(request, browser, signed_in):
 
 @pytest.fixture
 def shaped(shape):
-    page = shape.new_page()
-    page.errors = []
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page = watch_errors(shape.new_page())
     page.size, page.scheme = shape.size, shape.scheme
     yield page
     page.close()

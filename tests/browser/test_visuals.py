@@ -8,7 +8,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from .helpers import TIMEOUT, new_job, post, set_status
+from .helpers import TIMEOUT, new_job, post, set_status, watch_errors
 
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
@@ -29,10 +29,7 @@ def shaped(request, browser):
                               is_mobile=size == "phone", has_touch=size == "phone")
     ctx.set_default_timeout(TIMEOUT)
     expect.set_options(timeout=TIMEOUT)
-    pg = ctx.new_page()
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    pg = watch_errors(ctx.new_page())
     pg.size, pg.scheme = size, scheme
     yield pg
     ctx.close()
