@@ -185,6 +185,21 @@ def _reraise_interrupt(context):
             raise exc
 
 
+def _ping(dbapi_conn):
+    """The pool's pre-ping on PostgreSQL. SQLAlchemy's turns psycopg's autocommit back off
+    in a ``finally``: when a greenlet is killed, or a ``gevent.Timeout`` fires, while the
+    ping waits, the connection is still busy, psycopg refuses the change, and the kill
+    arrives as a ``ProgrammingError`` that the background loops catch as a database error
+    and retry (a closed app's job runner went on). Here autocommit is set back only after
+    an answer; an interrupt stays itself and the pool drops the connection it cut off."""
+    before = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True  # psycopg 3: a flag for the next statement, no round trip
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    dbapi_conn.autocommit = before
+    return True
+
+
 def create_app(config=None):
     import sqlalchemy as sa
     from flask import Flask
@@ -219,6 +234,8 @@ def create_app(config=None):
         _sqlite_plain_binds()
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "handle_error", _reraise_interrupt)
+    else:
+        engine.dialect.do_ping = _ping
     init_db(engine)  # Flask-Migrate's `flask --app wsgi db ...`: quaero/wsgi.py adds it
 
     app.extensions["quaero"] = Quaero(app, engine)

@@ -32,8 +32,8 @@ def within(seconds):
         raise DatabaseLate(seconds) from None
     except sa.exc.DBAPIError:
         # the timer fired, and the driver said so in its own words: SQLite's progress
-        # handler interrupts the query; the pool's pre-ping of psycopg fails on the
-        # connection the timer cut off (which it then invalidates)
+        # handler interrupts the query (PostgreSQL's pool ping keeps the Timeout itself:
+        # quaero._ping)
         if not timer.pending:
             raise DatabaseLate(seconds) from None
         raise

@@ -110,3 +110,38 @@ def test_a_line_queued_just_before_stop_is_written_and_the_writer_ends(tmp_path)
                                         "WHERE message = 'the last words'").scalar() == 1
     finally:
         state.close()
+
+
+@pytest.mark.parametrize("interrupt", ["kill", "timeout"])
+def test_an_interrupt_during_the_pools_ping_stays_itself(pg_database, tmp_path, interrupt):
+    """A greenlet killed (``close()``) or timed out (``deadline.within``) while the pool's
+    pre-ping waits on PostgreSQL: SQLAlchemy's ping turned the kill into a
+    ``ProgrammingError`` ("can't change 'autocommit' now"), which the job runner's loop
+    took for a database error and retried after its app was closed."""
+    import sqlalchemy as sa
+    app = make_app(pg_database, tmp_path)
+    engine = app.extensions["quaero"].engine
+    with engine.connect() as conn:  # one idle connection in the pool: the next checkout pings it
+        conn.execute(sa.text("SELECT 1"))
+
+    def check_out():
+        if interrupt == "timeout":
+            with gevent.Timeout(0.000001):  # fires at the first wait: the ping's
+                with engine.connect():
+                    pass
+        else:
+            with engine.connect():
+                pass
+
+    g = gevent.spawn(check_out)
+    gevent.sleep(0)
+    if interrupt == "kill":
+        g.kill()
+    g.join()
+    if interrupt == "kill":
+        assert isinstance(g.value, gevent.GreenletExit) and g.exception is None
+    else:
+        assert isinstance(g.exception, gevent.Timeout), repr(g.exception)
+    with engine.connect() as conn:  # the pool dropped the connection it cut off
+        assert conn.execute(sa.text("SELECT 2")).scalar() == 2
+    app.extensions["quaero"].close()
