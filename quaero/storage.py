@@ -102,10 +102,13 @@ def _insert(cur, sqlite, sql, rows, seqs):
     job as its ``seq`` (``seqs``: job id to seq, None to None)."""
     if sqlite:  # (one pass: a line's fields looked at once)
         plain, rich = [], []
+        last = ms = None
         for r in rows:
-            fields, trace, span = r["attributes"], r["trace_id"], r["span_id"]
+            fields, trace, span, ts = r["attributes"], r["trace_id"], r["span_id"], r["timestamp"]
+            if ts is not last:
+                last, ms = ts, (ts - _EPOCH) // _MS
             row = (r["id"], seqs[r["job_id"]], r["step_name"], r["level"], r["message"],
-                   (r["timestamp"] - _EPOCH) // _MS, r["line_number"], r["source"])
+                   ms, r["line_number"], r["source"])
             if fields is None and trace is None and span is None:
                 plain.append(row)
             else:
@@ -370,40 +373,40 @@ def record_keys(conn, keyed, now):
 
 
 def _write(cur, sqlite, sql, lines):
-    cur.execute(sql["bump"], (len(lines), ID_KEY))
-    last_id = cur.fetchone()[0]
-    first_id = last_id - len(lines) + 1
-    per_key, first_of, last_of = Counter(), {}, {}
-    for i, line in enumerate(lines):
-        key = line_key(line)
-        per_key[key] += 1
-        first_of.setdefault(key, first_id + i)
-        last_of[key] = first_id + i
+    n = len(lines)
+    cur.execute(sql["bump"], (n, ID_KEY))
+    first_id = cur.fetchone()[0] - n + 1
+    keys = [line["job_id"] or SERVICE_KEY for line in lines]
+    per_key = Counter(keys)
+    last_of = {key: i for i, key in enumerate(keys)}
+    first_of = {key: i for i, key in zip(range(n - 1, -1, -1), reversed(keys))}
     next_line, seqs = {}, {None: None}
     for key in sorted(per_key):
-        n = per_key[key]
-        cur.execute(sql["bump_key"], (n, first_of[key], last_of[key], key))
+        count = per_key[key]
+        cur.execute(sql["bump_key"], (count, first_id + first_of[key], first_id + last_of[key],
+                                      key))
         row = cur.fetchone()
         if row is None:
             raise JobGone(key)
-        next_line[key] = row[0] - n
+        next_line[key] = row[0] - count
         if key != SERVICE_KEY:
             if row[1] is None:  # a counter row that is not a job's: no line can go there
                 raise JobGone(key)
             seqs[key] = row[1]
     rows = []
     volume = Counter()
-    for i, line in enumerate(lines):
-        key = line_key(line)
-        next_line[key] += 1
+    last = second = None  # a batch's lines mostly share one timestamp object (the request's)
+    for i, (key, line) in enumerate(zip(keys, lines)):
+        number = next_line[key] = next_line[key] + 1
+        ts, get = line["timestamp"], line.get
+        if ts is not last:
+            last, second = ts, (ts - _EPOCH) // _SECOND
         rows.append({"id": first_id + i, "job_id": line["job_id"],
                      "step_name": line["step_name"], "level": line["level"],
-                     "message": line["message"], "timestamp": line["timestamp"],
-                     "line_number": next_line[key], "source": line.get("source"),
-                     "attributes": line.get("attributes"), "trace_id": line.get("trace_id"),
-                     "span_id": line.get("span_id")})
-        volume[(key, line["step_name"] or "", line["level"],
-                (line["timestamp"] - _EPOCH) // _SECOND)] += 1
+                     "message": line["message"], "timestamp": ts, "line_number": number,
+                     "source": get("source"), "attributes": get("attributes"),
+                     "trace_id": get("trace_id"), "span_id": get("span_id")})
+        volume[(key, line["step_name"] or "", line["level"], second)] += 1
     _insert(cur, sqlite, sql, rows, seqs)
     _upsert_counts(cur, sql, volume)
     return rows
