@@ -3,8 +3,11 @@ nothing of the server: the client side (``quaero.client``, ``exec``/``pipe``, th
 it without Flask, SQLAlchemy or gevent.
 
 ``line_level`` reads a level word at a line's start (``ERROR: x``, ``[debug] x``,
-``WARNING x``, ``<warn>``), colour codes around the word aside (``\\x1b[31mERROR:``)."""
+``WARNING x``, ``<warn>``), colour codes around the word aside (``\\x1b[31mERROR:``).
+``exit_detail`` says how a program ended, in the words of the error line the job runner and
+``exec``/``pipe`` both write when a command fails."""
 import re
+import signal
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 LEVEL_NAMES = {v: k for k, v in LEVELS.items()}
@@ -42,3 +45,13 @@ def word_level(word, default):
 def word_level_name(word):
     """The level name a word names, else ``info``."""
     return LEVEL_NAMES[word_level(word, INFO)]
+
+
+def exit_detail(code):
+    """What a non-zero exit status says (a negative one: the signal that killed it)."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"

@@ -23,7 +23,7 @@ import httpx
 
 from .client import (MAX_MESSAGE_CHARS, TOKEN_MISSING, TOKEN_WRONG, LineSender,
                      leave_signals_to_the_main_thread, now_iso)
-from .levels import LEVEL_NAMES, LEVELS, line_level
+from .levels import LEVEL_NAMES, LEVELS, exit_detail, line_level
 from .structured import structured_line
 
 FLUSH_TIMEOUT = float(os.environ.get("QUAERO_FLUSH_TIMEOUT", "10"))
@@ -98,7 +98,7 @@ def run_exec(url, token, command, name=None, step="run", parse=None):
             pass
 
     _on_stop_signals(forward)
-    code = _wait_copying(proc, sender, parse)
+    code = _wait_copying(proc, sender, parse, stopped)
     finish(sender, url, token, "cancelled" if stopped else "completed" if code == 0 else "failed")
     return code
 
@@ -114,14 +114,20 @@ def _start(command, sender, verb, **popen):
         return None
 
 
-def _wait_copying(proc, sender, parse=None):
+def _wait_copying(proc, sender, parse=None, stopped=()):
     """Copy ``proc``'s stdout (``info``) and stderr (``warn``) through and into ``sender``
-    until it exits; its exit status as a shell gives it (128 + N after signal N)."""
+    until it exits; its exit status as a shell gives it (128 + N after signal N). A failure
+    is said in an error line, unless the command was ``stopped`` (the job is cancelled)."""
+    started = time.monotonic()
     readers = [_reader(proc.stdout, LEVELS["info"], sender, sys.stdout.buffer, parse),
                _reader(proc.stderr, LEVELS["warn"], sender, sys.stderr.buffer, parse)]
     status = proc.wait()
     for reader in readers:
         reader.join()
+    if status and not stopped:  # the job's last error says why it failed, as the runner's do
+        sender.add({"level": "error", "timestamp": now_iso(), "message":
+                    f"command {os.path.basename(str(proc.args[0]))!r} failed: "
+                    f"{exit_detail(status)} after {time.monotonic() - started:.2f} s"})
     return status if status >= 0 else 128 - status
 
 

@@ -1,6 +1,7 @@
 """Producers: the ``source`` of a line, ``python -m quaero exec``/``pipe`` and
 ``quaero.client.QuaeroHandler``, end to end against real servers."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,10 +98,19 @@ def test_exec_sends_lines_with_levels_and_passes_the_exit_status(server, code, s
     assert b"hello" in out and b"ERROR: broken" in err   # the output still shows
     job = _jobs(server.url)[f"build{code}"]
     assert job["status"] == status and [s["status"] for s in job["steps"]] == [status]
-    got = [(x["level"], x["message"]) for x in _job_lines(server.url, job["id"])]
+    lines = _job_lines(server.url, job["id"])
+    got = [(x["level"], x["message"]) for x in lines]
+    said = []
+    if code:  # the last line says why the job failed, as the runner's do: the job's last error
+        level, said = got.pop()
+        command = os.path.basename(sys.executable)
+        assert level == "error" and re.fullmatch(
+            rf"command '{re.escape(command)}' failed: exit code 3 after \d+\.\d\d s", said), said
+        assert job["last_error"]["message"] == said
+    else:
+        assert job["last_error"]["message"] == "ERROR: broken"
     assert sorted(got) == sorted([("info", "hello"), ("error", "ERROR: broken"),
                                   ("warn", "careful"), ("debug", "[debug] detail")])
-    lines = _job_lines(server.url, job["id"])
     assert {(x["source"], x["step_name"]) for x in lines} == {(f"build{code}", "compile")}
 
 

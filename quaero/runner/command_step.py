@@ -24,7 +24,7 @@ from gevent.fileobject import FileObjectPosix
 from gevent.monkey import get_original
 
 from ..errors import QuaeroError, Unavailable
-from ..levels import DEBUG, ERROR, INFO, WARN, line_level
+from ..levels import DEBUG, ERROR, INFO, WARN, exit_detail, line_level
 from ..models import utcnow
 
 BATCH_LINES = 5000        # lines per ingest call from one step
@@ -268,16 +268,6 @@ def run_command(ctx, rj, step):
     ctx.write(job_id, step.name, ERROR, f"step {step.name!r} failed: {detail} "
                                         f"after {elapsed:.2f} s")
     return "failed", detail
-
-
-def exit_detail(code):
-    """What a non-zero exit status says (a negative one: the signal that killed it)."""
-    if code >= 0:
-        return f"exit code {code}"
-    try:
-        return f"killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"killed by signal {-code}"
 
 
 def _supervise(ctx, rj, step, proc):
