@@ -58,7 +58,6 @@ _SQL = {
 }
 _SQL = {"sqlite": _SQL, "postgresql": {k: v.replace("?", "%s") for k, v in _SQL.items()}}
 _EPOCH = datetime(1970, 1, 1)
-_SECOND = timedelta(seconds=1)
 _MS = timedelta(milliseconds=1)
 
 
@@ -94,19 +93,17 @@ def attributes_json(attributes):
     return None if not attributes else orjson.dumps(attributes).decode()
 
 
-def _insert(cur, sqlite, sql, rows, seqs):
+def _insert(cur, sqlite, sql, rows, seqs, millis):
     """On PostgreSQL, COPY inside the same transaction (psycopg's executemany waits on
     the socket once per row under gevent). On SQLite, the DB-API's executemany with
     tuples: SQLAlchemy's per-row parameter processing cost as much as SQLite's insert.
     Timestamps go in as the column keeps them there (``models.EpochMillis``); a line's
-    job as its ``seq`` (``seqs``: job id to seq, None to None)."""
+    job as its ``seq`` (``seqs``: job id to seq, None to None); ``millis``: each row's
+    timestamp in milliseconds since 1970, as ``_write`` found them."""
     if sqlite:  # (one pass: a line's fields looked at once)
         plain, rich = [], []
-        last = ms = None
-        for r in rows:
-            fields, trace, span, ts = r["attributes"], r["trace_id"], r["span_id"], r["timestamp"]
-            if ts is not last:
-                last, ms = ts, (ts - _EPOCH) // _MS
+        for r, ms in zip(rows, millis):
+            fields, trace, span = r["attributes"], r["trace_id"], r["span_id"]
             row = (r["id"], seqs[r["job_id"]], r["step_name"], r["level"], r["message"],
                    ms, r["line_number"], r["source"])
             if fields is None and trace is None and span is None:
@@ -376,7 +373,7 @@ def _write(cur, sqlite, sql, lines):
     n = len(lines)
     cur.execute(sql["bump"], (n, ID_KEY))
     first_id = cur.fetchone()[0] - n + 1
-    keys = [line["job_id"] or SERVICE_KEY for line in lines]
+    keys = list(map(line_key, lines))
     per_key = Counter(keys)
     last_of = {key: i for i, key in enumerate(keys)}
     first_of = {key: i for i, key in zip(range(n - 1, -1, -1), reversed(keys))}
@@ -393,20 +390,21 @@ def _write(cur, sqlite, sql, lines):
             if row[1] is None:  # a counter row that is not a job's: no line can go there
                 raise JobGone(key)
             seqs[key] = row[1]
-    rows = []
+    rows, millis = [], []
     volume = Counter()
-    last = second = None  # a batch's lines mostly share one timestamp object (the request's)
+    last = ms = None  # a batch's lines mostly share one timestamp object (the request's)
     for i, (key, line) in enumerate(zip(keys, lines)):
         number = next_line[key] = next_line[key] + 1
         ts, get = line["timestamp"], line.get
         if ts is not last:
-            last, second = ts, (ts - _EPOCH) // _SECOND
+            last, ms = ts, (ts - _EPOCH) // _MS
+        millis.append(ms)
         rows.append({"id": first_id + i, "job_id": line["job_id"],
                      "step_name": line["step_name"], "level": line["level"],
                      "message": line["message"], "timestamp": ts, "line_number": number,
                      "source": get("source"), "attributes": get("attributes"),
                      "trace_id": get("trace_id"), "span_id": get("span_id")})
-        volume[(key, line["step_name"] or "", line["level"], second)] += 1
-    _insert(cur, sqlite, sql, rows, seqs)
+        volume[(key, line["step_name"] or "", line["level"], ms // 1000)] += 1
+    _insert(cur, sqlite, sql, rows, seqs, millis)
     _upsert_counts(cur, sql, volume)
     return rows
