@@ -10,7 +10,7 @@ whatever of ``/var/log`` is readable text), each line a message as a shipper wou
 it, cycled until ``--lines``; ``source`` is the log's name, the level is ``error`` or
 ``warn`` when the line says so. They are posted through ``POST /api/logs`` (500-line
 batches, 4 producers) into 200 jobs of 3 steps, one job after another as a CI machine
-would, with 2 % of the lines in the service log. When SQLite's search index has caught up
+would, with 2 % of the lines in the service log. When the search index has caught up
 (the writer indexes behind itself) the server stops and the database is measured: SQLite's
 ``dbstat`` (pages in use, per table and index; the FTS5 shadow tables as one), PostgreSQL's
 ``pg_relation_size`` after ``VACUUM`` (tables with their TOAST, each index).
@@ -170,23 +170,33 @@ def read_figures(port, job_id):
     return out
 
 
-def wait_indexed(url):
-    """SQLite: until the writer's search index has reached the newest line."""
-    if not url.startswith("sqlite"):
-        return
-    import sqlite3
-    path = url.split("sqlite:///", 1)[1]
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        con = sqlite3.connect(path, timeout=30)
+def _counters(url):
+    """``{key: value}`` of the id allocator and the search index's mark."""
+    query = "SELECT key, value FROM line_counters WHERE key IN ('__id__', '__search__')"
+    if url.startswith("sqlite"):
+        import sqlite3
+        con = sqlite3.connect(url.split("sqlite:///", 1)[1], timeout=30)
         try:
-            rows = dict(con.execute("SELECT key, value FROM line_counters "
-                                    "WHERE key IN ('__id__', '__search__')").fetchall())
+            return dict(con.execute(query).fetchall())
         finally:
             con.close()
+    import psycopg
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as c:
+        return dict(c.execute(query).fetchall())
+
+
+def wait_indexed(url):
+    """Until the writer's search index has reached the newest line (since 0012 on SQLite
+    and 0018 on PostgreSQL it takes whole blocks of 64 ids; before 0018 PostgreSQL's index
+    was per line, and there is no mark)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        rows = _counters(url)
+        if "__search__" not in rows:
+            return
         newest = rows.get("__id__", 0)
-        if rows.get("__search__", 0) >= min(newest, (newest + 1) // 64 * 64 - 1):
-            return   # (since 0012 the index takes whole blocks of 64 ids)
+        if rows["__search__"] >= min(newest, (newest + 1) // 64 * 64 - 1):
+            return
         time.sleep(0.5)
     raise RuntimeError("the search index did not catch up in 10 minutes")
 

@@ -170,8 +170,7 @@ def import_archive(engine, path):
         from .retention import remove_job  # a half-imported job goes: the file stays
         remove_job(engine, job["id"])
         raise
-    if engine.dialect.name == "sqlite":
-        _index(engine)
+    _index(engine)
     return job, n
 
 
@@ -221,7 +220,7 @@ def _write_page(engine, job_id, page):
 
 
 def _index(engine):
-    """SQLite: index the imported lines for search now (the server's writer indexes only
+    """Index the imported lines for search now (the server's writer indexes only
     behind its own writes; searches scan what is not indexed meanwhile)."""
     mark = None
     while True:

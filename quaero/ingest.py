@@ -101,7 +101,6 @@ class Ingestor:
         # go only with their job, and write_lines refuses a removed job's lines (its
         # counter row goes first), whichever process removed it.
         self.known_targets = set()
-        self._indexes = engine.dialect.name == "sqlite"  # PostgreSQL's index is its own
         self._written = self._indexed = 0  # last line id written / indexed, as last seen
         self._down = (sa.exc.OperationalError, sa.exc.InterfaceError) + driver_errors(engine)
 
@@ -198,7 +197,7 @@ class Ingestor:
                     log.exception("ingest writer failed")
             # quiet for INDEX_AFTER_QUIET: index what was written, a chunk at a time,
             # until the next write comes (searches scan what is not indexed yet)
-            while (self._indexes and not self._stopping and self._written > self._indexed
+            while (not self._stopping and self._written > self._indexed
                    and not self._wake.wait(INDEX_AFTER_QUIET) and self._index_chunk()):
                 pass
 

@@ -154,14 +154,15 @@ def upgrade(engine, attempts=20):
 
 def init_db(engine):
     """Bring the schema up to date (Alembic migrations) and create the fixed counter rows
-    (the id allocator, the service log's line numbers, the deployment's random id); safe
+    (the id allocator, the service log's line numbers, the job numbers, the search
+    index's mark, the deployment's random id); safe
     to run concurrently and repeatedly."""
     import secrets
 
-    from .models import (DEPLOYMENT_KEY, ID_KEY, JOBS_KEY, SERVICE_KEY, counters_t, jobs_t,
-                         log_t)
+    from .models import (DEPLOYMENT_KEY, ID_KEY, JOBS_KEY, SEARCH_KEY, SERVICE_KEY, counters_t,
+                         jobs_t, log_t)
     upgrade(engine)
-    for key, value in ((ID_KEY, 0), (SERVICE_KEY, 0), (JOBS_KEY, 0),
+    for key, value in ((ID_KEY, 0), (SERVICE_KEY, 0), (JOBS_KEY, 0), (SEARCH_KEY, 0),
                        (DEPLOYMENT_KEY, secrets.randbits(62))):
         with engine.begin() as conn:
             exists = conn.execute(sa.select(counters_t.c.key).where(counters_t.c.key == key)).first()

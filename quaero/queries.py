@@ -2,14 +2,14 @@
 search, the text download) goes through :func:`select_lines` or :func:`tail_lines` with a
 :class:`LineFilter`. Counts come from ``log_counts``, kept up to date by the write path, so
 that ``total_count`` and ``log_counts`` never scan a job's lines; text search uses the
-databases' own indexes (SQLite FTS5 trigram, PostgreSQL pg_trgm)."""
+databases' own trigram indexes (SQLite FTS5, PostgreSQL pg_trgm) over blocks of lines."""
 import dataclasses
 import functools
 from dataclasses import dataclass
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from .attributes import line_matches, value_matches, wanted_texts, wanted_values
 from .models import (ID_KEY, LEVEL_NAMES, LEVELS, RARE_LEVEL, SEARCH_KEY, SERVICE_KEY,
@@ -70,12 +70,14 @@ class LineFilter:
 # connection); the FTS5 table ``log_fts`` folds case by its own, older tables, so only the
 # trigrams it surely holds as str.lower has them are asked of it (``_fts_query``).
 # PostgreSQL: ``lower(message COLLATE "und-x-icu")`` is the same mapping whatever the
-# database's locale (ILIKE folded by that locale: only ASCII under C), with a pg_trgm GIN
-# index on it (migration 0009). A ``q`` with no such trigram (shorter than one, say) is a
-# scan, newest first, that stops at the page's end.
+# database's locale (ILIKE folded by that locale: only ASCII under C); the search index
+# holds each block's lines folded so, one per line, under a pg_trgm GIN index (migration
+# 0018), and a block whose document contains ``q.lower()`` is one whose lines may. A
+# ``q`` with no trigram (shorter than one) is a scan, newest first, that stops at the
+# page's end. On both, the lines after the index's mark are scanned too.
 TRIGRAM = 3
 MAX_Q = 200
-ICU_ROOT = "und-x-icu"  # PostgreSQL's ICU root locale; the index of migration 0009 uses it
+ICU_ROOT = "und-x-icu"  # PostgreSQL's ICU root locale; the search index folds by it too
 # a block's ids are its number * BLOCK + 0 .. BLOCK - 1 (storage.index_behind)
 _OFFSETS = "(SELECT column1 AS n FROM (VALUES " + ", ".join(f"({i})" for i in range(BLOCK)) + "))"
 
@@ -107,11 +109,12 @@ def register_sqlite_functions(dbapi_conn):
 
 
 def not_search_index(obj, name, type_, reflected, compare_to):
-    """Alembic's ``include_object``: the text indexes live only in their migrations (an
-    FTS5 table and its shadow tables, a GIN index): autogenerate must leave them be."""
+    """Alembic's ``include_object``: the text indexes live only in their migrations (FTS5
+    tables and their shadow tables, PostgreSQL's block table, GIN indexes): autogenerate
+    must leave them be."""
     return not (reflected and name and (
-        name.startswith(("log_fts", "log_attr_")) or name in ("ix_log_message_trgm", "ix_log_message_lower_trgm",
-                                                "ix_log_attributes")))
+        name.startswith(("log_fts", "log_attr_", "log_text_blocks")) or name in (
+            "ix_log_message_trgm", "ix_log_message_lower_trgm", "ix_log_attributes")))
 
 
 def _like_pattern(q):
@@ -175,19 +178,64 @@ def _fts_query(folded, most=16):
     return " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
 
 
-def _text_condition(q, dialect, gens=()):
-    """``gens``: SQLite's search index generations (storage.generations)."""
+def _text_condition(q, dialect, index):
+    """``index``: what ``search_index`` read (SQLite: the generations; PostgreSQL: see
+    ``_pg_search_index``)."""
     folded = q.lower()
     if dialect == "postgresql":
-        col = sa.func.lower(log_t.c.message.collate(ICU_ROOT))
-        if len(folded) < TRIGRAM:  # the trigram index cannot help: keep the planner off it
-            col = col.op("||")("")
-        return col.like(_like_pattern(folded), escape="\\")
+        # (strpos, not LIKE: the planner guesses a third of the lines for it, where it took
+        # a LIKE for rare and sorted every match of a common word to find the newest)
+        exact = sa.func.strpos(sa.func.lower(log_t.c.message.collate(ICU_ROOT)), folded) > 0
+        if index is None:  # no trigram, or too many candidates to list
+            return exact
+        return sa.and_(log_t.c.id == sa.any_(sa.bindparam(None, index, type_=_ID_ARRAY,
+                                                          unique=True)), exact)
     exact = sa.func.quaero_contains(log_t.c.message, folded) == 1
     match = _fts_query(folded)
     if match is None:
         return exact
-    return sa.and_(log_t.c.id.in_(_indexed_candidates(match, gens)), exact)
+    return sa.and_(log_t.c.id.in_(_indexed_candidates(match, index)), exact)
+
+
+# PostgreSQL: a search first reads, in one round trip, the index's mark, the newest id,
+# and the blocks whose document holds ``q`` (as many as PG_IDS ids make). When their ids
+# and those after the mark are at most PG_IDS, the read takes that list: the planner,
+# knowing its length, reads just those lines by the primary key. Otherwise ``q`` is
+# common (or the index far behind), and the lines are read newest first, each tested,
+# until the page is full. (A statement holding both steps left the planner to guess
+# the blocks' number: it guessed a few, and for a word in half the blocks fetched every
+# candidate and sorted them: 4 s at a million lines, where the per-line index took
+# 0.5 s.) The list holds ids up to the newest read here: the read is of the lines as
+# they were then, as if it had run a moment earlier.
+PG_IDS = 1 << 17
+_PG_INDEX = sa.text(
+    f"SELECT (SELECT value FROM line_counters WHERE key = '{SEARCH_KEY}'), "
+    f"(SELECT value FROM line_counters WHERE key = '{ID_KEY}'), "
+    "ARRAY(SELECT block FROM log_text_blocks WHERE doc LIKE :pattern LIMIT :n)")
+_ID_ARRAY = ARRAY(sa.BigInteger)
+
+
+def _pg_search_index(conn, folded):
+    """PostgreSQL: the ids of the lines that may hold ``q.lower()`` (``folded``), or
+    None when ``q`` has no trigram or there are too many to list."""
+    if len(folded) < TRIGRAM:
+        return None
+    mark, newest, blocks = conn.execute(_PG_INDEX, {"pattern": _like_pattern(folded),
+                                                    "n": PG_IDS // BLOCK + 1}).one()
+    if len(blocks) * BLOCK + max(newest - mark, 0) > PG_IDS:
+        return None
+    ids = [b * BLOCK + i for b in blocks for i in range(BLOCK)]
+    ids.extend(range(mark + 1, newest + 1))
+    return ids
+
+
+def search_index(conn, f):
+    """What the search index says of ``f`` before its lines are read, once for every
+    job a statement reads: SQLite, the index's generations (for ``q`` or attributes);
+    PostgreSQL, for ``q``, ``_pg_search_index``."""
+    if conn.dialect.name == "sqlite":
+        return generations(conn) if (f.q is not None or f.attrs) else ()
+    return _pg_search_index(conn, f.folded) if f.q is not None else None
 
 
 def _attr_condition(key, wanted, dialect, gens=()):
@@ -224,17 +272,17 @@ def _candidates(parts):
     return sa.text(" UNION ALL ".join(parts)).columns(sa.column("id", sa.Integer))
 
 
-def _where(f, conn, gens=None):
+def _where(f, conn, index=False):
     """The filter as conditions. "info and above" (the default) matches nearly every line,
     so its level test is kept out of the index choice (``level + 0``): the job's or step's
     index is then read backwards from the newest line, instead of every line at a level
     being collected and sorted. Rarer levels (warn, error) use the (job, level, id) index,
     which holds only them: its condition is stated as written (a literal), since neither
-    planner proves ``level >= :bound`` implies it. ``gens``: SQLite's search index
-    generations when the caller has read them (``tail_lines``: once for every job)."""
+    planner proves ``level >= :bound`` implies it. ``index``: ``search_index`` when the
+    caller has read it (``tail_lines``: once for every job)."""
     dialect = conn.dialect.name
-    if gens is None:
-        gens = generations(conn) if dialect == "sqlite" and (f.q is not None or f.attrs) else ()
+    if index is False:
+        index = search_index(conn, f)
     conds = []
     if f.min_level > LEVELS["info"]:  # warn or error: RARE_LEVEL and above
         conds.append(log_t.c.level >= f.min_level)
@@ -246,13 +294,13 @@ def _where(f, conn, gens=None):
     if f.step is not None:
         conds.append(log_t.c.step_name == f.step)
     if f.q is not None:
-        conds.append(_text_condition(f.q, dialect, gens))
+        conds.append(_text_condition(f.q, dialect, index))
     if f.source is not None:
         conds.append(log_t.c.source == f.source)
     if f.trace_id is not None:
         conds.append(log_t.c.trace_id == sa.type_coerce(f.trace_id, HexBytes()))
     if f.attrs:
-        conds.extend(_attr_condition(k, t, dialect, gens) for k, t in f.attrs)
+        conds.extend(_attr_condition(k, t, dialect, index) for k, t in f.attrs)
     return conds
 
 
@@ -334,12 +382,11 @@ def tail_lines(conn, f, limit):
     if len(f.job_ids) <= 1:
         return select_lines(conn, f, limit=limit)
     bounds = job_bounds(conn, f) or {}
-    indexed = conn.dialect.name == "sqlite" and (f.q is not None or f.attrs)
-    gens = generations(conn) if indexed else ()
+    index = search_index(conn, f)
     parts = []
     for job_id in f.job_ids:
         one = dataclasses.replace(f, job_ids=(job_id,))
-        conds = _where(one, conn, gens)
+        conds = _where(one, conn, index)
         if job_id in bounds:
             conds.append(log_t.c.id.between(*bounds[job_id]))
         parts.append(_select_lines().where(*conds)

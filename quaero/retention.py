@@ -385,12 +385,12 @@ class Pruner:
         return jobs + more_jobs, lines + more_lines
 
     def _clear_search_index(self):
-        """SQLite: empty the search index's generations whose lines are all gone (the
-        index only ever adds, see storage.clear_generations)."""
+        """Empty the search index of the lines that are all gone (the index only ever
+        adds, see storage.clear_generations)."""
         with self.engine.begin() as conn:
             cleared = clear_generations(conn)
         if cleared:
-            log.info("search index: emptied generation(s) %s (none of their lines is left)",
+            log.info("search index: emptied generation(s) %s of the lines that are gone",
                      ", ".join(map(str, cleared)))
 
     def _archived_note(self, jobs):

@@ -229,16 +229,26 @@ def generations(conn):
     return sorted(int(n[len(_GEN_PREFIX):]) for n in names if n[len(_GEN_PREFIX):].isdigit())
 
 
+# PostgreSQL's search index (migration 0018): the same blocks, in one table; a block's
+# document is its lines' messages as searches fold them (queries.ICU_ROOT), one per line,
+# under a pg_trgm GIN index. A trigram GIN entry per line was half the cost of writing a
+# line and 130 of its 450 bytes (bench/storage.py).
+_PG_INDEX = ("INSERT INTO log_text_blocks (block, doc) "
+             f"SELECT id / {BLOCK}, string_agg(lower(message COLLATE \"und-x-icu\"), E'\\n' "
+             "ORDER BY id) FROM log_entries WHERE id > %(mark)s AND id <= %(upto)s "
+             f"GROUP BY id / {BLOCK} ON CONFLICT (block) DO NOTHING")
+
+
 def index_behind(conn, chunk=INDEX_CHUNK):
-    """SQLite: put the next (about) ``chunk`` committed lines into the search index, whole
-    blocks only, in the open transaction ``conn``; returns the last id indexed (the end of
-    a block: a block is indexed once every id in it is final). Indexing in the write
+    """Put the next (about) ``chunk`` committed lines into the search index, whole blocks
+    only, in the open transaction ``conn``; returns the last id indexed (the end of a
+    block: a block is indexed once every id in it is final). Indexing in the write
     transaction halves ingest (a trigram per character); behind it, in big chunks while
     the writer has been idle for a moment, it costs a third as much, and searches scan
     what it has not reached. The first statement is a write, so the transaction holds
-    SQLite's write lock before it reads the mark: no other transaction commits lines
-    meanwhile (every id up to the newest is final), and processes never index a block
-    twice."""
+    the mark's lock (SQLite: the write lock) before it reads it: processes never index a
+    block twice. Every id up to the newest committed one is final: ids are handed out
+    in commit order (``write_lines``), and on SQLite no transaction commits meanwhile."""
     mark = conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY)
                         .values(value=counters_t.c.value).returning(counters_t.c.value)).scalar()
     upto = conn.execute(sa.select(sa.func.max(sa.text("id"))).select_from(
@@ -249,6 +259,15 @@ def index_behind(conn, chunk=INDEX_CHUNK):
     upto = (upto + 1) // BLOCK * BLOCK - 1   # the end of the last whole block
     if upto <= mark:
         return mark
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(_PG_INDEX, {"mark": mark, "upto": upto})
+    else:
+        _index_sqlite(conn, mark, upto)
+    conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY).values(value=upto))
+    return upto
+
+
+def _index_sqlite(conn, mark, upto):
     # one block in memory at a time: the chunk's messages may be 20,000 x 64 KB
     dbapi = conn.connection.driver_connection
     read, write = dbapi.cursor(), dbapi.cursor()
@@ -268,8 +287,6 @@ def index_behind(conn, chunk=INDEX_CHUNK):
     finally:
         read.close()
         write.close()
-    conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY).values(value=upto))
-    return upto
 
 
 def _index_block(cur, tables, block, messages, pairs, cache, rows):
@@ -307,16 +324,20 @@ def make_generation(cur, g):
 
 
 def clear_generations(conn):
-    """SQLite: empty the search index's generations that no line's id falls in any more
-    (the pruner removed them all) in the open transaction ``conn``; returns their
-    numbers. Their tables stay (a search running meanwhile names them), empty. The first
-    statement is a write, as in ``index_behind``: no line is committed or indexed while
-    this looks."""
-    if conn.dialect.name != "sqlite":
-        return []
+    """Empty the search index's generations that no line's id falls in any more (the
+    pruner removed them all) in the open transaction ``conn``; returns their numbers.
+    SQLite: their tables stay (a search running meanwhile names them), empty. PostgreSQL:
+    the documents of the blocks before the oldest line go (and the numbers are those of
+    the generations they were in). The first statement is a write, as in ``index_behind``: nothing is indexed while this
+    looks, and a line committed meanwhile is after the mark, in no block."""
     conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY)
                  .values(value=counters_t.c.value))
     oldest = conn.execute(sa.select(sa.func.min(log_t.c.id))).scalar()
+    if conn.dialect.name == "postgresql":  # (block b holds ids 64b .. 64b + 63)
+        where = "true" if oldest is None else f"block < {int(oldest) // BLOCK}"
+        gone = conn.execute(sa.text(f"DELETE FROM log_text_blocks WHERE {where} "
+                                    "RETURNING block")).scalars()
+        return sorted({b * BLOCK // GENERATION for b in gone})
     cleared = []
     for g in generations(conn):
         if oldest is not None and g >= oldest // GENERATION:

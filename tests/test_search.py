@@ -217,16 +217,19 @@ def test_stream_with_q_sends_only_matches_in_backfill_and_live(api):
     assert r.status_code == 400 and "q must be" in r.json()["error"]
 
 
-def test_sqlite_index_behind_the_writer(app):
+def test_the_index_behind_the_writer(any_app):
     """Lines the index has not reached are found by the scan after the mark; the idle
     writer then indexes every whole block of 64 ids (storage.BLOCK), and the index alone
-    finds them. Deleted lines are never found; a generation none of whose lines is left
-    is emptied by the pruner's clear_generations."""
+    finds them. Deleted lines are never found; the documents of lines none of which is
+    left go with the pruner's clear_generations (SQLite: a whole generation once none of
+    its lines is left; PostgreSQL: every block before the oldest line)."""
     from datetime import datetime
 
     from quaero.storage import BLOCK, clear_generations, generations, index_behind, write_lines
+    app = any_app
     c = app.test_client()
     engine = app.extensions["quaero"].engine
+    sqlite = engine.dialect.name == "sqlite"
     job = new_job(c)
 
     def write(messages):
@@ -241,12 +244,17 @@ def test_sqlite_index_behind_the_writer(app):
                 "SELECT value FROM line_counters WHERE key = '__search__'").scalar()
 
     def indexed(text):
+        """The blocks whose document holds ``text`` (lowercase, three letters)."""
         with engine.connect() as conn:
+            if not sqlite:
+                return list(conn.exec_driver_sql(
+                    "SELECT block FROM log_text_blocks WHERE doc LIKE %s ORDER BY block",
+                    (f"%{text}%",)).scalars())
             return [b for g in generations(conn) for b in conn.exec_driver_sql(
                 f"SELECT rowid FROM log_fts_{g} WHERE log_fts_{g} MATCH ? ORDER BY rowid",
-                (text,)).scalars()]
+                (f'"{text}"',)).scalars()]
     rows = write([f"Behind {i}" for i in range(3)])
-    assert mark() < rows[0]["id"] and indexed('"beh"') == []
+    assert mark() < rows[0]["id"] and indexed("beh") == []
     assert messages(c.get("/api/search?q=behind")) == ["Behind 2", "Behind 1", "Behind 0"]
     with engine.begin() as conn:  # the block is not whole yet: nothing is indexed
         assert index_behind(conn) == mark() < rows[0]["id"]
@@ -254,7 +262,7 @@ def test_sqlite_index_behind_the_writer(app):
     with engine.begin() as conn:
         upto = index_behind(conn)
     assert upto == (rows[-1]["id"] + 1) // BLOCK * BLOCK - 1 and upto >= rows[2]["id"]
-    assert indexed('"beh"') == [rows[0]["id"] // BLOCK]
+    assert indexed("beh") == [rows[0]["id"] // BLOCK]
     assert messages(c.get("/api/search?q=behind")) == ["Behind 2", "Behind 1", "Behind 0"]
     # the write path's lines: indexed by the writer once it is idle, a whole block at a time
     last = post(c, *[{"level": "info", "message": f"fresh {i}", "job_id": job}
@@ -263,27 +271,36 @@ def test_sqlite_index_behind_the_writer(app):
     deadline = time.monotonic() + 2
     while mark() < last // BLOCK * BLOCK - 1 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert mark() == (last + 1) // BLOCK * BLOCK - 1 and indexed('"fre"')
+    assert mark() == (last + 1) // BLOCK * BLOCK - 1 and indexed("fre")
     assert len(messages(c.get("/api/search?q=FRESH&limit=500"))) == 2 * BLOCK
-    # deleted lines are never found; their generation is emptied once none is left
+    # deleted lines are never found; their documents go once none of their lines is left
     post(c, {"level": "info", "message": "a service line"})
     assert c.delete(f"/api/jobs/{job}").status_code in (200, 204)
     assert messages(c.get("/api/search?q=behind")) == []
-    assert indexed('"beh"')   # (the block's trigrams stay until then)
-    with engine.begin() as conn:
-        assert clear_generations(conn) == []   # the service line is in it still
+    assert indexed("beh")   # (the block's trigrams stay until then)
 
     def deletion_logged():  # the service log's line saying so (written by the writer)
         with engine.connect() as conn:
             return conn.exec_driver_sql("SELECT count(*) FROM log_entries WHERE job_seq IS NULL "
-                                        "AND message LIKE '%deleted%'").scalar()
+                                        "AND message LIKE '%%deleted%%'").scalar()
     eventually(deletion_logged, what="the service line of the deletion")
+    app.extensions["quaero"].pruner.stop()   # (its passes are the test's own below)
+    with engine.begin() as conn:
+        if sqlite:
+            assert clear_generations(conn) == []   # the service lines are in it still
+        else:  # every block before the oldest line's goes, the others stay
+            before = indexed("")
+            clear_generations(conn)
+            oldest = conn.exec_driver_sql("SELECT min(id) FROM log_entries").scalar()
+    if not sqlite:
+        assert indexed("") == [b for b in before if b >= oldest // BLOCK]
     with engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM log_entries")
     app.extensions["quaero"].pruner.run_once()   # the pruner's pass empties it
     with engine.begin() as conn:
         assert clear_generations(conn) == []   # once
-    assert indexed('"beh"') == [] and indexed('"fre"') == []
+    assert indexed("beh") == [] and indexed("fre") == []
+    assert messages(c.get("/api/search?q=behind")) == []
 
 
 # -- case folding beyond ASCII: one rule, str.lower of both sides, on both databases ---------
@@ -389,3 +406,65 @@ def test_q_folds_case_the_same_whatever_the_postgresql_locale(c_locale_pg, tmp_p
         assert wrong == {}
     finally:
         app.extensions["quaero"].close()
+
+
+# -- the index's ways to a page, against the rule ------------------------------------------
+
+_WORDS = ["alpha", "beta", "ALPHA", "Gamma%", "a_b", "İx", "delta\\", "x"]
+_QS = ["alpha", "ALP", "eta", "gamma%", "a_b", "i̇x", "a\\", "ph", "zzz", "a b"]
+
+
+@pytest.mark.parametrize("cap", ["listed", "scanned"])
+def test_every_way_to_a_page_gives_the_rule(any_app, monkeypatch, cap):
+    """Lines written in two parts, the first indexed and the second not, read with every
+    filter a page takes: the newest page, the page after and before an id, the count.
+    PostgreSQL reads a search either by the listed candidates of the blocks that may hold
+    ``q`` (``queries.PG_IDS`` of them at most) or, past that, by testing lines newest
+    first: both give the rule's lines (``q.lower() in message.lower()``)."""
+    from datetime import datetime
+
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from quaero import queries
+    from quaero.models import LEVELS
+    from quaero.queries import count_matches, select_lines
+    from quaero.storage import index_behind, write_lines
+    if cap == "scanned":
+        monkeypatch.setattr(queries, "PG_IDS", 0)
+    c = any_app.test_client()
+    engine = any_app.extensions["quaero"].engine
+    every = []   # every line written by this test: (id, job_id, level, message)
+    line = st.tuples(st.lists(st.sampled_from(_WORDS), max_size=4).map(" ".join),
+                     st.sampled_from([10, 20, 30, 40]))
+
+    @settings(max_examples=30, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(first=st.lists(line, min_size=60, max_size=200), second=st.lists(line, max_size=80),
+           q=st.sampled_from(_QS), level=st.sampled_from(["debug", "info", "warn", "error"]),
+           limit=st.integers(1, 40), pivot=st.floats(0, 1))
+    def check(first, second, q, level, limit, pivot):
+        job = new_job(c)
+        for part in (first, second):
+            with engine.begin() as conn:
+                rows = write_lines(conn, [{"job_id": job, "step_name": None, "level": lv,
+                                           "message": m, "timestamp": datetime(2026, 1, 1)}
+                                          for m, lv in part])
+                every.extend((r["id"], job, r["level"], r["message"]) for r in rows)
+            if part is first:
+                with engine.begin() as conn:
+                    index_behind(conn, chunk=10 ** 6)
+        min_level = LEVELS[level]
+        for f in (LineFilter(job_ids=(job,), q=q, min_level=min_level),
+                  LineFilter(everywhere=True, q=q, min_level=min_level)):
+            want = [i for i, j, lv, m in every if lv >= min_level and q.lower() in m.lower()
+                    and (not f.job_ids or j == job)]
+            with engine.connect() as conn:
+                got, more = select_lines(conn, f, limit=limit)
+                assert [ln["id"] for ln in got] == want[-limit:] and more == (len(want) > limit)
+                at = every[int(pivot * (len(every) - 1))][0] if every else 0
+                got, _ = select_lines(conn, f, after=at, limit=limit)
+                assert [ln["id"] for ln in got] == [i for i in want if i > at][:limit]
+                got, _ = select_lines(conn, f, before=at, limit=limit)
+                assert [ln["id"] for ln in got] == [i for i in want if i < at][-limit:]
+                assert count_matches(conn, f) == (len(want), False)
+    check()
