@@ -117,18 +117,28 @@ def _insert(cur, sqlite, sql, rows, seqs, millis):
         if rich:
             cur.executemany(sql["insert_attrs"], rich)
         return
+    out, last, iso = [], None, None  # (a batch's lines mostly share one timestamp object)
+    for r in rows:
+        ts, seq = r["timestamp"], seqs[r["job_id"]]
+        if ts is not last:
+            last, iso = ts, ts.isoformat(" ")
+        fields = (_NO_FIELDS if r["attributes"] is None and r["trace_id"] is None
+                  and r["span_id"] is None else _copy_fields(r))
+        out.append(f"{r['id']}\t{_NULL if seq is None else seq}\t{_copy_text(r['step_name'])}\t"
+                   f"{r['level']}\t{_copy_text(r['message'])}\t{iso}\t{r['line_number']}\t"
+                   f"{_copy_text(r['source'])}\t{fields}\n")
     with cur.copy(_COPY) as copy:  # one buffer: psycopg's write_row was a third of a batch
-        copy.write("".join([
-            f"{r['id']}\t{_copy_int(seqs[r['job_id']])}\t{_copy_text(r['step_name'])}\t"
-            f"{r['level']}\t"
-            f"{_copy_text(r['message'])}\t{r['timestamp'].isoformat(' ')}\t{r['line_number']}\t"
-            f"{_copy_text(r['source'])}\t{_copy_fields(r)}\n" for r in rows]))
+        copy.write("".join(out))
+
+
+_NULL = "\\N"
+_NO_FIELDS = "\\N\t\\N\t\\N"
 
 
 def _copy_fields(r):
     """COPY text of a line's attributes (JSONB), trace and span ids (bytea as ``\\x`` hex)."""
     if not _has_fields(r):
-        return "\\N\t\\N\t\\N"
+        return _NO_FIELDS
     trace = "\\N" if r["trace_id"] is None else "\\\\x" + r["trace_id"]
     span = "\\N" if r["span_id"] is None else "\\\\x" + r["span_id"]
     return f"{_copy_text(attributes_json(r['attributes']))}\t{trace}\t{span}"
@@ -137,10 +147,6 @@ def _copy_fields(r):
 # COPY's text format: a backslash, tab, newline or carriage return in a value is escaped;
 # None is \N. Most values have none (str.translate with this table cost 5x the tests).
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_int(value):
-    return "\\N" if value is None else str(value)
 
 
 def _copy_text(value):
