@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from gevent.event import AsyncResult, Event
 
 from .errors import DiskFull, Failed, JobNotFound, Unavailable
-from .models import iso, line_dict, utcnow
+from .models import utcnow
 from .storage import (INDEX_AFTER_QUIET, MAX_UNINDEXED, JobGone, driver_errors, index_behind,
                       line_key, record_keys, write_lines)
 
@@ -61,20 +61,6 @@ def disk_full(exc):
     orig = getattr(exc, "orig", None) or exc
     return (getattr(orig, "sqlite_errorcode", None) == 13
             or getattr(orig, "sqlstate", None) == "53100")
-
-
-def _line_dicts(rows):
-    """:func:`~quaero.models.line_dict` of each row; a batch's lines mostly share one timestamp
-    object (the request's), formatted once."""
-    out, last, text = [], None, None
-    for r in rows:
-        ts = r["timestamp"]
-        if ts is not last:
-            last, text = ts, iso(ts)
-        out.append(line_dict(r["id"], r["job_id"], r["step_name"], r["level"], r["message"], ts,
-                             r["line_number"], r["source"], r["attributes"], r["trace_id"],
-                             r["span_id"], text))  # (positional: ** cost twice the call)
-    return out
 
 
 class Ingestor:
@@ -322,7 +308,7 @@ class Ingestor:
 
     def _published(self, units, rows):
         try:
-            self.bus.publish_lines(_line_dicts(rows))
+            self.bus.publish_lines(rows)  # (write_lines's rows: the lines as published)
         except Exception:  # committed all the same: streams catch up from the database
             log.exception("publishing committed lines failed")
         i = 0

@@ -9,7 +9,7 @@ import orjson
 import sqlalchemy as sa
 
 from .attributes import value_text
-from .models import ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, log_t
+from .models import LEVEL_NAMES, ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, iso, log_t
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 
@@ -84,64 +84,36 @@ _COPY = ("COPY log_entries (id, job_seq, step_name, level, message, timestamp, l
          "source, attributes, trace_id, span_id) FROM STDIN")
 
 
-def _has_fields(r):
-    return r["attributes"] is not None or r["trace_id"] is not None or r["span_id"] is not None
-
-
 def attributes_json(attributes):
     """A line's attributes as the database keeps their text (None: none)."""
     return None if not attributes else orjson.dumps(attributes).decode()
 
 
-def _insert(cur, sqlite, sql, rows, seqs, millis):
+def _insert(cur, sqlite, sql, plain, rich, copy_text):
     """On PostgreSQL, COPY inside the same transaction (psycopg's executemany waits on
-    the socket once per row under gevent). On SQLite, the DB-API's executemany with
-    tuples: SQLAlchemy's per-row parameter processing cost as much as SQLite's insert.
-    Timestamps go in as the column keeps them there (``models.EpochMillis``); a line's
-    job as its ``seq`` (``seqs``: job id to seq, None to None); ``millis``: each row's
-    timestamp in milliseconds since 1970, as ``_write`` found them."""
-    if sqlite:  # (one pass: a line's fields looked at once)
-        plain, rich = [], []
-        for r, ms in zip(rows, millis):
-            fields, trace, span = r["attributes"], r["trace_id"], r["span_id"]
-            row = (r["id"], seqs[r["job_id"]], r["step_name"], r["level"], r["message"],
-                   ms, r["line_number"], r["source"])
-            if fields is None and trace is None and span is None:
-                plain.append(row)
-            else:
-                rich.append(row + (orjson.dumps(fields).decode() if fields else None,
-                                   None if trace is None else bytes.fromhex(trace),
-                                   None if span is None else bytes.fromhex(span)))
+    the socket once per row under gevent; ``copy_text``: the lines as COPY's text). On
+    SQLite, the DB-API's executemany with tuples (SQLAlchemy's per-row parameter
+    processing cost as much as SQLite's insert): ``plain`` lines, and ``rich`` ones with
+    attributes or ids."""
+    if sqlite:
         if plain:
             cur.executemany(sql["insert"], plain)
         if rich:
             cur.executemany(sql["insert_attrs"], rich)
         return
-    out, last, iso = [], None, None  # (a batch's lines mostly share one timestamp object)
-    for r in rows:
-        ts, seq = r["timestamp"], seqs[r["job_id"]]
-        if ts is not last:
-            last, iso = ts, ts.isoformat(" ")
-        fields = (_NO_FIELDS if r["attributes"] is None and r["trace_id"] is None
-                  and r["span_id"] is None else _copy_fields(r))
-        out.append(f"{r['id']}\t{_NULL if seq is None else seq}\t{_copy_text(r['step_name'])}\t"
-                   f"{r['level']}\t{_copy_text(r['message'])}\t{iso}\t{r['line_number']}\t"
-                   f"{_copy_text(r['source'])}\t{fields}\n")
     with cur.copy(_COPY) as copy:  # one buffer: psycopg's write_row was a third of a batch
-        copy.write("".join(out))
+        copy.write("".join(copy_text))
 
 
 _NULL = "\\N"
 _NO_FIELDS = "\\N\t\\N\t\\N"
 
 
-def _copy_fields(r):
+def _copy_fields(fields, trace, span):
     """COPY text of a line's attributes (JSONB), trace and span ids (bytea as ``\\x`` hex)."""
-    if not _has_fields(r):
-        return _NO_FIELDS
-    trace = "\\N" if r["trace_id"] is None else "\\\\x" + r["trace_id"]
-    span = "\\N" if r["span_id"] is None else "\\\\x" + r["span_id"]
-    return f"{_copy_text(attributes_json(r['attributes']))}\t{trace}\t{span}"
+    trace = "\\N" if trace is None else "\\\\x" + trace
+    span = "\\N" if span is None else "\\\\x" + span
+    return f"{_copy_text(attributes_json(fields))}\t{trace}\t{span}"
 
 
 # COPY's text format: a backslash, tab, newline or carriage return in a value is escaped;
@@ -358,7 +330,8 @@ def clear_generations(conn):
 
 
 def write_lines(conn, lines):
-    """Insert ``lines`` in the open transaction ``conn``; returns the stored rows.
+    """Insert ``lines`` in the open transaction ``conn``; returns the stored lines as
+    they are published and read (``models.line_dict``'s shape).
 
     The global id counter is locked first: its row lock is held until commit, so a reader
     never sees id N+1 before id N has committed. Then each job's counter (sorted), which
@@ -417,21 +390,58 @@ def _write(cur, sqlite, sql, lines):
             if row[1] is None:  # a counter row that is not a job's: no line can go there
                 raise JobGone(key)
             seqs[key] = row[1]
-    rows, millis = [], []
+    # one pass: each line's row as the database takes it, and as it is published
+    # (models.line_dict's shape); a batch's lines mostly share one timestamp object
+    # (the request's) and their (key, step, level, second), counted by runs
+    rows, plain, rich, copy_text = [], [], [], []
     volume = Counter()
-    last = ms = None  # a batch's lines mostly share one timestamp object (the request's)
+    last = ms = when = pg_when = run = None
+    n_run = 0
     for i, (key, line) in enumerate(zip(keys, lines)):
         number = next_line[key] = next_line[key] + 1
         ts, get = line["timestamp"], line.get
         if ts is not last:
-            last, ms = ts, (ts - _EPOCH) // _MS
-        millis.append(ms)
-        rows.append({"id": first_id + i, "job_id": line["job_id"],
-                     "step_name": line["step_name"], "level": line["level"],
-                     "message": line["message"], "timestamp": ts, "line_number": number,
-                     "source": get("source"), "attributes": get("attributes"),
-                     "trace_id": get("trace_id"), "span_id": get("span_id")})
-        volume[(key, line["step_name"] or "", line["level"], ms // 1000)] += 1
-    _insert(cur, sqlite, sql, rows, seqs, millis)
+            last, ms, when = ts, (ts - _EPOCH) // _MS, iso(ts)
+            if not sqlite:
+                pg_when = ts.isoformat(" ")
+        line_id, job_id, step, level, message = (first_id + i, line["job_id"], line["step_name"],
+                                                 line["level"], line["message"])
+        source, fields, trace, span = (get("source"), get("attributes"), get("trace_id"),
+                                       get("span_id"))
+        row = {"id": line_id, "timestamp": when, "level": LEVEL_NAMES[level],
+               "message": message, "job_id": job_id, "step_name": step,
+               "line_number": number, "source": source}
+        plain_line = fields is None and trace is None and span is None
+        if not plain_line:
+            if fields:
+                row["attributes"] = fields
+            if trace is not None:
+                row["trace_id"] = trace
+            if span is not None:
+                row["span_id"] = span
+        rows.append(row)
+        seq = seqs[job_id]
+        if sqlite:
+            values = (line_id, seq, step, level, message, ms, number, source)
+            if plain_line:
+                plain.append(values)
+            else:
+                rich.append(values + (orjson.dumps(fields).decode() if fields else None,
+                                      None if trace is None else bytes.fromhex(trace),
+                                      None if span is None else bytes.fromhex(span)))
+        else:
+            copy_text.append(
+                f"{line_id}\t{_NULL if seq is None else seq}\t{_copy_text(step)}\t{level}\t"
+                f"{_copy_text(message)}\t{pg_when}\t{number}\t{_copy_text(source)}\t"
+                f"{_NO_FIELDS if plain_line else _copy_fields(fields, trace, span)}\n")
+        counted = (key, step or "", level, ms // 1000)
+        if counted != run:
+            if n_run:
+                volume[run] += n_run
+            run, n_run = counted, 0
+        n_run += 1
+    if n_run:
+        volume[run] += n_run
+    _insert(cur, sqlite, sql, plain, rich, copy_text)
     _upsert_counts(cur, sql, volume)
     return rows

@@ -449,7 +449,7 @@ def test_every_way_to_a_page_gives_the_rule(any_app, monkeypatch, cap):
                 rows = write_lines(conn, [{"job_id": job, "step_name": None, "level": lv,
                                            "message": m, "timestamp": datetime(2026, 1, 1)}
                                           for m, lv in part])
-                every.extend((r["id"], job, r["level"], r["message"]) for r in rows)
+                every.extend((r["id"], job, lv, m) for r, (m, lv) in zip(rows, part))
             if part is first:
                 with engine.begin() as conn:
                     index_behind(conn, chunk=10 ** 6)
