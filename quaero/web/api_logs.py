@@ -11,7 +11,7 @@ from ..facets import facet_counts
 from ..ingest import accepted_body
 from ..models import LEVELS, db
 from ..queries import LineFilter, count_matches, select_lines
-from .lines import MAX_LINES_PER_REQUEST, answered, clean_line, idempotency_key, store_lines
+from .lines import MAX_LINES_PER_REQUEST, answered, clean_lines, idempotency_key, store_lines
 from .params import (check_jobs_exist, db_reading, json_object, let_others_run, parse_int,
                      parse_query, parse_search, read_body)
 
@@ -34,7 +34,7 @@ def post_logs():
     if len(items) > MAX_LINES_PER_REQUEST:
         raise TooLarge(f"at most {MAX_LINES_PER_REQUEST} lines per request")
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    lines = [clean_line(item, f"logs[{i}]", now) for i, item in enumerate(items)]
+    lines = clean_lines(items, "logs", now)
     stored = store_lines(lines, key, digest)
     if isinstance(stored, Response):
         return stored

@@ -18,43 +18,72 @@ MAX_MESSAGE_BYTES = 65536
 MAX_LINES_PER_REQUEST = 10000
 
 
+def _at(where):
+    """The name of a line in a 400: ``where`` as given, or ``(list, index)`` formatted
+    (only when there is an error to name it in)."""
+    return where if isinstance(where, str) else f"{where[0]}[{where[1]}]"
+
+
+def _plain(text, max_len=None):
+    """Whether ``text`` is a string ``clean_text`` takes as it is (ASCII, no NUL, within
+    ``max_len``): the common case, tested without naming the field."""
+    return (type(text) is str and text.isascii() and "\x00" not in text
+            and (max_len is None or 0 < len(text) <= max_len))
+
+
+def clean_lines(items, name, now):
+    """``clean_line`` of each item of the request's list ``name``."""
+    return [clean_line(item, (name, i), now) for i, item in enumerate(items)]
+
+
 def clean_line(item, where, now):
-    """One line of a request (``where`` names it in a 400) as the write path takes it."""
+    """One line of a request as the write path takes it; ``where`` names it in a 400
+    (a string, or ``(list, index)``)."""
     if not isinstance(item, dict):
-        raise Invalid(f"{where} must be an object")
+        raise Invalid(f"{_at(where)} must be an object")
     level = item.get("level")
     if not isinstance(level, str):
-        raise Invalid(f"{where}.level is required")
-    level = level.lower()
-    level = LEVEL_ALIASES.get(level, level)
-    if level not in LEVELS:
-        raise Invalid(f"{where}.level must be one of debug, info, warn, error")
-    if "message" not in item:
-        raise Invalid(f"{where}.message is required")
-    message = clean_text(item["message"], f"{where}.message")
+        raise Invalid(f"{_at(where)}.level is required")
+    code = _LEVEL_CODES.get(level)
+    if code is None:
+        code = _LEVEL_CODES.get(level.lower())
+        if code is None:
+            raise Invalid(f"{_at(where)}.level must be one of debug, info, warn, error")
+    message = item.get("message", _MISSING)
+    if message is _MISSING:
+        raise Invalid(f"{_at(where)}.message is required")
+    if not _plain(message):
+        message = clean_text(message, f"{_at(where)}.message")
     if len(message) * 4 > MAX_MESSAGE_BYTES and len(message.encode("utf-8")) > MAX_MESSAGE_BYTES:
-        raise TooLarge(f"{where}.message is over {MAX_MESSAGE_BYTES} bytes")
+        raise TooLarge(f"{_at(where)}.message is over {MAX_MESSAGE_BYTES} bytes")
     job_id, step = item.get("job_id"), item.get("step")
     if job_id is not None and not isinstance(job_id, str):
-        raise Invalid(f"{where}.job_id must be a string")
+        raise Invalid(f"{_at(where)}.job_id must be a string")
     if step is not None:
-        step = clean_text(step, f"{where}.step", MAX_NAME)
+        if not _plain(step, MAX_NAME):
+            step = clean_text(step, f"{_at(where)}.step", MAX_NAME)
         if not job_id:
-            raise Invalid(f"{where}.step needs a job_id")
+            raise Invalid(f"{_at(where)}.step needs a job_id")
     source = item.get("source")
-    if source is not None and source != "":
-        source = clean_text(source, f"{where}.source", MAX_NAME)
-    timestamp = parse_timestamp(item.get("timestamp"), now)
+    if source is not None and source != "" and not _plain(source, MAX_NAME):
+        source = clean_text(source, f"{_at(where)}.source", MAX_NAME)
+    timestamp = item.get("timestamp")
+    timestamp = now if timestamp is None else parse_timestamp(timestamp, now)
     fields, trace, span = item.get("attributes"), item.get("trace_id"), item.get("span_id")
     if fields is not None:  # (a field not sent: no call, no name built)
-        fields = clean_attributes(fields, f"{where}.attributes")
+        fields = clean_attributes(fields, f"{_at(where)}.attributes")
     if trace is not None:
-        trace = clean_hex_id(trace, f"{where}.trace_id", TRACE_DIGITS)
+        trace = clean_hex_id(trace, f"{_at(where)}.trace_id", TRACE_DIGITS)
     if span is not None:
-        span = clean_hex_id(span, f"{where}.span_id", SPAN_DIGITS)
-    return {"job_id": job_id or None, "step_name": step, "level": LEVELS[level],
+        span = clean_hex_id(span, f"{_at(where)}.span_id", SPAN_DIGITS)
+    return {"job_id": job_id or None, "step_name": step, "level": code,
             "message": message, "timestamp": timestamp,
             "source": source or None, "attributes": fields, "trace_id": trace, "span_id": span}
+
+
+_MISSING = object()
+# a level as sent (any case, or an alias) to its number
+_LEVEL_CODES = {**LEVELS, **{alias: LEVELS[name] for alias, name in LEVEL_ALIASES.items()}}
 
 
 def store_lines(lines, key=None, digest=None):
