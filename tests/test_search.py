@@ -468,3 +468,31 @@ def test_every_way_to_a_page_gives_the_rule(any_app, monkeypatch, cap):
                 assert [ln["id"] for ln in got] == [i for i in want if i < at][-limit:]
                 assert count_matches(conn, f) == (len(want), False)
     check()
+
+
+def test_the_index_keeps_up_under_load(any_app, monkeypatch):
+    """Lines written faster than the writer is ever idle are indexed all the same, at
+    most about MAX_UNINDEXED behind (SQLite: a chunk in the writer's turn; PostgreSQL: a
+    greenlet of its own beside the writer), and every search still finds every line."""
+    from quaero import ingest
+    monkeypatch.setattr(ingest, "MAX_UNINDEXED", 300)
+    c = any_app.test_client()
+    engine = any_app.extensions["quaero"].engine
+    job = new_job(c)
+
+    def counters():
+        with engine.connect() as conn:
+            return dict(conn.exec_driver_sql(
+                "SELECT key, value FROM line_counters WHERE key IN ('__id__', '__search__')").all())
+    marks = []
+    for k in range(40):  # (back to back: the writer is never quiet for INDEX_AFTER_QUIET)
+        post(c, *[{"level": "info", "message": f"burst {k} line {i}", "job_id": job}
+                  for i in range(100)])
+        marks.append(counters())
+    assert marks[-1]["__search__"] > marks[0]["__search__"]
+    assert all(m["__id__"] - m["__search__"] <= 4 * 300 + 2 * 100 + 64 for m in marks[10:])
+    if engine.dialect.name == "postgresql":
+        assert any_app.extensions["quaero"].ingestor._indexer is not None
+    r = c.get("/api/search", query_string={"q": "LINE 7", "limit": 500})
+    assert sorted(messages(r)) == sorted(f"burst {k} line {i}" for k in range(40)
+                                          for i in range(100) if "line 7" in f"line {i}")
