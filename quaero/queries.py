@@ -224,6 +224,7 @@ def _pg_search_index(conn, folded):
     with conn.connection.driver_connection.cursor() as cur:
         cur.execute(_PG_INDEX, (_like_pattern(folded), PG_IDS // BLOCK + 1), prepare=False)
         mark, newest, blocks = cur.fetchone()
+    mark, newest = mark or 0, newest or 0  # (no mark: nothing is indexed)
     if len(blocks) * BLOCK + max(newest - mark, 0) > PG_IDS:
         return None
     ids = [b * BLOCK + i for b in blocks for i in range(BLOCK)]
