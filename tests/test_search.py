@@ -417,7 +417,8 @@ _QS = ["alpha", "ALP", "eta", "gamma%", "a_b", "i̇x", "a\\", "ph", "zzz", "a b"
 @pytest.mark.parametrize("cap", ["listed", "scanned"])
 def test_every_way_to_a_page_gives_the_rule(any_app, monkeypatch, cap):
     """Lines written in two parts, the first indexed and the second not, read with every
-    filter a page takes: the newest page, the page after and before an id, the count.
+    filter a page takes: the newest page, the page after and before an id, the count, the
+    histogram's total.
     PostgreSQL reads a search either by the listed candidates of the blocks that may hold
     ``q`` (``queries.PG_IDS`` of them at most) or, past that, by testing lines newest
     first: both give the rule's lines (``q.lower() in message.lower()``)."""
@@ -426,6 +427,7 @@ def test_every_way_to_a_page_gives_the_rule(any_app, monkeypatch, cap):
     from hypothesis import HealthCheck, given, settings, strategies as st
 
     from quaero import queries
+    from quaero.histogram import log_histogram
     from quaero.models import LEVELS
     from quaero.queries import count_matches, select_lines
     from quaero.storage import index_behind, write_lines
@@ -467,6 +469,7 @@ def test_every_way_to_a_page_gives_the_rule(any_app, monkeypatch, cap):
                 got, _ = select_lines(conn, f, before=at, limit=limit)
                 assert [ln["id"] for ln in got] == [i for i in want if i < at][-limit:]
                 assert count_matches(conn, f) == (len(want), False)
+            assert log_histogram(engine, f)["total"] == len(want)
     check()
 
 
