@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from .models import LEVELS, LEVEL_NAMES, SERVICE_KEY, iso, log_t, to_millis, volume_t as vol_t
-from .queries import _where as line_conditions
+from .queries import _where as line_conditions, search_index
 
 DEFAULT_BUCKETS = 60
 MAX_BUCKETS = 500
@@ -76,7 +76,7 @@ def _from_volume(conn, f, buckets, until):
 def _from_lines(conn, f, buckets, until):
     """Buckets of whole milliseconds counted from the lines: ``date_bin`` on PostgreSQL,
     the stored milliseconds on SQLite (``models.EpochMillis``)."""
-    conds = line_conditions(f, conn)
+    conds = line_conditions(f, conn, search_index(conn, f, every=True))
     ts = log_t.c.timestamp
     first, last = conn.execute(sa.select(sa.func.min(ts), sa.func.max(ts)).where(*conds)).one()
     if first is None:

@@ -188,6 +188,11 @@ def _text_condition(q, dialect, index):
         exact = sa.func.strpos(sa.func.lower(log_t.c.message.collate(ICU_ROOT)), folded) > 0
         if index is None:  # no trigram, or too many candidates to list
             return exact
+        if isinstance(index, tuple):  # a reader of every match: every block that may hold it
+            mark, blocks = index
+            listed = sa.literal_column(f"'{{{','.join(map(str, blocks))}}}'::bigint[]")
+            maybe = sa.or_((log_t.c.id // BLOCK) == sa.any_(listed), log_t.c.id > mark)
+            return sa.case((maybe, exact), else_=sa.false())  # (in this order)
         return sa.and_(log_t.c.id == sa.any_(sa.bindparam(None, index, type_=_ID_ARRAY,
                                                           unique=True)), exact)
     exact = sa.func.quaero_contains(log_t.c.message, folded) == 1
@@ -214,31 +219,36 @@ _PG_INDEX = (f"SELECT (SELECT value FROM line_counters WHERE key = '{SEARCH_KEY}
 _ID_ARRAY = ARRAY(sa.BigInteger)
 
 
-def _pg_search_index(conn, folded):
+def _pg_search_index(conn, folded, every=False):
     """PostgreSQL: the ids of the lines that may hold ``q.lower()`` (``folded``), or
-    None when ``q`` has no trigram or there are too many to list."""
+    None when ``q`` has no trigram or there are too many to list. ``every``: for a
+    reader of every match (the histogram), ``(mark, blocks)`` instead of None, every
+    block that may hold it: a line's text is tested only if it is in one of them
+    (a constant array, which PostgreSQL hashes; the case keeps the order): 80 ms where
+    testing every line took 180 (a word in a third of the blocks, 500,000 lines)."""
     if len(folded) < TRIGRAM:
         return None
     # never prepared: the plan of a prepared statement, made once for any pattern, read
     # every document (80 ms at 500,000 lines where the index took 2)
     with conn.connection.driver_connection.cursor() as cur:
-        cur.execute(_PG_INDEX, (_like_pattern(folded), PG_IDS // BLOCK + 1), prepare=False)
+        cur.execute(_PG_INDEX, (_like_pattern(folded), None if every else PG_IDS // BLOCK + 1),
+                    prepare=False)
         mark, newest, blocks = cur.fetchone()
     mark, newest = mark or 0, newest or 0  # (no mark: nothing is indexed)
     if len(blocks) * BLOCK + max(newest - mark, 0) > PG_IDS:
-        return None
+        return (mark, blocks) if every else None
     ids = [b * BLOCK + i for b in blocks for i in range(BLOCK)]
     ids.extend(range(mark + 1, newest + 1))
     return ids
 
 
-def search_index(conn, f):
+def search_index(conn, f, every=False):
     """What the search index says of ``f`` before its lines are read, once for every
     job a statement reads: SQLite, the index's generations (for ``q`` or attributes);
     PostgreSQL, for ``q``, ``_pg_search_index``."""
     if conn.dialect.name == "sqlite":
         return generations(conn) if (f.q is not None or f.attrs) else ()
-    return _pg_search_index(conn, f.folded) if f.q is not None else None
+    return _pg_search_index(conn, f.folded, every) if f.q is not None else None
 
 
 def _attr_condition(key, wanted, dialect, gens=()):
