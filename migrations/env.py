@@ -3,7 +3,7 @@ and by Flask-Migrate's ``flask --app wsgi db ...`` commands (the app's engine)."
 from alembic import context
 
 from quaero.models import Base
-from quaero.queries import not_search_index
+from quaero.textsearch import not_search_index
 
 config = context.config
 target_metadata = Base.metadata

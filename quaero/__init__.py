@@ -128,7 +128,7 @@ def _sqlite_pragmas(dbapi_conn, record):
                    "busy_timeout=10000", "journal_size_limit=67108864"):
         cur.execute("PRAGMA " + pragma)
     cur.close()
-    from .queries import register_sqlite_functions
+    from .textsearch import register_sqlite_functions
     register_sqlite_functions(dbapi_conn)
     _yield_during_reads(dbapi_conn, record)
 

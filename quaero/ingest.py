@@ -210,17 +210,13 @@ class Ingestor:
         return batch
 
     def _index_under_load(self):
-        """Sustained load: keep what searches scan bounded (MAX_UNINDEXED). SQLite has one
-        writer at a time: a chunk in the writer's turn. PostgreSQL indexes beside the
-        writer, in a greenlet of its own (a chunk there was 9 us of the database's time a
-        line, which the writer waited out); the writer takes a chunk itself only while
-        that greenlet is four times as far behind."""
-        if not self._index_beside:
-            self._index_chunk()
-            return
-        if self._indexer is None or self._indexer.dead:
+        """Keep what searches scan bounded (MAX_UNINDEXED). SQLite (one writer at a time):
+        a chunk in the writer's turn. PostgreSQL: a greenlet indexes beside the writer (9 us
+        of the database's time a line the writer waited out), which takes a chunk itself
+        only while four times as far behind."""
+        if self._index_beside and (self._indexer is None or self._indexer.dead):
             self._indexer = self._group.spawn(self._catch_up)
-        if self._written - self._indexed > 4 * MAX_UNINDEXED:
+        if not self._index_beside or self._written - self._indexed > 4 * MAX_UNINDEXED:
             self._index_chunk()
 
     def _catch_up(self):

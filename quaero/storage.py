@@ -135,7 +135,7 @@ INDEX_AFTER_QUIET = 0.25  # seconds without a write
 
 # SQLite's search index (migration 0012): a trigram document per BLOCK of consecutive ids,
 # the messages of the block's lines; a search reads the lines of the blocks that hold
-# every trigram asked and tests them (queries._text_condition). Logs repeat themselves
+# every trigram asked and tests them (textsearch.text_condition). Logs repeat themselves
 # from line to line: a block holds a trigram once where its lines held it each, 10 bytes
 # a line where one document per line took 68 (bench/storage.py). The documents of ids
 # [g * GENERATION, (g + 1) * GENERATION) go to table ``log_fts_<g>``; documents are only
@@ -208,7 +208,7 @@ def generations(conn):
 
 
 # PostgreSQL's search index (migration 0018): the same blocks, in one table; a block's
-# document is its lines' messages as searches fold them (queries.ICU_ROOT), one per line,
+# document is its lines' messages as searches fold them (textsearch.ICU_ROOT), one per line,
 # under a pg_trgm GIN index. A trigram GIN entry per line was half the cost of writing a
 # line and 130 of its 450 bytes (bench/storage.py).
 _PG_INDEX = ("INSERT INTO log_text_blocks (block, doc) "

@@ -5,7 +5,7 @@ from alembic.migration import MigrationContext
 
 from quaero.migrate import init_db
 from quaero.models import Base
-from quaero.queries import not_search_index
+from quaero.textsearch import not_search_index
 
 
 def test_migrations_build_the_models_schema(database_url):

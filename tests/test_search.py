@@ -420,19 +420,19 @@ def test_every_way_to_a_page_gives_the_rule(any_app, monkeypatch, cap):
     filter a page takes: the newest page, the page after and before an id, the count, the
     histogram's total.
     PostgreSQL reads a search either by the listed candidates of the blocks that may hold
-    ``q`` (``queries.PG_IDS`` of them at most) or, past that, by testing lines newest
+    ``q`` (``textsearch.PG_IDS`` of them at most) or, past that, by testing lines newest
     first: both give the rule's lines (``q.lower() in message.lower()``)."""
     from datetime import datetime
 
     from hypothesis import HealthCheck, given, settings, strategies as st
 
-    from quaero import queries
+    from quaero import textsearch
     from quaero.histogram import log_histogram
     from quaero.models import LEVELS
     from quaero.queries import count_matches, select_lines
     from quaero.storage import index_behind, write_lines
     if cap == "scanned":
-        monkeypatch.setattr(queries, "PG_IDS", 0)
+        monkeypatch.setattr(textsearch, "PG_IDS", 0)
     c = any_app.test_client()
     engine = any_app.extensions["quaero"].engine
     every = []   # every line written by this test: (id, job_id, level, message)

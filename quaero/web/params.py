@@ -11,7 +11,8 @@ from ..attributes import parse_filters
 from ..deadline import reading, within
 from ..errors import Invalid, JobNotFound, TooLarge
 from ..models import LEVELS, LEVEL_ALIASES, Job
-from ..queries import MAX_Q, LineFilter
+from ..queries import LineFilter
+from ..textsearch import MAX_Q
 from .jsonio import loads
 
 MAX_JOB_IDS = 50
