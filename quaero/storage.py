@@ -9,7 +9,7 @@ import orjson
 import sqlalchemy as sa
 
 from .attributes import value_text
-from .models import LEVEL_NAMES, ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, iso, log_t
+from .models import ID_KEY, SEARCH_KEY, SERVICE_KEY, counters_t, iso, line_dict, log_t
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 
@@ -408,18 +408,9 @@ def _write(cur, sqlite, sql, lines):
                                                  line["level"], line["message"])
         source, fields, trace, span = (get("source"), get("attributes"), get("trace_id"),
                                        get("span_id"))
-        row = {"id": line_id, "timestamp": when, "level": LEVEL_NAMES[level],
-               "message": message, "job_id": job_id, "step_name": step,
-               "line_number": number, "source": source}
+        rows.append(line_dict(line_id, job_id, step, level, message, ts, number, source,
+                              fields, trace, span, when))  # (positional: ** cost twice)
         plain_line = fields is None and trace is None and span is None
-        if not plain_line:
-            if fields:
-                row["attributes"] = fields
-            if trace is not None:
-                row["trace_id"] = trace
-            if span is not None:
-                row["span_id"] = span
-        rows.append(row)
         seq = seqs[job_id]
         if sqlite:
             values = (line_id, seq, step, level, message, ms, number, source)
