@@ -85,6 +85,9 @@ def run_http(server, job_id, n_producers, seconds, profile=None):
     cpu = cpu_seconds(pid) - c0
     if spy is not None:
         spy.wait(60)
+    if len(out) < len(threads):  # a producer stopped on an answer other than 201
+        raise RuntimeError(f"{len(threads) - len(out)} of {len(threads)} producers failed "
+                           "(their error is printed above)")
     lines = sum(n for n, _ in out)
     lat = [x for _, ls in out for x in ls]
     return {"lines_s": lines / elapsed, "req_s": len(lat) / elapsed,
