@@ -12,6 +12,8 @@ from .levels import LEVEL_NAMES, LEVELS  # noqa: F401  (re-exported: the one lev
 from .levels import WARN as RARE_LEVEL  # the level index holds lines at this level and above
 
 LEVEL_ALIASES = {"warning": "warn"}
+# a level's name or alias (lowercase) to its number
+LEVEL_CODES = {**LEVELS, **{alias: LEVELS[name] for alias, name in LEVEL_ALIASES.items()}}
 
 JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 FINISHED = frozenset(("completed", "failed", "cancelled"))

@@ -208,11 +208,12 @@ def generations(conn):
 
 
 # PostgreSQL's search index (migration 0018): the same blocks, in one table; a block's
-# document is its lines' messages as searches fold them (textsearch.ICU_ROOT), one per line,
-# under a pg_trgm GIN index. A trigram GIN entry per line was half the cost of writing a
+# document is its lines' messages as searches fold them (ICU_ROOT), one per line, under a
+# pg_trgm GIN index. A trigram GIN entry per line was half the cost of writing a
 # line and 130 of its 450 bytes (bench/storage.py).
+ICU_ROOT = "und-x-icu"  # PostgreSQL's ICU root locale: its lowercase is str.lower's
 _PG_INDEX = ("INSERT INTO log_text_blocks (block, doc) "
-             f"SELECT id / {BLOCK}, string_agg(lower(message COLLATE \"und-x-icu\"), E'\\n' "
+             f"SELECT id / {BLOCK}, string_agg(lower(message COLLATE \"{ICU_ROOT}\"), E'\\n' "
              "ORDER BY id) FROM log_entries WHERE id > %(mark)s AND id <= %(upto)s "
              f"GROUP BY id / {BLOCK} ON CONFLICT (block) DO NOTHING")
 
@@ -306,16 +307,17 @@ def clear_generations(conn):
     pruner removed them all) in the open transaction ``conn``; returns their numbers.
     SQLite: their tables stay (a search running meanwhile names them), empty. PostgreSQL:
     the documents of the blocks before the oldest line go (and the numbers are those of
-    the generations they were in). The first statement is a write, as in ``index_behind``: nothing is indexed while this
-    looks, and a line committed meanwhile is after the mark, in no block."""
+    the generations they were in). The first statement is a write, as in
+    ``index_behind``: nothing is indexed while this looks, and a line committed meanwhile
+    is after the mark, in no block."""
     conn.execute(counters_t.update().where(counters_t.c.key == SEARCH_KEY)
                  .values(value=counters_t.c.value))
     oldest = conn.execute(sa.select(sa.func.min(log_t.c.id))).scalar()
     if conn.dialect.name == "postgresql":  # (block b holds ids 64b .. 64b + 63)
         where = "true" if oldest is None else f"block < {int(oldest) // BLOCK}"
-        gone = conn.execute(sa.text(f"DELETE FROM log_text_blocks WHERE {where} "
-                                    "RETURNING block")).scalars()
-        return sorted({b * BLOCK // GENERATION for b in gone})
+        return list(conn.execute(sa.text(
+            f"WITH gone AS (DELETE FROM log_text_blocks WHERE {where} RETURNING block) "
+            f"SELECT DISTINCT block * {BLOCK} / {GENERATION} AS g FROM gone ORDER BY g")).scalars())
     cleared = []
     for g in generations(conn):
         if oldest is not None and g >= oldest // GENERATION:

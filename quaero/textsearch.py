@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from .attributes import value_matches, wanted_texts, wanted_values
 from .models import ID_KEY, SEARCH_KEY, log_t
-from .storage import BLOCK, attr_table, attr_token, generation_table, generations
+from .storage import ICU_ROOT, BLOCK, attr_table, attr_token, generation_table, generations
 
 # Text search. The rule: a line matches when ``q.lower()`` is in ``message.lower()``
 # (Python's str.lower: Unicode's full lowercase mapping, "İ" to "i̇" and a final "Σ" to
@@ -26,7 +26,6 @@ from .storage import BLOCK, attr_table, attr_token, generation_table, generation
 # page's end. On both, the lines after the index's mark are scanned too.
 TRIGRAM = 3
 MAX_Q = 200
-ICU_ROOT = "und-x-icu"  # PostgreSQL's ICU root locale; the search index folds by it too
 # a block's ids are its number * BLOCK + 0 .. BLOCK - 1 (storage.index_behind)
 _OFFSETS = "(SELECT column1 AS n FROM (VALUES " + ", ".join(f"({i})" for i in range(BLOCK)) + "))"
 
@@ -162,9 +161,9 @@ def text_condition(q, dialect, index):
 # 0.5 s.) The list holds ids up to the newest read here: the read is of the lines as
 # they were then, as if it had run a moment earlier.
 PG_IDS = 1 << 15
-_PG_INDEX = (f"SELECT (SELECT value FROM line_counters WHERE key = '{SEARCH_KEY}'), "
-             f"(SELECT value FROM line_counters WHERE key = '{ID_KEY}'), "
-             "ARRAY(SELECT block FROM log_text_blocks WHERE doc LIKE %s LIMIT %s)")
+_PG_CANDIDATES = (f"SELECT (SELECT value FROM line_counters WHERE key = '{SEARCH_KEY}'), "
+                  f"(SELECT value FROM line_counters WHERE key = '{ID_KEY}'), "
+                  "ARRAY(SELECT block FROM log_text_blocks WHERE doc LIKE %s LIMIT %s)")
 _ID_ARRAY = ARRAY(sa.BigInteger)
 
 
@@ -180,8 +179,8 @@ def _pg_search_index(conn, folded, every=False):
     # never prepared: the plan of a prepared statement, made once for any pattern, read
     # every document (80 ms at 500,000 lines where the index took 2)
     with conn.connection.driver_connection.cursor() as cur:
-        cur.execute(_PG_INDEX, (_like_pattern(folded), None if every else PG_IDS // BLOCK + 1),
-                    prepare=False)
+        n = None if every else PG_IDS // BLOCK + 1
+        cur.execute(_PG_CANDIDATES, (_like_pattern(folded), n), prepare=False)
         mark, newest, blocks = cur.fetchone()
     mark, newest = mark or 0, newest or 0  # (no mark: nothing is indexed)
     if len(blocks) * BLOCK + max(newest - mark, 0) > PG_IDS:

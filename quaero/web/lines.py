@@ -9,10 +9,10 @@ from flask import Response, current_app, request
 from ..attributes import SPAN_DIGITS, TRACE_DIGITS, clean_attributes, clean_hex_id
 from ..errors import Conflict, Invalid, NotFound, TooLarge
 from ..ingest import KeyTaken
-from ..models import LEVELS, LEVEL_ALIASES, Job, Step, idempotency_t, utcnow
+from ..models import LEVEL_CODES, Job, Step, idempotency_t, utcnow
 from ..storage import IDEMPOTENCY_TTL
 from .auth import check_line_targets
-from .params import MAX_NAME, clean_text, db_reading, parse_timestamp
+from .params import MAX_NAME, clean_text, db_reading, parse_timestamp, plain_text
 
 MAX_MESSAGE_BYTES = 65536
 MAX_LINES_PER_REQUEST = 10000
@@ -22,13 +22,6 @@ def _at(where):
     """The name of a line in a 400: ``where`` as given, or ``(list, index)`` formatted
     (only when there is an error to name it in)."""
     return where if isinstance(where, str) else f"{where[0]}[{where[1]}]"
-
-
-def _plain(text, max_len=None):
-    """Whether ``text`` is a string ``clean_text`` takes as it is (ASCII, no NUL, within
-    ``max_len``): the common case, tested without naming the field."""
-    return (type(text) is str and text.isascii() and "\x00" not in text
-            and (max_len is None or 0 < len(text) <= max_len))
 
 
 def clean_lines(items, name, now):
@@ -44,15 +37,15 @@ def clean_line(item, where, now):
     level = item.get("level")
     if not isinstance(level, str):
         raise Invalid(f"{_at(where)}.level is required")
-    code = _LEVEL_CODES.get(level)
+    code = LEVEL_CODES.get(level)
     if code is None:
-        code = _LEVEL_CODES.get(level.lower())
+        code = LEVEL_CODES.get(level.lower())
         if code is None:
             raise Invalid(f"{_at(where)}.level must be one of debug, info, warn, error")
     message = item.get("message", _MISSING)
     if message is _MISSING:
         raise Invalid(f"{_at(where)}.message is required")
-    if not _plain(message):
+    if not plain_text(message):
         message = clean_text(message, f"{_at(where)}.message")
     if len(message) * 4 > MAX_MESSAGE_BYTES and len(message.encode("utf-8")) > MAX_MESSAGE_BYTES:
         raise TooLarge(f"{_at(where)}.message is over {MAX_MESSAGE_BYTES} bytes")
@@ -60,12 +53,12 @@ def clean_line(item, where, now):
     if job_id is not None and not isinstance(job_id, str):
         raise Invalid(f"{_at(where)}.job_id must be a string")
     if step is not None:
-        if not _plain(step, MAX_NAME):
+        if not plain_text(step, MAX_NAME):
             step = clean_text(step, f"{_at(where)}.step", MAX_NAME)
         if not job_id:
             raise Invalid(f"{_at(where)}.step needs a job_id")
     source = item.get("source")
-    if source is not None and source != "" and not _plain(source, MAX_NAME):
+    if source is not None and source != "" and not plain_text(source, MAX_NAME):
         source = clean_text(source, f"{_at(where)}.source", MAX_NAME)
     timestamp = item.get("timestamp")
     timestamp = now if timestamp is None else parse_timestamp(timestamp, now)
@@ -82,8 +75,6 @@ def clean_line(item, where, now):
 
 
 _MISSING = object()
-# a level as sent (any case, or an alias) to its number
-_LEVEL_CODES = {**LEVELS, **{alias: LEVELS[name] for alias, name in LEVEL_ALIASES.items()}}
 
 
 def store_lines(lines, key=None, digest=None):

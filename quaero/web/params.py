@@ -10,7 +10,7 @@ from flask import current_app, request
 from ..attributes import parse_filters
 from ..deadline import reading, within
 from ..errors import Invalid, JobNotFound, TooLarge
-from ..models import LEVELS, LEVEL_ALIASES, Job
+from ..models import LEVEL_CODES, Job
 from ..queries import LineFilter
 from ..textsearch import MAX_Q
 from .jsonio import loads
@@ -45,11 +45,10 @@ def parse_int(value, name):
 
 
 def parse_level(value, default="info"):
-    value = default if value in (None, "") else value.strip().lower()
-    value = LEVEL_ALIASES.get(value, value)
-    if value not in LEVELS:
+    code = LEVEL_CODES.get(default if value in (None, "") else value.strip().lower())
+    if code is None:
         raise Invalid("level must be one of debug, info, warn, error")
-    return LEVELS[value]
+    return code
 
 
 def parse_query(args):
@@ -222,7 +221,16 @@ def json_object(body):
     return data
 
 
+def plain_text(value, max_len=None):
+    """Whether ``clean_text`` takes ``value`` as it is (a string, ASCII, no NUL, within
+    ``max_len``): the common case, which a caller can test before naming the field."""
+    return (type(value) is str and value.isascii() and "\x00" not in value
+            and (max_len is None or 0 < len(value) <= max_len))
+
+
 def clean_text(value, name, max_len=None):
+    if plain_text(value, max_len):
+        return value
     if not isinstance(value, str):
         raise Invalid(f"{name} must be a string")
     if "\x00" in value:
