@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from .attributes import line_matches
 from .models import (ID_KEY, LEVEL_NAMES, LEVELS, RARE_LEVEL, SERVICE_KEY, counters_t,
-                     counts_t, jobs_t, line_dict, log_t, of_jobs, HexBytes)
+                     counts_t, jobs_t, line_dict, log_t, of_jobs, of_step, HexBytes)
 from .textsearch import attr_condition, search_index, text_condition
 
 
@@ -76,7 +76,10 @@ def _where(f, conn, index=False):
         conds.append(log_t.c.level >= sa.literal_column(str(RARE_LEVEL)))
     elif f.min_level > LEVELS["debug"]:
         conds.append((log_t.c.level + 0) >= f.min_level)
-    if f.job_ids or not f.everywhere:
+    if (f.step is not None and f.job_ids and dialect == "postgresql"
+            and f.min_level <= LEVELS["info"]):  # (warn, error: the level index, by job)
+        conds.append(of_step(f.job_ids, f.step))  # the job too, as its index has it
+    elif f.job_ids or not f.everywhere:
         conds.append(of_jobs(f.job_ids))
     if f.step is not None:
         conds.append(log_t.c.step_name == f.step)

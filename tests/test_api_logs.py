@@ -213,6 +213,32 @@ def test_filters_level_and_step(c):
     assert r["meta"]["total_count"] == 30
 
 
+def test_steps_that_share_an_index_key_are_told_apart(c):
+    """PostgreSQL reads a step's lines by a key of its job and 20 bits of its name's hash
+    (models.step_key): "step-518" and "step-634" have the same key. Each step's lines,
+    newest first, in pages, after an id, and of two jobs at once, are that step's alone."""
+    steps = ("step-518", "step-634")
+    a, b = new_job(c, steps), new_job(c, steps)
+    for job in (a, b):
+        assert post(c, *({"level": "info", "message": f"{job} {i}", "job_id": job,
+                          "step": steps[i % 2]} for i in range(30))).status_code == 201
+    for step in steps:
+        want = [ln for ln in c.get(f"/api/logs?scope=job&job_id={a}&limit=100").json["logs"]
+                if ln["step_name"] == step]
+        assert len(want) == 15
+        r = c.get(f"/api/logs?scope=job&job_id={a}&step={step}&limit=10").json
+        assert r["logs"] == want[-10:] and r["meta"]["total_count"] == 15
+        older = c.get(f"/api/logs?scope=job&job_id={a}&step={step}"
+                      f"&before={want[-10]['id']}").json["logs"]
+        assert older == want[:5]
+        after = c.get(f"/api/logs?scope=job&job_id={a}&step={step}"
+                      f"&after={want[4]['id']}").json["logs"]
+        assert after == want[5:]
+        both = c.get(f"/api/logs?scope=job&job_id={a}&job_id={b}&step={step}&limit=100").json
+        assert len(both["logs"]) == 30 and {ln["step_name"] for ln in both["logs"]} == {step}
+        assert {ln["job_id"] for ln in both["logs"]} == {a, b}
+
+
 def test_limit_clamps(c):
     job = new_job(c)
     _fill(c, job, 6000)

@@ -1,4 +1,5 @@
 """The schema comes from the Alembic migrations, and they match the models."""
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -8,6 +9,7 @@ from quaero.models import Base
 from quaero.textsearch import not_search_index
 
 
+@pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression")
 def test_migrations_build_the_models_schema(database_url):
     engine = sa.create_engine(database_url)
     init_db(engine)
