@@ -46,19 +46,28 @@ def fill(server, lines, stamp, producers=2):
                 {"level": ("info", "warn", "debug", "error")[i % 4],
                  "message": MESSAGE.format(i=f"{p}-{start + i}"), "timestamp": stamp}
                 for i in range(n)]}).encode()
-            conn.request("POST", "/api/logs", body=body,
-                         headers={"Content-Type": "application/json"})
-            r = conn.getresponse()
-            data = r.read()
+            for _ in range(10):  # a 503 stored nothing: send it again, as a producer does
+                conn.request("POST", "/api/logs", body=body,
+                             headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                data = r.read()
+                if r.status != 503:
+                    break
+                time.sleep(1)
             if r.status != 201:
                 raise RuntimeError(f"fill: POST /api/logs -> {r.status} {data[:200]!r}")
+            with lock:
+                stored[0] += json.loads(data)["accepted"]
         conn.close()
+    lock, stored = threading.Lock(), [0]
     threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return per * producers
+    if stored[0] != per * producers:
+        raise SystemExit(f"fill: {stored[0]:,} of {per * producers:,} lines stored")
+    return stored[0]
 
 
 def post_one_lines(server, until):

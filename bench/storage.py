@@ -14,6 +14,7 @@ would, with 2 % of the lines in the service log. When the search index has caugh
 (the writer indexes behind itself) the server stops and the database is measured: SQLite's
 ``dbstat`` (pages in use, per table and index; the FTS5 shadow tables as one), PostgreSQL's
 ``pg_relation_size`` after ``VACUUM`` (tables with their TOAST, each index).
+PostgreSQL's reads are timed after an ``ANALYZE``, as autovacuum would have run one.
 
 With the store still up it also times the reads a page makes (median of 15, ms): a job's
 tail (200 lines), its errors, one step's tail, the service log's tail, a search for a rare
@@ -219,6 +220,13 @@ def sqlite_sizes(url):
     return sizes, file_bytes
 
 
+def analyze(url):
+    import psycopg
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"),
+                         autocommit=True) as c:
+        c.execute("ANALYZE")
+
+
 def pg_sizes(url):
     import psycopg
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
@@ -261,6 +269,8 @@ def run(kind, total, corpus_lines, root, label):
             if stored != n:
                 raise RuntimeError(f"{n - stored} of {n} lines were not stored")
             wait_indexed(url)
+            if kind == "postgresql":  # the statistics autovacuum keeps (off on some servers)
+                analyze(url)
             reads = read_figures(server.port, job_ids[len(job_ids) // 2])
         sizes, total_bytes = sqlite_sizes(url) if kind == "sqlite" else pg_sizes(url)
     return {"label": label, "kind": kind, "lines": n, "lines_s": rate, "sizes": sizes,
