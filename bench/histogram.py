@@ -52,7 +52,6 @@ def load(app, n_lines):
 
 
 def bench(kind, n_lines, runs):
-    import sqlalchemy as sa
     from werkzeug.datastructures import MultiDict
     from urllib.parse import parse_qsl
     from quaero import create_app

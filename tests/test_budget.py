@@ -8,7 +8,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from quaero.models import Job, db, utcnow
-from quaero.retention import FLOOR, Budget, Pruner, prune_for_room
+from quaero.retention import FLOOR, Budget, prune_for_room
 from tests.helpers import eventually, make_app
 
 

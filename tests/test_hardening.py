@@ -9,7 +9,7 @@ import gevent
 import httpx
 import pytest
 
-from tests.helpers import PG_URL, eventually, make_app
+from tests.helpers import eventually, make_app
 from tests.sse_client import SSEClient
 from tests.tcp_proxy import TCPProxy
 

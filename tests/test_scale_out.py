@@ -3,7 +3,6 @@
 These run for real in CI (QUAERO_TEST_POSTGRES_URL, QUAERO_TEST_REDIS_URL); locally they
 skip, saying why, when a service is not configured.
 """
-import os
 import random
 import shutil
 import subprocess
@@ -225,7 +224,6 @@ def test_redis_outage_loses_no_line(pg_url, server_factory, tmp_path):
         s = SSEClient(f"{b.url}/api/logs/stream?scope=service&limit=0", timeout=30)
         s.events(until=lambda e: e.event == "logs")
         acked, got = [], []
-        reader = gevent.spawn(lambda: None)
         for phase in range(3):
             if phase == 1:
                 redis_proc.terminate()

@@ -40,7 +40,7 @@ from flask import current_app, g, has_request_context, request, session
 from flask.sessions import SecureCookieSessionInterface
 
 from .. import access, keystore
-from ..access import ADMIN, INGEST, OPERATE, PUBLIC
+from ..access import ADMIN, PUBLIC
 from ..errors import AuthRequired, Forbidden, Refused
 from ..models import jobs_t, utcnow
 from ..servicelog import audit as audit_line

@@ -1,6 +1,5 @@
 """Outages, big jobs and login, in real headless Chromium against real gunicorn servers."""
 import re
-import time
 
 import httpx
 from playwright.sync_api import expect
