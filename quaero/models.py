@@ -257,7 +257,7 @@ sa.Index("ix_log_step_key",
 def of_step(job_ids, step):
     """PostgreSQL: "a line of one of ``job_ids`` whose step's key is ``step``'s", which
     reads ``ix_log_step_key``. It needs no test of the job besides: the key holds the
-    job's ``seq`` whole (below 2**43; jobs are numbered from 1), and with one a planner
+    job's ``seq`` whole (below 2**43, a check on ``jobs.seq``), and with one a planner
     multiplies the two conditions' estimates, guesses a handful of lines and sorts every
     line of the step instead of reading the index backwards to the page's end. The
     caller tests the step's name."""

@@ -94,15 +94,26 @@ def _where(f, conn, index=False):
     return conds
 
 
-# A line as line_dict takes it; its job's id from the job its ``job_seq`` refers to.
-_COLS = (log_t.c.id, jobs_t.c.id.label("job_id"), log_t.c.step_name, log_t.c.level,
-         log_t.c.message, log_t.c.timestamp, log_t.c.line_number, log_t.c.source,
-         log_t.c.attributes, log_t.c.trace_id, log_t.c.span_id)
+# A line as line_dict takes it; its job's id from the job its ``job_seq`` refers to
+_COLS = (log_t.c.step_name, log_t.c.level, log_t.c.message, log_t.c.timestamp,
+         log_t.c.line_number, log_t.c.source, log_t.c.attributes, log_t.c.trace_id,
+         log_t.c.span_id)
 _FROM = log_t.outerjoin(jobs_t, jobs_t.c.seq == log_t.c.job_seq)
 
 
-def _select_lines():
-    return sa.select(*_COLS).select_from(_FROM)
+def _select_lines(f=None):
+    """The lines' columns for ``f``. Lines of one job are that job's, and the service log's
+    no job's: their job id needs no join. Joined to every job, a planner that cannot tell
+    how many lines match (a step's key from a job's seq it has not read yet) hash-joined
+    every job to every line of a 171,000-line step and sorted them (75 ms; 0.7 ms read
+    alone). Several jobs, or every line: the job's id by the join."""
+    if f is not None and len(f.job_ids) == 1:
+        job, frm = sa.literal(f.job_ids[0], jobs_t.c.id.type), log_t
+    elif f is not None and not f.job_ids and not f.everywhere:
+        job, frm = sa.null(), log_t
+    else:
+        job, frm = jobs_t.c.id, _FROM
+    return sa.select(log_t.c.id, job.label("job_id"), *_COLS).select_from(frm)
 
 
 _BOUNDS = sa.select(counters_t.c.key, counters_t.c.first_id, counters_t.c.last_id).where(
@@ -141,7 +152,7 @@ def select_lines(conn, f, *, after=None, before=None, limit=100):
     if before is not None:
         conds.append(log_t.c.id < before)
     order = log_t.c.id.asc() if after is not None else log_t.c.id.desc()
-    rows = conn.execute(_select_lines().where(*conds).order_by(order).limit(limit + 1)).all()
+    rows = conn.execute(_select_lines(f).where(*conds).order_by(order).limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     if after is None:
@@ -179,7 +190,7 @@ def tail_lines(conn, f, limit):
         conds = _where(one, conn, index)
         if job_id in bounds:
             conds.append(log_t.c.id.between(*bounds[job_id]))
-        parts.append(_select_lines().where(*conds)
+        parts.append(_select_lines(one).where(*conds)
                      .order_by(log_t.c.id.desc()).limit(limit + 1).subquery().select())
     rows = conn.execute(sa.union_all(*parts)).all()
     per_job = {}

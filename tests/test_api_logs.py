@@ -239,6 +239,21 @@ def test_steps_that_share_an_index_key_are_told_apart(c):
         assert {ln["job_id"] for ln in both["logs"]} == {a, b}
 
 
+def test_a_nul_in_the_url_or_in_a_job_id_is_refused_and_changes_nothing(c):
+    """PostgreSQL refuses a NUL in a query's text: a step or job id with one was a 500."""
+    job = new_job(c)
+    for url in (f"/api/logs?scope=job&job_id={job}&step=a%00", "/api/logs?scope=job&job_id=a%00",
+                f"/api/logs/histogram?scope=job&job_id={job}&step=%00",
+                f"/api/logs/facets?scope=job&job_id={job}&step=%00&key=level",
+                "/api/search?q=x&job_id=%00", "/api/jobs/a%00b",
+                f"/api/logs/stream?scope=job&job_id={job}&step=%00"):
+        r = c.get(url)
+        assert r.status_code == 400 and "NUL" in r.json["error"], (url, r.status_code)
+    r = post(c, {"level": "info", "message": "m", "job_id": "a\u0000"})
+    assert r.status_code == 404 and r.json["error"] == "job not found"
+    assert c.get("/api/logs?scope=service&level=debug").json["logs"] == []
+
+
 def test_limit_clamps(c):
     job = new_job(c)
     _fill(c, job, 6000)

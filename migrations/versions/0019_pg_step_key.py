@@ -21,6 +21,9 @@ statistics (PostgreSQL 14 and later) tell it that the key decides the name. Neit
 index nor the statistics mean anything to the planner before ``ANALYZE``, which this
 migration runs (a sample of the table: seconds); autovacuum keeps them.
 
+The key holds a job's seq whole below 2**43 (jobs are numbered from 1), which readers
+rely on to ask for the key alone; a check on ``jobs.seq`` makes that a rule.
+
 A large database builds the new index once, at the first start after the upgrade.
 """
 from alembic import op
@@ -39,6 +42,8 @@ def upgrade():
         return
     op.execute(f"CREATE INDEX IF NOT EXISTS ix_log_step_key ON log_entries ({_KEY}, id)")
     op.execute("DROP INDEX IF EXISTS ix_log_job_step_id")
+    op.execute("ALTER TABLE jobs ADD CONSTRAINT ck_jobs_seq_in_step_key "
+               "CHECK (seq < 8796093022208)")
     version = op.get_bind().exec_driver_sql("SHOW server_version_num").scalar()
     if int(version) >= 140000:  # statistics of an expression
         op.execute("CREATE STATISTICS IF NOT EXISTS st_log_step_key (dependencies) "
@@ -52,4 +57,5 @@ def downgrade():
     op.execute("CREATE INDEX IF NOT EXISTS ix_log_job_step_id ON log_entries "
                "(job_seq, step_name, id)")
     op.execute("DROP STATISTICS IF EXISTS st_log_step_key")
+    op.execute("ALTER TABLE jobs DROP CONSTRAINT IF EXISTS ck_jobs_seq_in_step_key")
     op.execute("DROP INDEX IF EXISTS ix_log_step_key")

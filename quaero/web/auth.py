@@ -41,7 +41,7 @@ from flask.sessions import SecureCookieSessionInterface
 
 from .. import access, keystore
 from ..access import ADMIN, PUBLIC
-from ..errors import AuthRequired, Forbidden, Refused
+from ..errors import AuthRequired, Forbidden, Invalid, Refused
 from ..models import jobs_t, utcnow
 from ..servicelog import audit as audit_line
 
@@ -422,10 +422,14 @@ def check_request():
     """The one ``before_request`` of these rules (one hook, not three: Flask's dispatch of
     each hook cost more than the rule): the loopback rule, then on ``/api``, ``/v1`` and
     ``/loki`` a caller (401), the CSRF check, and the route's scope (403), in that order,
-    all on the headers. The pages ask in ``views.require_login``."""
+    all on the headers. The pages ask in ``views.require_login``. Last, an API URL with a
+    NUL (``%00``) is a 400: no name, id or filter holds one, and PostgreSQL refuses the
+    character in a query's text (it was a 500 for ``step=`` and ``job_id=``)."""
     check_loopback()
     if request.path.startswith(API_PREFIXES):
         require_token()
         check_api_csrf()
         if request.url_rule is not None:   # else a 404 or 405 follows
             check_route(request.url_rule)
+        if b"%00" in request.query_string or "\x00" in request.path:
+            raise Invalid("the URL holds a NUL character (%00)")

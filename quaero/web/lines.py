@@ -136,7 +136,7 @@ def _check_targets(wanted):
     if not unknown:
         return
     job_ids = {j for j, _ in unknown}
-    if any(len(j) > 32 for j in job_ids):
+    if any(len(j) > 32 or "\x00" in j for j in job_ids):  # no job has such an id
         raise NotFound("job not found")
     with db_reading() as conn:  # no transaction held while the writer commits
         rows = conn.execute(_TARGETS, {"job_ids": list(job_ids)}).all()

@@ -1,0 +1,73 @@
+"""PostgreSQL's plans for the pages that must never collect and sort a whole job or step.
+
+A plan is the planner's choice from its statistics, so these tests build the shape that
+once made it choose badly (many small jobs of many steps, one job with one big step),
+``ANALYZE`` as autovacuum would, and read ``EXPLAIN`` of the statement ``select_lines``
+runs. Answers are tested elsewhere (test_api_logs, test_model); this is the cost."""
+import pytest
+import sqlalchemy as sa
+
+from quaero.migrate import init_db
+from quaero.models import LEVELS, log_t
+from quaero.queries import LineFilter, _select_lines, _where
+from tests.helpers import reset_pg
+
+BIG = 60_000
+
+
+@pytest.fixture(scope="module")
+def engine(request):
+    url = request.getfixturevalue("pg_database")
+    engine = sa.create_engine(url)
+    init_db(engine)
+    reset_pg(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO jobs (id, seq, name, status, created_at) "
+            "SELECT 'job' || g, g, 'n', 'completed', now() FROM generate_series(1, 201) g")
+        # jobs 1-200: 10 steps of 20 lines each, one step after another
+        conn.exec_driver_sql(
+            "INSERT INTO log_entries (id, job_seq, step_name, level, message, timestamp, "
+            "line_number) SELECT row_number() OVER (ORDER BY j, s, i), j, 's' || s, 20, 'm', "
+            "now(), i FROM generate_series(1, 200) j, generate_series(1, 10) s, "
+            "generate_series(1, 20) i")
+        # job 201: a big step, a small one among it, lines without a step
+        conn.exec_driver_sql(
+            f"INSERT INTO log_entries (id, job_seq, step_name, level, message, timestamp, "
+            f"line_number) SELECT 100000 + i, 201, CASE WHEN mod(i, 4000) = 0 THEN 'small' "
+            f"WHEN mod(i, 7) = 0 THEN NULL ELSE 'big' END, CASE WHEN mod(i, 50) = 0 THEN 40 ELSE 20 "
+            f"END, 'm', now(), i FROM generate_series(1, {BIG}) i")
+        conn.exec_driver_sql("ANALYZE")
+    yield engine
+    reset_pg(url)
+    engine.dispose()
+
+
+def plan(engine, f, after=None, before=None, limit=100):
+    """The plan of select_lines's statement (as select_lines builds it)."""
+    with engine.connect() as conn:
+        conds = _where(f, conn)
+        if after is not None:
+            conds.append(log_t.c.id > after)
+        if before is not None:
+            conds.append(log_t.c.id < before)
+        order = log_t.c.id.asc() if after is not None else log_t.c.id.desc()
+        stmt = _select_lines(f).where(*conds).order_by(order).limit(limit + 1)
+        sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
+        return "\n".join(conn.exec_driver_sql("EXPLAIN (COSTS OFF) " + sql).scalars())
+
+
+@pytest.mark.parametrize("step, kw", [
+    ("big", {}), ("big", {"after": 0}), ("big", {"before": 100000 + BIG // 2}),
+    ("small", {}), ("s3", {}),
+])
+def test_a_steps_page_reads_its_index_in_order(engine, step, kw):
+    job = "job201" if step in ("big", "small") else "job7"
+    shown = plan(engine, LineFilter(job_ids=(job,), step=step), **kw)
+    assert "ix_log_step_key" in shown and "Sort" not in shown and "Hash" not in shown, shown
+
+
+@pytest.mark.parametrize("level", ["debug", "info"])
+def test_a_jobs_page_reads_its_index_in_order(engine, level):
+    shown = plan(engine, LineFilter(job_ids=("job201",), min_level=LEVELS[level]))
+    assert "ix_log_job_id" in shown and "Sort" not in shown, shown
