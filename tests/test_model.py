@@ -82,7 +82,8 @@ WORDS = ["alpha", "Beta", "GAMMA ray", "delta_7", "50%_off", "Ünïcode", "it's 
          "back\\slash", "tab\there", "MiXeD Case"]
 FRAGMENTS = ["a", "BETA", "ray", "%_", "_7", "ünï", "ÜNÏCODE", "'s \"", "\\s", "\th",
              "mixed case", "nothing-matches", "#1"]
-STEP_NAMES = ["fetch", "build", "Test Ünï", "deploy now"]
+# (the last two share PostgreSQL's index key of a job's step: models.STEP_KEY)
+STEP_NAMES = ["fetch", "build", "Test Ünï", "deploy now", "step-518", "step-634"]
 SOURCES = [None, "api", "cron"]
 TRACE_A, TRACE_B = "4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c"
 # what a line may carry besides its message (issue 23): (attributes, trace_id, span_id)
@@ -587,11 +588,11 @@ class QuaeroModel(RuleBasedStateMachine):
 
     # -- rules --------------------------------------------------------------------------
 
-    @initialize(steps=st.integers(0, 4))
+    @initialize(steps=st.integers(0, 6))
     def first_job(self, steps):
         self.create_job(steps, 0)
 
-    @rule(steps=st.integers(0, 4), rotate=st.integers(0, 3))
+    @rule(steps=st.integers(0, 6), rotate=st.integers(0, 5))
     def create_job(self, steps, rotate):
         if SKIP & {"create_job"}:
             return
@@ -952,7 +953,7 @@ class QuaeroModel(RuleBasedStateMachine):
                 assert self.shared["max_id"] <= body["last_id"] <= cursor[1], \
                     (r.request.url, body["last_id"], self.shared["max_id"])
 
-    @rule(picks=st.lists(st.integers(0, 7), min_size=1, max_size=3), step=st.integers(0, 5),
+    @rule(picks=st.lists(st.integers(0, 7), min_size=1, max_size=3), step=st.integers(0, 7),
           level=st.sampled_from(LEVEL_Q), q=st.one_of(st.none(), st.sampled_from(FRAGMENTS)),
           limit=limits, cursor=cursors, via=st.integers(0, 1), attr=st.sampled_from(ATTR_FILTERS))
     def poll_jobs(self, picks, step, level, q, limit, cursor, via, attr):
@@ -1123,7 +1124,7 @@ class QuaeroModel(RuleBasedStateMachine):
 
     @precondition(lambda self: self.jobs)
     @rule(picks=st.lists(st.integers(0, 7), min_size=1, max_size=3),
-          step=st.integers(0, 5), level=st.sampled_from(LEVEL_Q),
+          step=st.integers(0, 7), level=st.sampled_from(LEVEL_Q),
           q=st.one_of(st.none(), st.sampled_from(FRAGMENTS)),
           limit=st.sampled_from([None, 0, 1, 3]),
           resume=st.one_of(st.none(), st.tuples(st.integers(0, 60), st.integers(-1, 1)),
