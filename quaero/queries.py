@@ -141,23 +141,41 @@ def job_bounds(conn, f):
 def select_lines(conn, f, *, after=None, before=None, limit=100):
     """Matching lines, oldest first: the first ``limit`` after ``after``, or else the
     last ``limit`` (before ``before``). Fetches one extra row to tell whether more exist.
-    Returns ``(lines, more)``."""
-    conds = _where(f, conn)
+    Returns ``(lines, more)``. Several jobs: each job's page, in one statement (a job's
+    and a step's index give one job's lines in order; asked for several jobs at once,
+    PostgreSQL collected every line of them and sorted: 170 ms for a 171,000-line step)."""
     bounds = job_bounds(conn, f) if after is None else None
-    if bounds and len(bounds) == len(f.job_ids):
-        conds.append(log_t.c.id.between(min(b[0] for b in bounds.values()),
-                                        max(b[1] for b in bounds.values())))
-    if after is not None:
-        conds.append(log_t.c.id > after)
-    if before is not None:
-        conds.append(log_t.c.id < before)
-    order = log_t.c.id.asc() if after is not None else log_t.c.id.desc()
-    rows = conn.execute(_select_lines(f).where(*conds).order_by(order).limit(limit + 1)).all()
+    if len(f.job_ids) > 1:
+        index = search_index(conn, f)
+        parts = sa.union_all(*(
+            _page(conn, dataclasses.replace(f, job_ids=(job_id,)), after, before, limit,
+                  bounds and bounds.get(job_id), index).subquery().select()
+            for job_id in f.job_ids)).subquery()
+        stmt = sa.select(parts).order_by(
+            parts.c.id.asc() if after is not None else parts.c.id.desc()).limit(limit + 1)
+    else:
+        bound = bounds and bounds.get(f.job_ids[0]) if f.job_ids else None
+        stmt = _page(conn, f, after, before, limit, bound)
+    rows = conn.execute(stmt).all()
     more = len(rows) > limit
     rows = rows[:limit]
     if after is None:
         rows.reverse()
     return [line_dict(*r) for r in rows], more
+
+
+def _page(conn, f, after, before, limit, bound=None, index=False):
+    """The statement of ``select_lines``'s page for one job, the service log or every
+    line; ``bound``: the job's (first, last) line ids (``job_bounds``)."""
+    conds = _where(f, conn, index)
+    if bound:
+        conds.append(log_t.c.id.between(*bound))
+    if after is not None:
+        conds.append(log_t.c.id > after)
+    if before is not None:
+        conds.append(log_t.c.id < before)
+    order = log_t.c.id.asc() if after is not None else log_t.c.id.desc()
+    return _select_lines(f).where(*conds).order_by(order).limit(limit + 1)
 
 
 _NEWEST = sa.select(counters_t.c.value).where(counters_t.c.key == ID_KEY)

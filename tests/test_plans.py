@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 
 from quaero.migrate import init_db
-from quaero.models import LEVELS, log_t
-from quaero.queries import LineFilter, _select_lines, _where
+from quaero.models import LEVELS
+from quaero.queries import LineFilter, select_lines
 from tests.helpers import reset_pg
 
 BIG = 60_000
@@ -43,31 +43,33 @@ def engine(request):
     engine.dispose()
 
 
-def plan(engine, f, after=None, before=None, limit=100):
-    """The plan of select_lines's statement (as select_lines builds it)."""
+def plan(engine, f, **page):
+    """The plan of the statement ``select_lines(f, **page)`` reads its lines with (its last:
+    the ones before it read counters)."""
     with engine.connect() as conn:
-        conds = _where(f, conn)
-        if after is not None:
-            conds.append(log_t.c.id > after)
-        if before is not None:
-            conds.append(log_t.c.id < before)
-        order = log_t.c.id.asc() if after is not None else log_t.c.id.desc()
-        stmt = _select_lines(f).where(*conds).order_by(order).limit(limit + 1)
-        sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
-        return "\n".join(conn.exec_driver_sql("EXPLAIN (COSTS OFF) " + sql).scalars())
+        run, ran = conn.execute, []
+        conn.execute = lambda statement, *a, **k: ran.append(statement) or run(statement, *a, **k)
+        select_lines(conn, f, **page)
+        sql = str(ran[-1].compile(conn, compile_kwargs={"literal_binds": True}))
+        return "\n".join(run(sa.text("EXPLAIN (COSTS OFF) " + sql)).scalars())
 
 
 @pytest.mark.parametrize("step, kw", [
     ("big", {}), ("big", {"after": 0}), ("big", {"before": 100000 + BIG // 2}),
     ("small", {}), ("s3", {}),
 ])
-def test_a_steps_page_reads_its_index_in_order(engine, step, kw):
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_a_steps_page_reads_its_index_in_order(engine, step, kw, jobs):
     job = "job201" if step in ("big", "small") else "job7"
-    shown = plan(engine, LineFilter(job_ids=(job,), step=step), **kw)
-    assert "ix_log_step_key" in shown and "Sort" not in shown and "Hash" not in shown, shown
+    job_ids = (job, "job8", "nosuch")[:jobs]  # several: each one's page, merged
+    shown = plan(engine, LineFilter(job_ids=job_ids, step=step), **kw)
+    assert "ix_log_step_key" in shown and "Sort Method" not in shown, shown
+    assert "Sort\n" not in shown + "\n" and "Hash" not in shown and "Bitmap" not in shown, shown
 
 
 @pytest.mark.parametrize("level", ["debug", "info"])
-def test_a_jobs_page_reads_its_index_in_order(engine, level):
-    shown = plan(engine, LineFilter(job_ids=("job201",), min_level=LEVELS[level]))
-    assert "ix_log_job_id" in shown and "Sort" not in shown, shown
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_jobs_page_reads_its_index_in_order(engine, level, jobs):
+    shown = plan(engine, LineFilter(job_ids=("job201", "job7")[:jobs], min_level=LEVELS[level]))
+    assert "ix_log_job_id" in shown and "Sort\n" not in shown + "\n", shown
+    assert "Hash" not in shown and "Bitmap" not in shown, shown
