@@ -191,6 +191,19 @@ def http_json(method, url, body=None, timeout=60):
         return r.status, json.loads(r.read() or b"null")
 
 
+def post_logs(conn, body):
+    """``POST /api/logs`` of ``body`` on the keep-alive ``conn``, sent again after a 503
+    (it stored nothing), as a producer does; ``(status, response body)``."""
+    for _ in range(10):
+        conn.request("POST", "/api/logs", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        data = r.read()
+        if r.status != 503:
+            break
+        time.sleep(1)
+    return r.status, data
+
+
 def create_job(base_url, name="bench", steps=()):
     status, job = http_json("POST", base_url + "/api/jobs", {"name": name, "steps": list(steps)})
     assert status == 201, status

@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Server, create_job, loadavg, pct, revision, temp_database  # noqa: E402
+from _common import Server, create_job, loadavg, pct, post_logs, revision, temp_database  # noqa: E402
 
 FILL_BATCH = 5000
 MESSAGE = "GET /api/items?page={i} 200 12.3ms user=bench request_id=0123456789abcdef"
@@ -46,16 +46,9 @@ def fill(server, lines, stamp, producers=2):
                 {"level": ("info", "warn", "debug", "error")[i % 4],
                  "message": MESSAGE.format(i=f"{p}-{start + i}"), "timestamp": stamp}
                 for i in range(n)]}).encode()
-            for _ in range(10):  # a 503 stored nothing: send it again, as a producer does
-                conn.request("POST", "/api/logs", body=body,
-                             headers={"Content-Type": "application/json"})
-                r = conn.getresponse()
-                data = r.read()
-                if r.status != 503:
-                    break
-                time.sleep(1)
-            if r.status != 201:
-                raise RuntimeError(f"fill: POST /api/logs -> {r.status} {data[:200]!r}")
+            status, data = post_logs(conn, body)
+            if status != 201:
+                raise RuntimeError(f"fill: POST /api/logs -> {status} {data[:200]!r}")
             with lock:
                 stored[0] += json.loads(data)["accepted"]
         conn.close()

@@ -40,7 +40,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import ROOT, Server, create_job, loadavg, revision, temp_database  # noqa: E402
+from _common import ROOT, Server, create_job, loadavg, post_logs, revision, temp_database  # noqa: E402
 
 BATCH = 500
 JOBS = 200
@@ -110,16 +110,9 @@ def post_all(port, bodies):
                 if not todo:
                     break
                 body = todo.pop()
-            for _ in range(10):   # a 503 stored nothing: send it again, as a producer does
-                conn.request("POST", "/api/logs", body=body,
-                             headers={"Content-Type": "application/json"})
-                r = conn.getresponse()
-                data = r.read()
-                if r.status != 503:
-                    break
-                time.sleep(1)
-            if r.status != 201:
-                raise RuntimeError(f"POST /api/logs -> {r.status} {data[:300]!r}")
+            status, data = post_logs(conn, body)
+            if status != 201:
+                raise RuntimeError(f"POST /api/logs -> {status} {data[:300]!r}")
             with lock:
                 sent[0] += json.loads(data)["accepted"]
         conn.close()

@@ -225,16 +225,10 @@ jobs_t = Job.__table__
 # name's hash. An entry of (job_seq, step_name, id) is wider than two bigints, and
 # PostgreSQL's B-tree splits such pages half and half when a job's steps are written one
 # after another (72 bytes a line, half full); (key, id) pages fill as the job index's do
-# (33). Two steps of a job may share a key: readers also test the step's name. Written
-# out as SQL (literals, as the index's expression has them): built with SQLAlchemy's
-# operators it cost a read 0.2 ms.
+# (33). Two steps of a job may share a key: readers also test the step's name
+# (queries.of_step). Written out as SQL (literals, as the index's expression has them):
+# built with SQLAlchemy's operators it cost a read 0.2 ms.
 STEP_KEY = "((({seq} & 8796093022207) << 20) | (hashtext({step}) & 1048575))"
-_LINE_STEP_KEY = STEP_KEY.format(seq="log_entries.job_seq", step="log_entries.step_name")
-_ONE_STEP = sa.text(_LINE_STEP_KEY + " = " + STEP_KEY.format(
-    seq="(SELECT seq FROM jobs WHERE id = :job)", step="CAST(:step AS text)"))
-_STEPS = sa.text(f"{_LINE_STEP_KEY} IN (SELECT "
-                 + STEP_KEY.format(seq="seq", step="CAST(:step AS text)")
-                 + " FROM jobs WHERE id IN :jobs)")
 
 
 def of_jobs(job_ids):
@@ -252,20 +246,6 @@ def of_jobs(job_ids):
 sa.Index("ix_log_step_key",
          sa.literal_column(STEP_KEY.format(seq="job_seq", step="step_name")),
          log_t.c.id).ddl_if(dialect="postgresql")
-
-
-def of_step(job_ids, step):
-    """PostgreSQL: "a line of one of ``job_ids`` whose step's key is ``step``'s", which
-    reads ``ix_log_step_key``. It needs no test of the job besides: the key holds the
-    job's ``seq`` whole (below 2**43, a check on ``jobs.seq``), and with one a planner
-    multiplies the two conditions' estimates, guesses a handful of lines and sorts every
-    line of the step instead of reading the index backwards to the page's end. The
-    caller tests the step's name."""
-    if len(job_ids) == 1:
-        return _ONE_STEP.bindparams(sa.bindparam("job", job_ids[0], unique=True),
-                                    sa.bindparam("step", step, unique=True)).self_group()
-    return _STEPS.bindparams(sa.bindparam("jobs", list(job_ids), expanding=True, unique=True),
-                             sa.bindparam("step", step, unique=True)).self_group()
 
 
 def next_job_seq(conn):

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from .attributes import line_matches
 from .models import (ID_KEY, LEVEL_NAMES, LEVELS, RARE_LEVEL, SERVICE_KEY, counters_t,
-                     counts_t, jobs_t, line_dict, log_t, of_jobs, of_step, HexBytes)
+                     counts_t, jobs_t, line_dict, log_t, of_jobs, HexBytes, STEP_KEY)
 from .textsearch import attr_condition, search_index, text_condition
 
 
@@ -57,6 +57,28 @@ class LineFilter:
             return line["job_id"] in self.job_ids and (
                 self.step is None or line["step_name"] == self.step)
         return self.everywhere or line["job_id"] is None
+
+
+_LINE_STEP_KEY = STEP_KEY.format(seq="log_entries.job_seq", step="log_entries.step_name")
+_ONE_STEP = sa.text(_LINE_STEP_KEY + " = " + STEP_KEY.format(
+    seq="(SELECT seq FROM jobs WHERE id = :job)", step="CAST(:step AS text)"))
+_STEPS = sa.text(f"{_LINE_STEP_KEY} IN (SELECT "
+                 + STEP_KEY.format(seq="seq", step="CAST(:step AS text)")
+                 + " FROM jobs WHERE id IN :jobs)")
+
+
+def of_step(job_ids, step):
+    """PostgreSQL: "a line of one of ``job_ids`` whose step's key is ``step``'s", which
+    reads ``ix_log_step_key``. It needs no test of the job besides: the key holds the
+    job's ``seq`` whole (below 2**43, a check on ``jobs.seq``), and with one a planner
+    multiplies the two conditions' estimates, guesses a handful of lines and sorts every
+    line of the step instead of reading the index backwards to the page's end. The
+    caller tests the step's name."""
+    if len(job_ids) == 1:
+        return _ONE_STEP.bindparams(sa.bindparam("job", job_ids[0], unique=True),
+                                    sa.bindparam("step", step, unique=True)).self_group()
+    return _STEPS.bindparams(sa.bindparam("jobs", list(job_ids), expanding=True, unique=True),
+                             sa.bindparam("step", step, unique=True)).self_group()
 
 
 def _where(f, conn, index=False):
