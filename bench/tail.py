@@ -117,49 +117,9 @@ def explain(engine, statement, parameters):
         return ["  " + r[0] for r in cur.fetchall()]
 
 
-def candidates(engine, f, limit):
-    """Two rewrites of the tail query (not Quaero code; printed to size a fix):
-    A: the job (or job+step) index range read backwards, the level a residual filter
-       (``level + 0`` keeps the planner off the level index, on SQLite and PostgreSQL);
-    B: one index range per wanted level on (job_id, level, id), newest first, each
-       limited, merged: bounded work whatever the job's size and the level's rarity;
-    C: A, plus the job's own id range as constants (``id BETWEEN :first AND :last``; read
-       once outside the timing here; Quaero would keep them next to the job's line counter,
-       a row the write path already updates), so that a backward primary-key scan
-       (PostgreSQL's choice) starts at the job's newest line instead of the table's."""
-    import sqlalchemy as sa
-    from quaero.models import LEVELS, line_dict
-    from quaero.queries import _COLS
-    cols = "id, job_id, step_name, level, message, timestamp, line_number"
-    step = " AND step_name = :step" if f.step is not None else ""
-    params = {"job": f.job_ids[0], "lv": f.min_level, "n": limit + 1, "step": f.step}
-    with engine.connect() as conn:
-        params["first"], params["last"] = conn.execute(sa.text(
-            "SELECT min(id), max(id) FROM log_entries WHERE job_id = :job"), params).one()
-    a = sa.text(f"SELECT {cols} FROM log_entries WHERE job_id = :job{step} "
-                f"AND level + 0 >= :lv ORDER BY id DESC LIMIT :n").columns(*_COLS)
-    parts = [f"SELECT * FROM (SELECT {cols} FROM log_entries WHERE job_id = :job{step} "
-             f"AND level = {lv} ORDER BY id DESC LIMIT :n) AS l{lv}"
-             for lv in sorted(LEVELS.values()) if lv >= f.min_level]
-    b = sa.text(f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS u ORDER BY id DESC LIMIT :n").columns(*_COLS)
-    c = sa.text(f"SELECT {cols} FROM log_entries WHERE job_id = :job{step} "
-                f"AND level + 0 >= :lv AND id BETWEEN :first AND :last "
-                f"ORDER BY id DESC LIMIT :n").columns(*_COLS)
-
-    def runner(stmt):
-        def run():
-            with engine.connect() as conn:
-                rows = conn.execute(stmt, params).all()
-            rows = rows[:limit]
-            rows.reverse()
-            return [line_dict(*r) for r in rows]
-        return run
-    return {"A": (runner(a), a, params), "B": (runner(b), b, params), "C": (runner(c), c, params)}
-
-
 def raw_floor(engine):
     """The newest LIMIT rows by primary key through the bare DB-API cursor."""
-    sql = ("SELECT id, job_id, step_name, level, message, timestamp, line_number "
+    sql = ("SELECT id, job_seq, step_name, level, message, timestamp, line_number "
            f"FROM log_entries ORDER BY id DESC LIMIT {LIMIT + 1}")
 
     def run():
@@ -215,8 +175,7 @@ def bench_db(kind, n_lines, runs, other_lines=0):
             print(f"floor  raw driver, newest {LIMIT} rows by primary key: {floor * 1e3:7.1f} ms")
             with Server(url) as server:
                 print(f"{'query':<26}{'http ms':>9}{'select_lines ms':>17}{'rows':>6}"
-                      f"{'http/floor':>12}{'select/floor':>14}{'rewrite A ms':>14}"
-                      f"{'rewrite B ms':>14}{'rewrite C ms':>14}")
+                      f"{'http/floor':>12}{'select/floor':>14}")
                 plans = []
                 for label, extra in QUERIES:
                     qs = f"scope=job&job_id={job_id}&limit={LIMIT}{extra}"
@@ -229,18 +188,9 @@ def bench_db(kind, n_lines, runs, other_lines=0):
                         with engine.connect() as conn:
                             return select_lines(conn, f, limit=limit)
                     t_sel, _ = time_runs(direct, runs)
-                    cands = candidates(engine, f, limit)
-                    expect = direct()[0]
-                    t_cand = {}
-                    for name, (fn, _, _) in cands.items():
-                        if fn() != expect:
-                            raise AssertionError(f"rewrite {name} returns other lines")
-                        t_cand[name], _ = time_runs(fn, runs)
                     print(f"{label:<26}{t_http * 1e3:9.1f}{t_sel * 1e3:17.1f}{rows:6d}"
-                          f"{t_http / floor:12.1f}{t_sel / floor:14.1f}"
-                          f"{t_cand['A'] * 1e3:14.1f}{t_cand['B'] * 1e3:14.1f}{t_cand['C'] * 1e3:14.1f}")
+                          f"{t_http / floor:12.1f}{t_sel / floor:14.1f}")
                     plans.append((label, capture_sql(engine, direct)))
-                    plans.append((label + ", rewrite C", capture_sql(engine, cands["C"][0])))
             for label, (statement, params) in plans:
                 print(f"\n-- plan: {label}")
                 print("  " + " ".join(statement.split()))
