@@ -59,26 +59,21 @@ class LineFilter:
         return self.everywhere or line["job_id"] is None
 
 
-_LINE_STEP_KEY = STEP_KEY.format(seq="log_entries.job_seq", step="log_entries.step_name")
-_ONE_STEP = sa.text(_LINE_STEP_KEY + " = " + STEP_KEY.format(
-    seq="(SELECT seq FROM jobs WHERE id = :job)", step="CAST(:step AS text)"))
-_STEPS = sa.text(f"{_LINE_STEP_KEY} IN (SELECT "
-                 + STEP_KEY.format(seq="seq", step="CAST(:step AS text)")
-                 + " FROM jobs WHERE id IN :jobs)")
+_OF_STEP = sa.text(
+    STEP_KEY.format(seq="log_entries.job_seq", step="log_entries.step_name") + " = "
+    + STEP_KEY.format(seq="(SELECT seq FROM jobs WHERE id = :job)", step="CAST(:step AS text)"))
 
 
-def of_step(job_ids, step):
-    """PostgreSQL: "a line of one of ``job_ids`` whose step's key is ``step``'s", which
-    reads ``ix_log_step_key``. It needs no test of the job besides: the key holds the
-    job's ``seq`` whole (below 2**43, a check on ``jobs.seq``), and with one a planner
+def of_step(job_id, step):
+    """PostgreSQL: "a line of job ``job_id`` whose step's key is ``step``'s", which reads
+    ``ix_log_step_key``. It needs no test of the job besides: the key holds the job's
+    ``seq`` whole (below 2**43, a check on ``jobs.seq``), and with one a planner
     multiplies the two conditions' estimates, guesses a handful of lines and sorts every
     line of the step instead of reading the index backwards to the page's end. The
-    caller tests the step's name."""
-    if len(job_ids) == 1:
-        return _ONE_STEP.bindparams(sa.bindparam("job", job_ids[0], unique=True),
-                                    sa.bindparam("step", step, unique=True)).self_group()
-    return _STEPS.bindparams(sa.bindparam("jobs", list(job_ids), expanding=True, unique=True),
-                             sa.bindparam("step", step, unique=True)).self_group()
+    caller tests the step's name. (Several jobs' pages are read job by job; their counts
+    take the job index.)"""
+    return _OF_STEP.bindparams(sa.bindparam("job", job_id, unique=True),
+                               sa.bindparam("step", step, unique=True)).self_group()
 
 
 def _where(f, conn, index=False):
@@ -98,9 +93,9 @@ def _where(f, conn, index=False):
         conds.append(log_t.c.level >= sa.literal_column(str(RARE_LEVEL)))
     elif f.min_level > LEVELS["debug"]:
         conds.append((log_t.c.level + 0) >= f.min_level)
-    if (f.step is not None and f.job_ids and dialect == "postgresql"
+    if (f.step is not None and len(f.job_ids) == 1 and dialect == "postgresql"
             and f.min_level <= LEVELS["info"]):  # (warn, error: the level index, by job)
-        conds.append(of_step(f.job_ids, f.step))  # the job too, as its index has it
+        conds.append(of_step(f.job_ids[0], f.step))  # the job too, as its index has it
     elif f.job_ids or not f.everywhere:
         conds.append(of_jobs(f.job_ids))
     if f.step is not None:
@@ -168,11 +163,7 @@ def select_lines(conn, f, *, after=None, before=None, limit=100):
     PostgreSQL collected every line of them and sorted: 170 ms for a 171,000-line step)."""
     bounds = job_bounds(conn, f) if after is None else None
     if len(f.job_ids) > 1:
-        index = search_index(conn, f)
-        parts = sa.union_all(*(
-            _page(conn, dataclasses.replace(f, job_ids=(job_id,)), after, before, limit,
-                  bounds and bounds.get(job_id), index).subquery().select()
-            for job_id in f.job_ids)).subquery()
+        parts = _each_job(conn, f, after, before, limit, bounds).subquery()
         stmt = sa.select(parts).order_by(
             parts.c.id.asc() if after is not None else parts.c.id.desc()).limit(limit + 1)
     else:
@@ -200,6 +191,16 @@ def _page(conn, f, after, before, limit, bound=None, index=False):
     return _select_lines(f).where(*conds).order_by(order).limit(limit + 1)
 
 
+def _each_job(conn, f, after, before, limit, bounds):
+    """Each job's page (``_page``) of ``f``'s jobs, as one UNION ALL; the search index is
+    read once for all of them."""
+    index = search_index(conn, f)
+    return sa.union_all(*(
+        _page(conn, dataclasses.replace(f, job_ids=(job_id,)), after, before, limit,
+              bounds and bounds.get(job_id), index).subquery().select()
+        for job_id in f.job_ids))
+
+
 _NEWEST = sa.select(counters_t.c.value).where(counters_t.c.key == ID_KEY)
 
 
@@ -222,17 +223,7 @@ def tail_lines(conn, f, limit):
     log), oldest first, read in one statement so that all jobs share one snapshot."""
     if len(f.job_ids) <= 1:
         return select_lines(conn, f, limit=limit)
-    bounds = job_bounds(conn, f) or {}
-    index = search_index(conn, f)
-    parts = []
-    for job_id in f.job_ids:
-        one = dataclasses.replace(f, job_ids=(job_id,))
-        conds = _where(one, conn, index)
-        if job_id in bounds:
-            conds.append(log_t.c.id.between(*bounds[job_id]))
-        parts.append(_select_lines(one).where(*conds)
-                     .order_by(log_t.c.id.desc()).limit(limit + 1).subquery().select())
-    rows = conn.execute(sa.union_all(*parts)).all()
+    rows = conn.execute(_each_job(conn, f, None, None, limit, job_bounds(conn, f))).all()
     per_job = {}
     for r in rows:
         per_job.setdefault(r.job_id, []).append(r)
