@@ -21,6 +21,10 @@ tail (200 lines), its errors, one step's tail, the service log's tail, a search 
 and for a common word across everything, the histogram of a job, of the service log and of a search.
 ``--before REV`` runs the same on a ``git worktree`` of REV (its own code, its own
 migrations) first, so both tables come from the same run and machine.
+
+PostgreSQL with ``quaero/sealing.py``: the reads are timed, then every job finishes, the
+server's pruner seals them (``QUAERO_SEAL_AFTER=1``), the reads are timed again, and the
+sizes are those of the sealed store (after ``VACUUM FULL``: see ``pg_sizes``).
 """
 import argparse
 import glob
@@ -220,10 +224,16 @@ def analyze(url):
         c.execute("ANALYZE")
 
 
-def pg_sizes(url):
+def pg_sizes(url, sealed=False):
+    """Sizes after ``VACUUM``; ``sealed``: the rows sealed were deleted from a table that
+    keeps their space for new rows (autovacuum marks it reusable, the file keeps its size),
+    so ``VACUUM FULL`` first: what the lines kept take, as a store in use reaches once
+    newer rows have filled that space."""
     import psycopg
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn, autocommit=True) as c:
+        if sealed:
+            c.execute("VACUUM FULL")
         c.execute("VACUUM ANALYZE")
         rows = c.execute(
             "SELECT c.relname, c.relkind, pg_relation_size(c.oid) "
@@ -253,9 +263,42 @@ def compressed(corpus_lines, n):
     return out
 
 
+def finish(port, job_ids):
+    for job_id in job_ids:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("PATCH", f"/api/jobs/{job_id}", body=json.dumps({"status": "completed"}),
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        if r.status != 200:
+            raise RuntimeError(f"PATCH {job_id} -> {r.status}")
+
+
+def wait_sealed(url, jobs):
+    """Until the server's pruner has sealed every job (its cursor names the last one)."""
+    import psycopg
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline:
+        with psycopg.connect(dsn) as c:
+            done = c.execute("SELECT count(*) FROM jobs WHERE (finished_at, seq) <= (SELECT "
+                             "to_timestamp(value / 1e6) AT TIME ZONE 'UTC', job_seq FROM "
+                             "line_counters WHERE key = '__sealed__')").fetchone()[0]
+        if done >= jobs:
+            return
+        time.sleep(1)
+    raise RuntimeError("the pruner did not seal every job in 20 minutes")
+
+
 def run(kind, total, corpus_lines, root, label):
+    # PostgreSQL, a checkout with quaero/sealing.py: the jobs finish, the server's pruner
+    # seals them (a second after), and the reads are timed again on the sealed store
+    seals = kind == "postgresql" and os.path.exists(os.path.join(root, "quaero", "sealing.py"))
+    env = {"QUAERO_SEAL_AFTER": "1", "QUAERO_PRUNE_INTERVAL": "2"} if seals else {}
+    sealed_reads = None
     with temp_database(kind) as url:
-        with Server(url, root=root) as server:
+        with Server(url, root=root, env=env) as server:
             job_ids = [create_job(server.url, f"build-{j}", STEPS) for j in range(JOBS)]
             bodies, n = batches(corpus_lines, total, job_ids)
             stored, rate = post_all(server.port, bodies)
@@ -265,9 +308,14 @@ def run(kind, total, corpus_lines, root, label):
             if kind == "postgresql":  # the statistics autovacuum keeps (off on some servers)
                 analyze(url)
             reads = read_figures(server.port, job_ids[len(job_ids) // 2])
-        sizes, total_bytes = sqlite_sizes(url) if kind == "sqlite" else pg_sizes(url)
+            if seals:
+                finish(server.port, job_ids)
+                wait_sealed(url, len(job_ids))
+                analyze(url)
+                sealed_reads = read_figures(server.port, job_ids[len(job_ids) // 2])
+        sizes, total_bytes = sqlite_sizes(url) if kind == "sqlite" else pg_sizes(url, seals)
     return {"label": label, "kind": kind, "lines": n, "lines_s": rate, "sizes": sizes,
-            "total": total_bytes, "reads": reads}
+            "total": total_bytes, "reads": reads, "sealed_reads": sealed_reads}
 
 
 def show(result, floor):
@@ -281,6 +329,9 @@ def show(result, floor):
     print(f"{'TOTAL (database)':<34} {result['total'] / n:>10.1f}")
     print("floor, same lines: " + ", ".join(f"{k} {v / n:.1f}" for k, v in floor.items()))
     print("reads, median ms: " + ", ".join(f"{k} {v:.1f}" for k, v in result["reads"].items()))
+    if result["sealed_reads"]:
+        print("sealed (sizes above), reads, median ms: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in result["sealed_reads"].items()))
 
 
 def worktree(rev):

@@ -49,7 +49,8 @@ class Quaero:
             archive = Archiver(cfg["QUAERO_ARCHIVE_DIR"], let_others_run)
         self.pruner = Pruner(engine, cfg["QUAERO_RETENTION_DAYS"],
                              cfg["QUAERO_MAX_LINES_PER_JOB"], cfg["QUAERO_PRUNE_INTERVAL"],
-                             cfg["QUAERO_MAX_DB_BYTES"], self.disk, archive)
+                             cfg["QUAERO_MAX_DB_BYTES"], self.disk, archive,
+                             cfg["QUAERO_SEAL_AFTER"])
         self.log_handler = IngestHandler(self.ingestor)
         self.runner = Runner(app, self)
         from .alerts.service import AlertService

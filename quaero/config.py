@@ -37,6 +37,7 @@ SETTINGS = {
                      "QUAERO_STREAM_STALL_SECONDS", "QUAERO_PING_INTERVAL",
                      "QUAERO_BATCH_INTERVAL", "QUAERO_WATCH_INTERVAL", "QUAERO_RETENTION_DAYS",
                      "QUAERO_PRUNE_INTERVAL", "QUAERO_INGEST_TIMEOUT", "QUAERO_DB_TIMEOUT",
+                     "QUAERO_SEAL_AFTER",
                      "QUAERO_FLUSH_TIMEOUT", "QUAERO_SESSION_DAYS"), "number"),
     **dict.fromkeys(("QUAERO_CAPTURE_ROOT_LOGGER", "QUAERO_OIDC_PROVIDER_LOGOUT"), "boolean"),
     "QUAERO_TRACE_URL": "trace URL",
@@ -272,6 +273,9 @@ class Config:
          self.QUAERO_ARCHIVE_DIR) = retention_settings(env)
         self.QUAERO_MAX_LINES_PER_JOB = _int("QUAERO_MAX_LINES_PER_JOB", 0)
         self.QUAERO_PRUNE_INTERVAL = float(env.get("QUAERO_PRUNE_INTERVAL", "60"))
+        # PostgreSQL: seconds after a job finished when its plain lines move into
+        # compressed blocks (quaero.sealing); 0 = never
+        self.QUAERO_SEAL_AFTER = float(env.get("QUAERO_SEAL_AFTER", "3600"))
         # Service log: also capture the root logger's records
         self.QUAERO_CAPTURE_ROOT_LOGGER = env.get("QUAERO_CAPTURE_ROOT_LOGGER", "").lower() in _TRUE
         # Lines from Quaero's own logging and job steps kept while the database is away;

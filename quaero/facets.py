@@ -9,7 +9,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from .attributes import value_text
 from .models import LEVEL_NAMES, log_t
-from .queries import _where
+from .queries import Windows, _key, _where, on_lines
+from .textsearch import search_index
 
 
 FACET_COLUMNS = {"source": log_t.c.source, "level": log_t.c.level, "step": log_t.c.step_name}
@@ -44,22 +45,30 @@ def facet_counts(conn, f, key, limit):
     most frequent first, then by value; ``total``: those lines that have the key."""
     dialect = conn.dialect.name
     value = _facet_value(key, dialect)
-    conds = _where(f, conn)
+    index = search_index(conn, f)
+    conds = _where(f, conn, index)
     if key not in FACET_COLUMNS:
         conds.append(log_t.c.attributes.isnot(None))
-    newest = (sa.select(log_t.c.id, value.label("v")).where(*conds)
-              .order_by(log_t.c.id.desc()).limit(FACET_SCAN).subquery())
-    rows = conn.execute(sa.select(newest.c.v, sa.func.count(), sa.func.min(newest.c.id))
-                        .group_by(newest.c.v)).all()
+    windows = Windows(conn, f, None, None, FACET_SCAN, index)
+    while True:
+        newest = on_lines(conn, f, sa.select(log_t.c.id, value.label("v")).where(*conds)
+                          .order_by(log_t.c.id.desc()).limit(FACET_SCAN), index,
+                          windows.of(_key(f))).subquery()
+        rows = conn.execute(sa.select(newest.c.v, sa.func.count(), sa.func.min(newest.c.id),
+                                      sa.func.max(newest.c.id)).group_by(newest.c.v)).all()
+        seen = sum(count for _, count, _, _ in rows)
+        ends = [min(r[2] for r in rows), max(r[3] for r in rows)] if rows else []
+        if windows.enough(ends, seen == FACET_SCAN):
+            break
     counts = {}
-    for v, count, _ in rows:   # one text may come from two kinds (the number 5, "5")
+    for v, count, _, _ in rows:   # one text may come from two kinds (the number 5, "5")
         if v is not None:
             text = _facet_text(key, v, dialect)
             counts[text] = counts.get(text, 0) + count
     sampled = False
-    if sum(count for _, count, _ in rows) == FACET_SCAN:  # older matching lines left?
-        oldest = min(first for _, _, first in rows)
-        sampled = conn.execute(sa.select(log_t.c.id).where(*conds, log_t.c.id < oldest)
-                               .limit(1)).first() is not None
+    if seen == FACET_SCAN:  # older matching lines left?
+        oldest = min(first for _, _, first, _ in rows)
+        sampled = conn.execute(on_lines(conn, f, sa.select(log_t.c.id).where(
+            *conds, log_t.c.id < oldest).limit(1), index, None, None, oldest)).first() is not None
     values = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
     return [{"value": v, "count": c} for v, c in values], sum(counts.values()), sampled

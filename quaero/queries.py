@@ -7,10 +7,13 @@ import dataclasses
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.sql.util import ClauseAdapter
 
 from .attributes import line_matches
 from .models import (ID_KEY, LEVEL_NAMES, LEVELS, RARE_LEVEL, SERVICE_KEY, counters_t,
                      counts_t, jobs_t, line_dict, log_t, of_jobs, HexBytes, STEP_KEY)
+from .storage import BLOCK
 from .textsearch import attr_condition, search_index, text_condition
 
 
@@ -162,14 +165,19 @@ def select_lines(conn, f, *, after=None, before=None, limit=100):
     and a step's index give one job's lines in order; asked for several jobs at once,
     PostgreSQL collected every line of them and sorted: 170 ms for a 171,000-line step)."""
     bounds = job_bounds(conn, f) if after is None else None
-    if len(f.job_ids) > 1:
-        parts = _each_job(conn, f, after, before, limit, bounds).subquery()
-        stmt = sa.select(parts).order_by(
-            parts.c.id.asc() if after is not None else parts.c.id.desc()).limit(limit + 1)
-    else:
-        bound = bounds and bounds.get(f.job_ids[0]) if f.job_ids else None
-        stmt = _page(conn, f, after, before, limit, bound)
-    rows = conn.execute(stmt).all()
+    index = search_index(conn, f)
+    windows = Windows(conn, f, after, before, limit + 1, index)
+    while True:
+        if len(f.job_ids) > 1:
+            parts = _each_job(conn, f, after, before, limit, bounds, index, windows).subquery()
+            stmt = sa.select(parts).order_by(
+                parts.c.id.asc() if after is not None else parts.c.id.desc()).limit(limit + 1)
+        else:
+            bound = bounds and bounds.get(f.job_ids[0]) if f.job_ids else None
+            stmt = _page(conn, f, after, before, limit, bound, index, windows.of(_key(f)))
+        rows = conn.execute(stmt).all()
+        if windows.enough([r.id for r in rows], len(rows) > limit):
+            break
     more = len(rows) > limit
     rows = rows[:limit]
     if after is None:
@@ -177,9 +185,16 @@ def select_lines(conn, f, *, after=None, before=None, limit=100):
     return [line_dict(*r) for r in rows], more
 
 
-def _page(conn, f, after, before, limit, bound=None, index=False):
+def _key(f):
+    return f.job_ids[0] if f.job_ids else None
+
+
+def _page(conn, f, after, before, limit, bound=None, index=False, window=None):
     """The statement of ``select_lines``'s page for one job, the service log or every
-    line; ``bound``: the job's (first, last) line ids (``job_bounds``)."""
+    line; ``bound``: the job's (first, last) line ids (``job_bounds``); ``window``: the
+    ids its sealed blocks are read in (``Windows``)."""
+    if index is False:
+        index = search_index(conn, f)
     conds = _where(f, conn, index)
     if bound:
         conds.append(log_t.c.id.between(*bound))
@@ -188,17 +203,157 @@ def _page(conn, f, after, before, limit, bound=None, index=False):
     if before is not None:
         conds.append(log_t.c.id < before)
     order = log_t.c.id.asc() if after is not None else log_t.c.id.desc()
-    return _select_lines(f).where(*conds).order_by(order).limit(limit + 1)
+    stmt = _select_lines(f).where(*conds).order_by(order).limit(limit + 1)
+    return on_lines(conn, f, stmt, index, window, after, before)
 
 
-def _each_job(conn, f, after, before, limit, bounds):
+def _each_job(conn, f, after, before, limit, bounds, index, windows):
     """Each job's page (``_page``) of ``f``'s jobs, as one UNION ALL; the search index is
     read once for all of them."""
-    index = search_index(conn, f)
     return sa.union_all(*(
         _page(conn, dataclasses.replace(f, job_ids=(job_id,)), after, before, limit,
-              bounds and bounds.get(job_id), index).subquery().select()
+              bounds and bounds.get(job_id), index, windows.of(job_id)).subquery().select()
         for job_id in f.job_ids))
+
+
+# --- sealed lines (PostgreSQL: quaero.sealing) ---------------------------------------------
+
+_TEXTS = ARRAY(sa.Text)
+blocks_t = sa.table(
+    "log_blocks", sa.column("job_seq", sa.BigInteger), sa.column("first_id", sa.BigInteger),
+    sa.column("last_id", sa.BigInteger), sa.column("n", sa.Integer), sa.column("steps", _TEXTS),
+    sa.column("ids", ARRAY(sa.BigInteger)), sa.column("step_names", _TEXTS),
+    sa.column("levels", ARRAY(sa.SmallInteger)), sa.column("messages", _TEXTS),
+    sa.column("timestamps", ARRAY(sa.DateTime)), sa.column("line_numbers", ARRAY(sa.Integer)),
+    sa.column("sources", _TEXTS))
+_b = blocks_t.c
+_u = sa.func.unnest(_b.ids, _b.step_names, _b.levels, _b.messages, _b.timestamps,
+                    _b.line_numbers, _b.sources).table_valued(
+    sa.column("id", sa.BigInteger), sa.column("step_name", sa.Text),
+    sa.column("level", sa.SmallInteger), sa.column("message", sa.Text),
+    sa.column("timestamp", sa.DateTime), sa.column("line_number", sa.Integer),
+    sa.column("source", sa.Text)).render_derived(name="u")
+# a block's lines as rows of log_entries: the same columns, of the same types (PostgreSQL
+# pushes a condition on the union into each of its parts only then)
+_BLOCK_LINES = sa.select(
+    _u.c.id, _b.job_seq, sa.cast(_u.c.step_name, sa.String(200)), _u.c.level, _u.c.message,
+    _u.c.timestamp, _u.c.line_number, sa.cast(_u.c.source, sa.String(200)),
+    sa.cast(sa.null(), JSONB), sa.cast(sa.null(), sa.LargeBinary),
+    sa.cast(sa.null(), sa.LargeBinary)).select_from(blocks_t).join(_u, sa.true())
+_ROWS = sa.select(*log_t.c)
+
+
+def may_be_sealed(conn, f):
+    """Whether lines ``f`` matches may be kept in blocks: PostgreSQL, a job's or every
+    line, below warn, without an attribute or a trace."""
+    return (conn.dialect.name == "postgresql" and f.min_level < RARE_LEVEL and not f.attrs
+            and f.trace_id is None and (bool(f.job_ids) or f.everywhere))
+
+
+def _block_conds(f, index):
+    """Conditions on ``log_blocks`` of a block that may hold a line ``f`` matches."""
+    conds = []
+    if len(f.job_ids) == 1:  # (a constant to the planner: the block index's range)
+        conds.append(_b.job_seq == sa.select(jobs_t.c.seq).where(
+            jobs_t.c.id == f.job_ids[0]).scalar_subquery())
+    elif f.job_ids:
+        conds.append(_b.job_seq.in_(sa.select(jobs_t.c.seq).where(
+            jobs_t.c.id.in_(list(f.job_ids)))))
+    if f.step is not None:
+        conds.append(sa.literal(f.step, sa.Text) == sa.any_(_b.steps))
+    if f.q is not None and index is not None:
+        if isinstance(index, tuple):  # (mark, the search index's blocks that may match)
+            mark, listed = index
+            listed = sa.literal(sorted(listed), ARRAY(sa.BigInteger))
+            conds.append(sa.or_(_b.last_id > mark, sa.func.width_bucket(
+                _b.last_id // BLOCK, listed) > sa.func.width_bucket(_b.first_id // BLOCK - 1, listed)))
+        else:  # the ids that may match: a block holding one of them (a binary search)
+            ids = sa.literal(sorted(index), ARRAY(sa.BigInteger))
+            conds.append(sa.func.width_bucket(_b.last_id, ids)
+                         > sa.func.width_bucket(_b.first_id - 1, ids))
+    return conds
+
+
+def on_lines(conn, f, stmt, index=None, window=None, after=None, before=None):
+    """``stmt`` (a read of ``log_entries``) over the lines ``f`` may match wherever they
+    are kept: unchanged, or on PostgreSQL over the rows and the lines of the blocks that
+    may hold a match (those in ``window``: ``("lo", id)`` or ``("hi", id)``, see
+    ``Windows``), one subquery named as the table (a condition on it reaches the blocks'
+    lines, and the blocks' own conditions skip the blocks that cannot match)."""
+    if not may_be_sealed(conn, f):
+        return stmt
+    conds = _block_conds(f, index)
+    if after is not None:
+        conds.append(_b.last_id > after)
+    if before is not None:
+        conds.append(_b.first_id < before)
+    if window is not None:
+        side, edge = window
+        conds.append(_b.last_id >= edge if side == "lo" else _b.first_id <= edge)
+        stmt = stmt.where(log_t.c.id >= edge if side == "lo" else log_t.c.id <= edge)
+    lines = sa.union_all(_ROWS, _BLOCK_LINES.where(*conds)).subquery("log_entries")
+    return ClauseAdapter(lines).traverse(stmt)
+
+
+class Windows:
+    """The ids each job's sealed blocks are read in, for a read of the newest (or, with
+    ``after``, the oldest) ``need`` lines: a job with more than ``m`` blocks that may
+    match has its lines read from its ``m`` newest (oldest) blocks' first (last) id on
+    (a 1,000,000-line job is 4,000 blocks). A read that comes back short with a bounded
+    window is run again with wider ones (``enough``): lines outside a window are older
+    (newer) than every line in it, so a full page within the windows is the page."""
+    START = 4
+
+    def __init__(self, conn, f, after, before, need, index):
+        self.conn, self.f, self.after, self.before, self.need = conn, f, after, before, need
+        self.index = index
+        self.m = max(self.START, -(-need // 256) + 1)
+        self.sealed = may_be_sealed(conn, f)
+        self.bounds = self._probe() if self.sealed else {}
+
+    def _probe(self):
+        keys = self.f.job_ids or (None,)
+        out = {}
+        for key in keys:
+            f = dataclasses.replace(self.f, job_ids=(key,) if key else ())
+            conds = _block_conds(f, self.index)
+            if self.after is not None:
+                conds.append(_b.last_id > self.after)
+            if self.before is not None:
+                conds.append(_b.first_id < self.before)
+            order = _b.last_id.asc() if self.after is not None else _b.last_id.desc()
+            found = self.conn.execute(sa.select(_b.first_id, _b.last_id).where(*conds)
+                                      .order_by(order).limit(self.m + 1)).all()
+            if len(found) > self.m:
+                found = found[:self.m]
+                out[key] = (("hi", max(r.last_id for r in found)) if self.after is not None
+                            else ("lo", min(r.first_id for r in found)))
+        return out
+
+    def of(self, key):
+        return self.bounds.get(key)
+
+    def enough(self, ids, full, per_job=None):
+        """Whether the read that found lines ``ids`` (``full``: all it asked for; or
+        ``per_job``: how many of each job) is the answer; if not, the windows widen for
+        the next try."""
+        if not self.bounds:
+            return True
+        short = []
+        for key, (side, edge) in self.bounds.items():
+            if per_job is not None:
+                ok = per_job.get(key, 0) >= self.need
+            elif not full:
+                ok = False
+            else:  # every line left out is past the read's last line
+                ok = min(ids) >= edge if side == "lo" else max(ids) <= edge
+            if not ok:
+                short.append(key)
+        if not short:
+            return True
+        self.m *= 8
+        self.bounds = self._probe()
+        return False
 
 
 _NEWEST = sa.select(counters_t.c.value).where(counters_t.c.key == ID_KEY)
@@ -210,12 +365,20 @@ def newest_id(conn):
     return int(conn.execute(_NEWEST).scalar() or 0)
 
 
+_ALL = LineFilter(everywhere=True, min_level=min(LEVELS.values()))
+
+
 def all_lines_between(conn, after, before, limit=None):
     """Every line with ``after < id < before`` (any job, any level), oldest first."""
-    q = _select_lines().where(log_t.c.id > after, log_t.c.id < before).order_by(log_t.c.id)
-    if limit is not None:
-        q = q.limit(limit)
-    return [line_dict(*r) for r in conn.execute(q)]
+    windows = Windows(conn, _ALL, after, before, limit or 0, None) if limit else None
+    while True:
+        q = _select_lines().where(log_t.c.id > after, log_t.c.id < before).order_by(log_t.c.id)
+        if limit is not None:
+            q = q.limit(limit)
+        rows = conn.execute(on_lines(conn, _ALL, q, None, windows and windows.of(None),
+                                     after, before)).all()
+        if windows is None or windows.enough([r.id for r in rows], len(rows) >= limit):
+            return [line_dict(*r) for r in rows]
 
 
 def tail_lines(conn, f, limit):
@@ -223,10 +386,16 @@ def tail_lines(conn, f, limit):
     log), oldest first, read in one statement so that all jobs share one snapshot."""
     if len(f.job_ids) <= 1:
         return select_lines(conn, f, limit=limit)
-    rows = conn.execute(_each_job(conn, f, None, None, limit, job_bounds(conn, f))).all()
-    per_job = {}
-    for r in rows:
-        per_job.setdefault(r.job_id, []).append(r)
+    index = search_index(conn, f)
+    windows = Windows(conn, f, None, None, limit + 1, index)
+    bounds = job_bounds(conn, f)
+    while True:
+        rows = conn.execute(_each_job(conn, f, None, None, limit, bounds, index, windows)).all()
+        per_job = {}
+        for r in rows:
+            per_job.setdefault(r.job_id, []).append(r)
+        if windows.enough([r.id for r in rows], True, {k: len(v) for k, v in per_job.items()}):
+            break
     more = any(len(v) > limit for v in per_job.values())
     keep = sorted((r for v in per_job.values() for r in sorted(v, key=lambda r: -r.id)[:limit]),
                   key=lambda r: r.id)
@@ -241,7 +410,9 @@ def count_matches(conn, f):
     few rows, never a scan); with ``q`` or ``source`` (not in the counts) by counting
     matches, stopping at COUNT_CAP."""
     if not f.counted:
-        found = sa.select(log_t.c.id).where(*_where(f, conn)).limit(COUNT_CAP + 1)
+        index = search_index(conn, f)
+        found = on_lines(conn, f, sa.select(log_t.c.id).where(*_where(f, conn, index))
+                         .limit(COUNT_CAP + 1), index)
         n = conn.execute(sa.select(sa.func.count()).select_from(found.subquery())).scalar()
         return min(n, COUNT_CAP), n > COUNT_CAP
     keys = list(f.job_ids) if f.job_ids else [SERVICE_KEY]

@@ -24,9 +24,11 @@ import gevent
 import sqlalchemy as sa
 
 from .histogram import second_of
+from .queries import LineFilter, on_lines
+from .sealing import SEAL_AFTER, seal_jobs, unseal
 from .storage import IDEMPOTENCY_TTL, clear_generations
-from .models import (FINISHED, SERVICE_KEY, Job, counters_t, counts_t, idempotency_t, log_t,
-                     of_jobs, utcnow, volume_t)
+from .models import (FINISHED, LEVELS, SERVICE_KEY, Job, counters_t, counts_t, idempotency_t,
+                     log_t, of_jobs, utcnow, volume_t)
 
 log = logging.getLogger("quaero.retention")
 
@@ -178,12 +180,17 @@ def prune_once(engine, retention_days=None, max_lines_per_job=None, archive=None
                 .group_by(counts_t.c.key).having(sa.func.sum(counts_t.c.count) > max_lines_per_job)
             ).scalars().all()
         for job_id in over:
+            whole = LineFilter(job_ids=(job_id,), min_level=min(LEVELS.values()))
             with engine.connect() as conn:
-                threshold = conn.execute(
+                threshold = conn.execute(on_lines(conn, whole, (
                     sa.select(log_t.c.id).where(of_jobs((job_id,)))
-                    .order_by(log_t.c.id.desc()).offset(max_lines_per_job).limit(1)).scalar()
-            if threshold is not None:
-                lines_deleted += chunks.delete_all(engine, job_id, (log_t.c.id <= threshold,))
+                    .order_by(log_t.c.id.desc()).offset(max_lines_per_job).limit(1)))).scalar()
+            if threshold is None:
+                continue
+            if engine.dialect.name == "postgresql":  # sealed lines to go: rows again first
+                with engine.begin() as conn:
+                    unseal(conn, job_id, threshold)
+            lines_deleted += chunks.delete_all(engine, job_id, (log_t.c.id <= threshold,))
     return jobs_deleted, lines_deleted
 
 
@@ -315,8 +322,9 @@ class Pruner:
     """A greenlet per process; on PostgreSQL only one process prunes at a time."""
 
     def __init__(self, engine, retention_days, max_lines_per_job, interval, max_db_bytes=0,
-                 disk=None, archive=None):
+                 disk=None, archive=None, seal_after=SEAL_AFTER):
         self.engine = engine
+        self.seal_after = seal_after  # PostgreSQL: seconds after a job finished (0: never)
         self.retention_days = retention_days
         self.max_lines_per_job = max_lines_per_job
         self.interval = interval
@@ -382,6 +390,10 @@ class Pruner:
             log.warning("%s, and nothing else finished or was stamped more than %s ago: "
                         "nothing more can be pruned", why, FLOOR)
         self.short = short
+        sealed, moved = seal_jobs(self.engine, self.seal_after)
+        if sealed:
+            log.info("sealed %d finished jobs: %d lines moved into compressed blocks",
+                     sealed, moved)
         return jobs + more_jobs, lines + more_lines
 
     def _clear_search_index(self):

@@ -314,6 +314,9 @@ def clear_generations(conn):
                  .values(value=counters_t.c.value))
     oldest = conn.execute(sa.select(sa.func.min(log_t.c.id))).scalar()
     if conn.dialect.name == "postgresql":  # (block b holds ids 64b .. 64b + 63)
+        sealed = conn.execute(sa.text("SELECT min(first_id) FROM log_blocks")).scalar()
+        if sealed is not None and (oldest is None or sealed < oldest):  # (quaero.sealing)
+            oldest = sealed
         where = "true" if oldest is None else f"block < {int(oldest) // BLOCK}"
         return list(conn.execute(sa.text(
             f"WITH gone AS (DELETE FROM log_text_blocks WHERE {where} RETURNING block) "

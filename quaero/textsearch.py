@@ -58,10 +58,11 @@ def register_sqlite_functions(dbapi_conn):
 
 def not_search_index(obj, name, type_, reflected, compare_to):
     """Alembic's ``include_object``: the text indexes live only in their migrations (FTS5
-    tables and their shadow tables, PostgreSQL's block table, GIN indexes): autogenerate
+    tables and their shadow tables, PostgreSQL's block table, GIN indexes), as do
+    PostgreSQL's sealed lines (``log_blocks``, ``quaero.sealing``): autogenerate
     must leave them be."""
     return not (reflected and name and (
-        name.startswith(("log_fts", "log_attr_", "log_text_blocks")) or name in (
+        name.startswith(("log_fts", "log_attr_", "log_text_blocks", "log_blocks")) or name in (
             "ix_log_message_trgm", "ix_log_message_lower_trgm", "ix_log_attributes")))
 
 

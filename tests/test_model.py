@@ -914,6 +914,29 @@ class QuaeroModel(RuleBasedStateMachine):
         self.check_job_json(r.json(), job)
         SEEN["archive, prune, import"] += 1
 
+    @rule(i=st.integers(0, 7), per_block=st.sampled_from([1, 3, 256]),
+          index=st.booleans())
+    def seal(self, i, per_block, index):
+        """PostgreSQL: a finished job's plain lines move into compressed blocks, as the
+        pruner's pass moves them (quaero.sealing), in blocks of ``per_block`` (the
+        product's 256, or a few so that reads go through windows of blocks); with
+        ``index`` the search index catches up first (only indexed lines move). Nothing a
+        reader sees changes: the model stays as it is, and every read rule checks it."""
+        if SKIP & {"seal"} or self.engine.dialect.name != "postgresql":
+            return
+        from quaero.sealing import seal_job
+        from quaero.storage import index_behind
+        job = self.pick([j for j in self.jobs if j.status in FINISHED and not j.deleted], i)
+        if job is None:
+            return
+        if index:
+            with self.engine.begin() as conn:
+                index_behind(conn)
+        with self.engine.connect() as conn:
+            seq = conn.execute(sa.text("SELECT seq FROM jobs WHERE id = :j"), {"j": job.id}).scalar()
+        if seq is not None and seal_job(self.engine, seq, per_block):
+            SEEN["seal"] += 1
+
     # -- reads ------------------------------------------------------------------------
 
     limits = st.sampled_from([None, 0, 1, 2, 3, 5])

@@ -51,7 +51,25 @@ def plan(engine, f, **page):
         conn.execute = lambda statement, *a, **k: ran.append(statement) or run(statement, *a, **k)
         select_lines(conn, f, **page)
         sql = str(ran[-1].compile(conn, compile_kwargs={"literal_binds": True}))
-        return "\n".join(run(sa.text("EXPLAIN (COSTS OFF) " + sql)).scalars())
+        return _rows_part("\n".join(run(sa.text("EXPLAIN (COSTS OFF) " + sql)).scalars()))
+
+
+def _rows_part(shown):
+    """The plan without its reads of sealed blocks (quaero.sealing: a job's lines kept
+    in blocks are sorted once unpacked, a window of them at a time; none are here): the
+    rows' part must not sort."""
+    lines, out, skip = shown.split("\n"), [], None
+    for i, line in enumerate(lines):
+        depth = len(line) - len(line.lstrip())
+        if skip is not None and depth > skip:
+            continue
+        skip = None
+        if line.strip() == "->  Sort" and i + 1 < len(lines) and '"*SELECT* 2' in lines[i + 1]:
+            skip = depth
+            continue
+        out.append(line)
+    assert len(out) < len(lines), shown   # the blocks' part is there
+    return "\n".join(out)
 
 
 @pytest.mark.parametrize("step, kw", [
