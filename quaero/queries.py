@@ -221,7 +221,8 @@ def _each_job(conn, f, after, before, limit, bounds, index, windows):
 _TEXTS = ARRAY(sa.Text)
 blocks_t = sa.table(
     "log_blocks", sa.column("job_seq", sa.BigInteger), sa.column("first_id", sa.BigInteger),
-    sa.column("last_id", sa.BigInteger), sa.column("n", sa.Integer), sa.column("steps", _TEXTS),
+    sa.column("last_id", sa.BigInteger), sa.column("n", sa.Integer),
+    sa.column("max_level", sa.SmallInteger), sa.column("steps", _TEXTS),
     sa.column("ids", ARRAY(sa.BigInteger)), sa.column("step_names", _TEXTS),
     sa.column("levels", ARRAY(sa.SmallInteger)), sa.column("messages", _TEXTS),
     sa.column("timestamps", ARRAY(sa.DateTime)), sa.column("line_numbers", ARRAY(sa.Integer)),
@@ -261,6 +262,8 @@ def _block_conds(f, index):
             jobs_t.c.id.in_(list(f.job_ids)))))
     if f.step is not None:
         conds.append(sa.literal(f.step, sa.Text) == sa.any_(_b.steps))
+    if f.min_level > min(LEVELS.values()):
+        conds.append(_b.max_level >= f.min_level)
     if f.q is not None and index is not None:
         if isinstance(index, tuple):  # (mark, the search index's blocks that may match)
             mark, listed = index

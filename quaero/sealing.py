@@ -7,7 +7,7 @@ itself) about 27 (``bench/sealed.py``). Once a job has been finished for
 is needed for: below warn (the level index holds warn and error), without attributes or
 a trace (their indexes), and already in the search index (whose documents are by id and
 stay). Each move is one statement, so a reader sees a line as a row or in a block, never
-both and never neither. Readers read both (``queries.lines_source``). A job's blocks go
+both and never neither. Readers read both (``queries.on_lines``). A job's blocks go
 with the job (``ON DELETE CASCADE``); retention's other cuts move blocks back to rows
 first (``unseal``). Lines sent to a job after it was sealed stay rows.
 
@@ -40,9 +40,9 @@ WITH moved AS (
       AND id <= (SELECT value FROM line_counters WHERE key = '{SEARCH_KEY}')
     ORDER BY id LIMIT :n)
   RETURNING id, step_name, level, message, timestamp, line_number, source)
-INSERT INTO log_blocks (job_seq, first_id, last_id, n, steps, ids, step_names, levels,
-                        messages, timestamps, line_numbers, sources)
-SELECT :seq, min(id), max(id), count(*), array_agg(DISTINCT coalesce(step_name, '')),
+INSERT INTO log_blocks (job_seq, first_id, last_id, n, max_level, steps, ids, step_names,
+                        levels, messages, timestamps, line_numbers, sources)
+SELECT :seq, min(id), max(id), count(*), max(level), array_agg(DISTINCT coalesce(step_name, '')),
        array_agg(id ORDER BY id), array_agg(step_name ORDER BY id),
        array_agg(level ORDER BY id), array_agg(message ORDER BY id),
        array_agg(timestamp ORDER BY id), array_agg(line_number ORDER BY id),

@@ -11,8 +11,9 @@ numbers, sources), which PostgreSQL compresses itself: 27 bytes a line
 (``bench/sealed.py``). The sealer (``quaero.sealing``, in the pruner's pass) moves there
 the lines of jobs finished a while ago that have nothing an index of the rows is needed
 for: below warn, no attributes, no trace, already in the search index. Readers read the
-blocks beside the rows (``queries.lines_source``); ``steps`` (the block's step names,
-"" for none) lets a step's reader skip blocks without it. A job's blocks go with it.
+blocks beside the rows (``queries.on_lines``); ``steps`` (the block's step names, ""
+for none) and ``max_level`` let a step's or a level's reader skip blocks without it. A
+job's blocks go with it.
 """
 from alembic import op
 
@@ -28,6 +29,7 @@ def upgrade():
     op.execute("CREATE TABLE IF NOT EXISTS log_blocks ("
                "job_seq bigint NOT NULL REFERENCES jobs (seq) ON DELETE CASCADE, "
                "first_id bigint NOT NULL, last_id bigint NOT NULL, n integer NOT NULL, "
+               "max_level smallint NOT NULL, "
                "steps text[] NOT NULL, ids bigint[] NOT NULL, step_names text[] NOT NULL, "
                "levels smallint[] NOT NULL, messages text[] NOT NULL, "
                "timestamps timestamp[] NOT NULL, line_numbers integer[] NOT NULL, "
