@@ -8,26 +8,26 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from .attributes import value_text
-from .models import LEVEL_NAMES, log_t
-from .queries import Windows, _key, _where, on_lines
+from .models import LEVEL_NAMES
+from .queries import Windows, _key, _where, lines_of
 from .textsearch import search_index
 
 
-FACET_COLUMNS = {"source": log_t.c.source, "level": log_t.c.level, "step": log_t.c.step_name}
+FACET_COLUMNS = ("source", "level", "step")
 FACET_SCAN = 100_000  # facets count the newest this many matching lines ("sampled" beyond)
 _JSON_ARROW = sqlite3.sqlite_version_info >= (3, 38)
 
 
-def _facet_value(key, dialect):
-    """The SQL value of ``key`` of a line: a column, or its attribute as JSON (text on
-    SQLite), which ``_facet_text`` reads."""
+def _facet_value(key, dialect, t):
+    """The SQL value of ``key`` of a line of ``t`` (``queries.lines_of``): a column, or
+    its attribute as JSON (text on SQLite), which ``_facet_text`` reads."""
     if key in FACET_COLUMNS:
-        return FACET_COLUMNS[key]
+        return t.c["step_name" if key == "step" else key]
     if dialect == "postgresql":
-        return sa.type_coerce(log_t.c.attributes, JSONB)[key]
+        return sa.type_coerce(t.c.attributes, JSONB)[key]
     if '"' in key or "\\" in key or not _JSON_ARROW:  # a key no JSON path names: Python's
-        return sa.func.quaero_attr_json(log_t.c.attributes, key)
-    return log_t.c.attributes.op("->", return_type=sa.Text)(sa.literal_column("'$.\"" + key.replace("'", "''") + "\"'"))
+        return sa.func.quaero_attr_json(t.c.attributes, key)
+    return t.c.attributes.op("->", return_type=sa.Text)(sa.literal_column("'$.\"" + key.replace("'", "''") + "\"'"))
 
 
 def _facet_text(key, value, dialect):
@@ -44,16 +44,15 @@ def facet_counts(conn, f, key, limit):
     matching ``f`` (``sampled``: there were more), as ``[{"value": text, "count": n}]``,
     most frequent first, then by value; ``total``: those lines that have the key."""
     dialect = conn.dialect.name
-    value = _facet_value(key, dialect)
     index = search_index(conn, f)
-    conds = _where(f, conn, index)
-    if key not in FACET_COLUMNS:
-        conds.append(log_t.c.attributes.isnot(None))
     windows = Windows(conn, f, None, None, FACET_SCAN, index)
     while True:
-        newest = on_lines(conn, f, sa.select(log_t.c.id, value.label("v")).where(*conds)
-                          .order_by(log_t.c.id.desc()).limit(FACET_SCAN), index,
-                          windows.of(_key(f))).subquery()
+        t = lines_of(conn, f, index, windows.of(_key(f)))
+        conds = _where(f, conn, index, t)
+        if key not in FACET_COLUMNS:
+            conds.append(t.c.attributes.isnot(None))
+        newest = (sa.select(t.c.id, _facet_value(key, dialect, t).label("v")).where(*conds)
+                  .order_by(t.c.id.desc()).limit(FACET_SCAN).subquery())
         rows = conn.execute(sa.select(newest.c.v, sa.func.count(), sa.func.min(newest.c.id),
                                       sa.func.max(newest.c.id)).group_by(newest.c.v)).all()
         seen = sum(count for _, count, _, _ in rows)
@@ -68,7 +67,11 @@ def facet_counts(conn, f, key, limit):
     sampled = False
     if seen == FACET_SCAN:  # older matching lines left?
         oldest = min(first for _, _, first, _ in rows)
-        sampled = conn.execute(on_lines(conn, f, sa.select(log_t.c.id).where(
-            *conds, log_t.c.id < oldest).limit(1), index, None, None, oldest)).first() is not None
+        t = lines_of(conn, f, index, None, None, oldest)
+        conds = _where(f, conn, index, t)
+        if key not in FACET_COLUMNS:
+            conds.append(t.c.attributes.isnot(None))
+        sampled = conn.execute(sa.select(t.c.id).where(*conds, t.c.id < oldest)
+                               .limit(1)).first() is not None
     values = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
     return [{"value": v, "count": c} for v, c in values], sum(counts.values()), sampled

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from .models import LEVELS, LEVEL_NAMES, SERVICE_KEY, iso, log_t, to_millis, volume_t as vol_t
-from .queries import _where as line_conditions, on_lines
+from .queries import _where as line_conditions, lines_of
 from .textsearch import search_index
 
 DEFAULT_BUCKETS = 60
@@ -78,10 +78,10 @@ def _from_lines(conn, f, buckets, until):
     """Buckets of whole milliseconds counted from the lines: ``date_bin`` on PostgreSQL,
     the stored milliseconds on SQLite (``models.EpochMillis``)."""
     index = search_index(conn, f, every=True)
-    conds = line_conditions(f, conn, index)
-    ts = log_t.c.timestamp
-    first, last = conn.execute(on_lines(conn, f, sa.select(sa.func.min(ts), sa.func.max(ts))
-                                        .where(*conds), index)).one()
+    t = lines_of(conn, f, index)
+    conds = line_conditions(f, conn, index, t)
+    ts = t.c.timestamp
+    first, last = conn.execute(sa.select(sa.func.min(ts), sa.func.max(ts)).where(*conds)).one()
     if first is None:
         return {"buckets": [], "total": 0}
     if until is not None and until > last:
@@ -94,8 +94,8 @@ def _from_lines(conn, f, buckets, until):
     else:
         b = (sa.type_coerce(ts, sa.BigInteger) - to_millis(t0)) // width_ms
     b = b.label("b")
-    rows = conn.execute(on_lines(conn, f, sa.select(b, log_t.c.level, sa.func.count())
-                                 .where(*conds).group_by(b, log_t.c.level), index)).all()
+    rows = conn.execute(sa.select(b, t.c.level, sa.func.count())
+                        .where(*conds).group_by(b, t.c.level)).all()
     rows = [((r[0] - t0) // width if isinstance(r[0], datetime) else r[0], r[1], r[2])
             for r in rows]
     return _shape(rows, t0, width, n)

@@ -231,15 +231,15 @@ jobs_t = Job.__table__
 STEP_KEY = "((({seq} & 8796093022207) << 20) | (hashtext({step}) & 1048575))"
 
 
-def of_jobs(job_ids):
+def of_jobs(job_ids, t=None):
     """The condition "a line of one of ``job_ids``" (job ids, as the API names jobs);
-    ``()``: a line of the service log."""
+    ``()``: a line of the service log. ``t``: the lines read (``queries.lines_of``)."""
+    seq = (log_t if t is None else t).c.job_seq
     if not job_ids:
-        return log_t.c.job_seq.is_(None)
+        return seq.is_(None)
     if len(job_ids) == 1:
-        return log_t.c.job_seq == sa.select(jobs_t.c.seq).where(
-            jobs_t.c.id == job_ids[0]).scalar_subquery()
-    return log_t.c.job_seq.in_(sa.select(jobs_t.c.seq).where(jobs_t.c.id.in_(list(job_ids))))
+        return seq == sa.select(jobs_t.c.seq).where(jobs_t.c.id == job_ids[0]).scalar_subquery()
+    return seq.in_(sa.select(jobs_t.c.seq).where(jobs_t.c.id.in_(list(job_ids))))
 
 
 # a step's lines, newest first (PostgreSQL; SQLite's is ix_log_job_step, above)

@@ -4,11 +4,11 @@ search, the text download) goes through :func:`select_lines` or :func:`tail_line
 that ``total_count`` and ``log_counts`` never scan a job's lines; text search uses the
 databases' own trigram indexes over blocks of lines (``textsearch``)."""
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.sql.util import ClauseAdapter
 
 from .attributes import line_matches
 from .models import (ID_KEY, LEVEL_NAMES, LEVELS, RARE_LEVEL, SERVICE_KEY, counters_t,
@@ -79,61 +79,61 @@ def of_step(job_id, step):
                                sa.bindparam("step", step, unique=True)).self_group()
 
 
-def _where(f, conn, index=False):
+def _where(f, conn, index=False, t=log_t):
     """The filter as conditions. "info and above" (the default) matches nearly every line,
     so its level test is kept out of the index choice (``level + 0``): the job's or step's
     index is then read backwards from the newest line, instead of every line at a level
     being collected and sorted. Rarer levels (warn, error) use the (job, level, id) index,
     which holds only them: its condition is stated as written (a literal), since neither
     planner proves ``level >= :bound`` implies it. ``index``: ``search_index`` when the
-    caller has read it (``tail_lines``: once for every job)."""
+    caller has read it (``tail_lines``: once for every job). ``t``: the lines read
+    (``lines_of``)."""
     dialect = conn.dialect.name
     if index is False:
         index = search_index(conn, f)
     conds = []
     if f.min_level > LEVELS["info"]:  # warn or error: RARE_LEVEL and above
-        conds.append(log_t.c.level >= f.min_level)
-        conds.append(log_t.c.level >= sa.literal_column(str(RARE_LEVEL)))
+        conds.append(t.c.level >= f.min_level)
+        conds.append(t.c.level >= sa.literal_column(str(RARE_LEVEL)))
     elif f.min_level > LEVELS["debug"]:
-        conds.append((log_t.c.level + 0) >= f.min_level)
+        conds.append((t.c.level + 0) >= f.min_level)
     if (f.step is not None and len(f.job_ids) == 1 and dialect == "postgresql"
             and f.min_level <= LEVELS["info"]):  # (warn, error: the level index, by job)
         conds.append(of_step(f.job_ids[0], f.step))  # the job too, as its index has it
     elif f.job_ids or not f.everywhere:
-        conds.append(of_jobs(f.job_ids))
+        conds.append(of_jobs(f.job_ids, t))
     if f.step is not None:
-        conds.append(log_t.c.step_name == f.step)
+        conds.append(t.c.step_name == f.step)
     if f.q is not None:
-        conds.append(text_condition(f.q, dialect, index))
+        conds.append(text_condition(f.q, dialect, index, t))
     if f.source is not None:
-        conds.append(log_t.c.source == f.source)
+        conds.append(t.c.source == f.source)
     if f.trace_id is not None:
-        conds.append(log_t.c.trace_id == sa.type_coerce(f.trace_id, HexBytes()))
+        conds.append(t.c.trace_id == sa.type_coerce(f.trace_id, HexBytes()))
     if f.attrs:
-        conds.extend(attr_condition(k, t, dialect, index) for k, t in f.attrs)
+        conds.extend(attr_condition(k, text, dialect, index) for k, text in f.attrs)
     return conds
 
 
 # A line as line_dict takes it; its job's id from the job its ``job_seq`` refers to
-_COLS = (log_t.c.step_name, log_t.c.level, log_t.c.message, log_t.c.timestamp,
-         log_t.c.line_number, log_t.c.source, log_t.c.attributes, log_t.c.trace_id,
-         log_t.c.span_id)
-_FROM = log_t.outerjoin(jobs_t, jobs_t.c.seq == log_t.c.job_seq)
+_COLS = ("step_name", "level", "message", "timestamp", "line_number", "source", "attributes",
+         "trace_id", "span_id")
 
 
-def _select_lines(f=None):
-    """The lines' columns for ``f``. Lines of one job are that job's, and the service log's
-    no job's: their job id needs no join. Joined to every job, a planner that cannot tell
-    how many lines match (a step's key from a job's seq it has not read yet) hash-joined
-    every job to every line of a 171,000-line step and sorted them (75 ms; 0.7 ms read
-    alone). Several jobs, or every line: the job's id by the join."""
+def _select_lines(f=None, t=log_t):
+    """The lines' columns for ``f``, read from ``t`` (``lines_of``). Lines of one job are
+    that job's, and the service log's no job's: their job id needs no join. Joined to
+    every job, a planner that cannot tell how many lines match (a step's key from a job's
+    seq it has not read yet) hash-joined every job to every line of a 171,000-line step
+    and sorted them (75 ms; 0.7 ms read alone). Several jobs, or every line: the job's
+    id by the join."""
     if f is not None and len(f.job_ids) == 1:
-        job, frm = sa.literal(f.job_ids[0], jobs_t.c.id.type), log_t
+        job, frm = sa.literal(f.job_ids[0], jobs_t.c.id.type), t
     elif f is not None and not f.job_ids and not f.everywhere:
-        job, frm = sa.null(), log_t
+        job, frm = sa.null(), t
     else:
-        job, frm = jobs_t.c.id, _FROM
-    return sa.select(log_t.c.id, job.label("job_id"), *_COLS).select_from(frm)
+        job, frm = jobs_t.c.id, t.outerjoin(jobs_t, jobs_t.c.seq == t.c.job_seq)
+    return sa.select(t.c.id, job.label("job_id"), *(t.c[name] for name in _COLS)).select_from(frm)
 
 
 _BOUNDS = sa.select(counters_t.c.key, counters_t.c.first_id, counters_t.c.last_id).where(
@@ -195,16 +195,16 @@ def _page(conn, f, after, before, limit, bound=None, index=False, window=None):
     ids its sealed blocks are read in (``Windows``)."""
     if index is False:
         index = search_index(conn, f)
-    conds = _where(f, conn, index)
+    t = lines_of(conn, f, index, window, after, before)
+    conds = _where(f, conn, index, t)
     if bound:
-        conds.append(log_t.c.id.between(*bound))
+        conds.append(t.c.id.between(*bound))
     if after is not None:
-        conds.append(log_t.c.id > after)
+        conds.append(t.c.id > after)
     if before is not None:
-        conds.append(log_t.c.id < before)
-    order = log_t.c.id.asc() if after is not None else log_t.c.id.desc()
-    stmt = _select_lines(f).where(*conds).order_by(order).limit(limit + 1)
-    return on_lines(conn, f, stmt, index, window, after, before)
+        conds.append(t.c.id < before)
+    order = t.c.id.asc() if after is not None else t.c.id.desc()
+    return _select_lines(f, t).where(*conds).order_by(order).limit(limit + 1)
 
 
 def _each_job(conn, f, after, before, limit, bounds, index, windows):
@@ -219,6 +219,7 @@ def _each_job(conn, f, after, before, limit, bounds, index, windows):
 # --- sealed lines (PostgreSQL: quaero.sealing) ---------------------------------------------
 
 _TEXTS = ARRAY(sa.Text)
+_IDS = ARRAY(sa.BigInteger)
 blocks_t = sa.table(
     "log_blocks", sa.column("job_seq", sa.BigInteger), sa.column("first_id", sa.BigInteger),
     sa.column("last_id", sa.BigInteger), sa.column("n", sa.Integer),
@@ -264,38 +265,49 @@ def _block_conds(f, index):
         conds.append(sa.literal(f.step, sa.Text) == sa.any_(_b.steps))
     if f.min_level > min(LEVELS.values()):
         conds.append(_b.max_level >= f.min_level)
-    if f.q is not None and index is not None:
-        if isinstance(index, tuple):  # (mark, the search index's blocks that may match)
-            mark, listed = index
-            listed = sa.literal(sorted(listed), ARRAY(sa.BigInteger))
-            conds.append(sa.or_(_b.last_id > mark, sa.func.width_bucket(
-                _b.last_id // BLOCK, listed) > sa.func.width_bucket(_b.first_id // BLOCK - 1, listed)))
-        else:  # the ids that may match: a block holding one of them (a binary search)
-            ids = sa.literal(sorted(index), ARRAY(sa.BigInteger))
-            conds.append(sa.func.width_bucket(_b.last_id, ids)
-                         > sa.func.width_bucket(_b.first_id - 1, ids))
+    if f.q is not None and index is not None:  # (mark, the index's blocks that may match)
+        if not isinstance(index, tuple):  # the ids listed: those of the index's blocks and those after its mark
+            index = (index.mark, index.blocks)
+        mark, listed = index  # a block holding a line of one of them (a binary search)
+        listed = sa.bindparam(None, list(listed), type_=_IDS, unique=True)
+        conds.append(sa.or_(_b.last_id > mark, sa.func.width_bucket(
+            _b.last_id // BLOCK, listed) > sa.func.width_bucket(_b.first_id // BLOCK - 1, listed)))
     return conds
 
 
-def on_lines(conn, f, stmt, index=None, window=None, after=None, before=None):
-    """``stmt`` (a read of ``log_entries``) over the lines ``f`` may match wherever they
-    are kept: unchanged, or on PostgreSQL over the rows and the lines of the blocks that
-    may hold a match (those in ``window``: ``("lo", id)`` or ``("hi", id)``, see
-    ``Windows``), one subquery named as the table (a condition on it reaches the blocks'
-    lines, and the blocks' own conditions skip the blocks that cannot match)."""
+def lines_of(conn, f, index=None, window=None, after=None, before=None):
+    """What a read of the lines ``f`` may match reads from: ``log_entries``, or on
+    PostgreSQL its rows and the lines of the blocks that may hold a match (those in
+    ``window``: ``("lo", id)`` or ``("hi", id)``, see ``Windows``; after ``after``, before
+    ``before``), one subquery named as the table, with its columns: a condition on it
+    reaches both parts, and the blocks' own conditions skip those that cannot match."""
     if not may_be_sealed(conn, f):
-        return stmt
-    conds = _block_conds(f, index)
+        return log_t
+    if index is None:  # (a poller asks for the same tail every second: built once)
+        return _lines_of(f, window, after, before)
+    return _build_lines_of(f, index, window, after, before)
+
+
+@functools.lru_cache(maxsize=512)
+def _lines_of(f, window, after, before):
+    return _build_lines_of(f, None, window, after, before)
+
+
+def _build_lines_of(f, index, window, after, before):
+    rows, conds = _ROWS, _block_conds(f, index)
     if after is not None:
         conds.append(_b.last_id > after)
     if before is not None:
         conds.append(_b.first_id < before)
     if window is not None:
         side, edge = window
-        conds.append(_b.last_id >= edge if side == "lo" else _b.first_id <= edge)
-        stmt = stmt.where(log_t.c.id >= edge if side == "lo" else log_t.c.id <= edge)
-    lines = sa.union_all(_ROWS, _BLOCK_LINES.where(*conds)).subquery("log_entries")
-    return ClauseAdapter(lines).traverse(stmt)
+        if side == "lo":
+            rows = rows.where(log_t.c.id >= edge)
+            conds += [_b.last_id >= edge, _u.c.id >= edge]
+        else:
+            rows = rows.where(log_t.c.id <= edge)
+            conds += [_b.first_id <= edge, _u.c.id <= edge]
+    return sa.union_all(rows, _BLOCK_LINES.where(*conds)).subquery("log_entries")
 
 
 class Windows:
@@ -375,11 +387,11 @@ def all_lines_between(conn, after, before, limit=None):
     """Every line with ``after < id < before`` (any job, any level), oldest first."""
     windows = Windows(conn, _ALL, after, before, limit or 0, None) if limit else None
     while True:
-        q = _select_lines().where(log_t.c.id > after, log_t.c.id < before).order_by(log_t.c.id)
+        t = lines_of(conn, _ALL, None, windows and windows.of(None), after, before)
+        q = _select_lines(None, t).where(t.c.id > after, t.c.id < before).order_by(t.c.id)
         if limit is not None:
             q = q.limit(limit)
-        rows = conn.execute(on_lines(conn, _ALL, q, None, windows and windows.of(None),
-                                     after, before)).all()
+        rows = conn.execute(q).all()
         if windows is None or windows.enough([r.id for r in rows], len(rows) >= limit):
             return [line_dict(*r) for r in rows]
 
@@ -414,8 +426,8 @@ def count_matches(conn, f):
     matches, stopping at COUNT_CAP."""
     if not f.counted:
         index = search_index(conn, f)
-        found = on_lines(conn, f, sa.select(log_t.c.id).where(*_where(f, conn, index))
-                         .limit(COUNT_CAP + 1), index)
+        t = lines_of(conn, f, index)
+        found = sa.select(t.c.id).where(*_where(f, conn, index, t)).limit(COUNT_CAP + 1)
         n = conn.execute(sa.select(sa.func.count()).select_from(found.subquery())).scalar()
         return min(n, COUNT_CAP), n > COUNT_CAP
     keys = list(f.job_ids) if f.job_ids else [SERVICE_KEY]

@@ -24,7 +24,7 @@ import gevent
 import sqlalchemy as sa
 
 from .histogram import second_of
-from .queries import LineFilter, on_lines
+from .queries import LineFilter, lines_of
 from .sealing import SEAL_AFTER, seal_jobs, unseal
 from .storage import IDEMPOTENCY_TTL, clear_generations
 from .models import (FINISHED, LEVELS, SERVICE_KEY, Job, counters_t, counts_t, idempotency_t,
@@ -182,9 +182,10 @@ def prune_once(engine, retention_days=None, max_lines_per_job=None, archive=None
         for job_id in over:
             whole = LineFilter(job_ids=(job_id,), min_level=min(LEVELS.values()))
             with engine.connect() as conn:
-                threshold = conn.execute(on_lines(conn, whole, (
-                    sa.select(log_t.c.id).where(of_jobs((job_id,)))
-                    .order_by(log_t.c.id.desc()).offset(max_lines_per_job).limit(1)))).scalar()
+                t = lines_of(conn, whole)
+                threshold = conn.execute(
+                    sa.select(t.c.id).where(of_jobs((job_id,), t))
+                    .order_by(t.c.id.desc()).offset(max_lines_per_job).limit(1)).scalar()
             if threshold is None:
                 continue
             if engine.dialect.name == "postgresql":  # sealed lines to go: rows again first

@@ -127,28 +127,28 @@ def _fts_query(folded, most=16):
     return " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
 
 
-def text_condition(q, dialect, index):
+def text_condition(q, dialect, index, t=log_t):
     """``index``: what ``search_index`` read (SQLite: the generations; PostgreSQL: see
-    ``_pg_search_index``)."""
+    ``_pg_search_index``); ``t``: the lines read (``queries.lines_of``)."""
     folded = q.lower()
     if dialect == "postgresql":
         # (strpos, not LIKE: the planner guesses a third of the lines for it, where it took
         # a LIKE for rare and sorted every match of a common word to find the newest)
-        exact = sa.func.strpos(sa.func.lower(log_t.c.message.collate(ICU_ROOT)), folded) > 0
+        exact = sa.func.strpos(sa.func.lower(t.c.message.collate(ICU_ROOT)), folded) > 0
         if index is None:  # no trigram, or too many candidates to list
             return exact
         if isinstance(index, tuple):  # a reader of every match: every block that may hold it
             mark, blocks = index
-            listed = sa.literal_column(f"'{{{','.join(map(str, blocks))}}}'::bigint[]")
-            maybe = sa.or_((log_t.c.id // BLOCK) == sa.any_(listed), log_t.c.id > mark)
+            listed = blocks.sql
+            maybe = sa.or_((t.c.id // BLOCK) == sa.any_(listed), t.c.id > mark)
             return sa.case((maybe, exact), else_=sa.false())  # (in this order)
-        return sa.and_(log_t.c.id == sa.any_(sa.bindparam(None, index, type_=_ID_ARRAY,
+        return sa.and_(t.c.id == sa.any_(sa.bindparam(None, index, type_=_ID_ARRAY,
                                                           unique=True)), exact)
-    exact = sa.func.quaero_contains(log_t.c.message, folded) == 1
+    exact = sa.func.quaero_contains(t.c.message, folded) == 1
     match = _fts_query(folded)
     if match is None:
         return exact
-    return sa.and_(log_t.c.id.in_(_indexed_candidates(match, index)), exact)
+    return sa.and_(t.c.id.in_(_indexed_candidates(match, index)), exact)
 
 
 # PostgreSQL: a search first reads, in one round trip, the index's mark, the newest id,
@@ -183,12 +183,34 @@ def _pg_search_index(conn, folded, every=False):
         n = None if every else PG_IDS // BLOCK + 1
         cur.execute(_PG_CANDIDATES, (_like_pattern(folded), n), prepare=False)
         mark, newest, blocks = cur.fetchone()
-    mark, newest = mark or 0, newest or 0  # (no mark: nothing is indexed)
+    mark, newest, blocks = mark or 0, newest or 0, Blocks(blocks)  # (no mark: none indexed)
     if len(blocks) * BLOCK + max(newest - mark, 0) > PG_IDS:
         return (mark, blocks) if every else None
-    ids = [b * BLOCK + i for b in blocks for i in range(BLOCK)]
+    ids = Candidates(b * BLOCK + i for b in blocks for i in range(BLOCK))
     ids.extend(range(mark + 1, newest + 1))
+    ids.mark, ids.blocks = mark, blocks
     return ids
+
+
+class Blocks(list):
+    """The search index's block numbers a search read, in order; ``sql``: as an array
+    literal (PostgreSQL hashes a constant array; a block of sealed lines is tested
+    against it by a binary search, ``queries._block_conds``)."""
+
+    def __init__(self, blocks):
+        super().__init__(sorted(blocks))
+
+    @functools.cached_property
+    def sql(self):
+        return sa.literal_column(f"'{{{','.join(map(str, self))}}}'::bigint[]")
+
+
+class Candidates(list):
+    """The ids ``_pg_search_index`` lists, with the ``mark`` and the index's ``blocks``
+    they come from (a reader of sealed blocks asks for those holding one of them: every
+    sealed line is at or below the mark, ``quaero.sealing``)."""
+    mark = 0
+    blocks = ()
 
 
 def search_index(conn, f, every=False):
