@@ -9,7 +9,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from .attributes import value_text
 from .models import LEVEL_NAMES
-from .queries import Windows, _key, _where, lines_of
+from .queries import _key, _where
+from .sealing import Windows, lines_of
 from .textsearch import search_index
 
 

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from .models import LEVELS, LEVEL_NAMES, SERVICE_KEY, iso, log_t, to_millis, volume_t as vol_t
-from .queries import _where as line_conditions, lines_of
+from .queries import _where as line_conditions
+from .sealing import lines_of
 from .textsearch import search_index
 
 DEFAULT_BUCKETS = 60

@@ -4,16 +4,14 @@ search, the text download) goes through :func:`select_lines` or :func:`tail_line
 that ``total_count`` and ``log_counts`` never scan a job's lines; text search uses the
 databases' own trigram indexes over blocks of lines (``textsearch``)."""
 import dataclasses
-import functools
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from .attributes import line_matches
 from .models import (ID_KEY, LEVEL_NAMES, LEVELS, RARE_LEVEL, SERVICE_KEY, counters_t,
                      counts_t, jobs_t, line_dict, log_t, of_jobs, HexBytes, STEP_KEY)
-from .storage import BLOCK
+from .sealing import Windows, lines_of
 from .textsearch import attr_condition, search_index, text_condition
 
 
@@ -214,161 +212,6 @@ def _each_job(conn, f, after, before, limit, bounds, index, windows):
         _page(conn, dataclasses.replace(f, job_ids=(job_id,)), after, before, limit,
               bounds and bounds.get(job_id), index, windows.of(job_id)).subquery().select()
         for job_id in f.job_ids))
-
-
-# --- sealed lines (PostgreSQL: quaero.sealing) ---------------------------------------------
-
-_TEXTS = ARRAY(sa.Text)
-_IDS = ARRAY(sa.BigInteger)
-blocks_t = sa.table(
-    "log_blocks", sa.column("job_seq", sa.BigInteger), sa.column("first_id", sa.BigInteger),
-    sa.column("last_id", sa.BigInteger), sa.column("n", sa.Integer),
-    sa.column("max_level", sa.SmallInteger), sa.column("steps", _TEXTS),
-    sa.column("ids", ARRAY(sa.BigInteger)), sa.column("step_names", _TEXTS),
-    sa.column("levels", ARRAY(sa.SmallInteger)), sa.column("messages", _TEXTS),
-    sa.column("timestamps", ARRAY(sa.DateTime)), sa.column("line_numbers", ARRAY(sa.Integer)),
-    sa.column("sources", _TEXTS))
-_b = blocks_t.c
-_u = sa.func.unnest(_b.ids, _b.step_names, _b.levels, _b.messages, _b.timestamps,
-                    _b.line_numbers, _b.sources).table_valued(
-    sa.column("id", sa.BigInteger), sa.column("step_name", sa.Text),
-    sa.column("level", sa.SmallInteger), sa.column("message", sa.Text),
-    sa.column("timestamp", sa.DateTime), sa.column("line_number", sa.Integer),
-    sa.column("source", sa.Text)).render_derived(name="u")
-# a block's lines as rows of log_entries: the same columns, of the same types (PostgreSQL
-# pushes a condition on the union into each of its parts only then)
-_BLOCK_LINES = sa.select(
-    _u.c.id, _b.job_seq, sa.cast(_u.c.step_name, sa.String(200)), _u.c.level, _u.c.message,
-    _u.c.timestamp, _u.c.line_number, sa.cast(_u.c.source, sa.String(200)),
-    sa.cast(sa.null(), JSONB), sa.cast(sa.null(), sa.LargeBinary),
-    sa.cast(sa.null(), sa.LargeBinary)).select_from(blocks_t).join(_u, sa.true())
-_ROWS = sa.select(*log_t.c)
-
-
-def may_be_sealed(conn, f):
-    """Whether lines ``f`` matches may be kept in blocks: PostgreSQL, a job's or every
-    line, below warn, without an attribute or a trace."""
-    return (conn.dialect.name == "postgresql" and f.min_level < RARE_LEVEL and not f.attrs
-            and f.trace_id is None and (bool(f.job_ids) or f.everywhere))
-
-
-def _block_conds(f, index):
-    """Conditions on ``log_blocks`` of a block that may hold a line ``f`` matches."""
-    conds = []
-    if len(f.job_ids) == 1:  # (a constant to the planner: the block index's range)
-        conds.append(_b.job_seq == sa.select(jobs_t.c.seq).where(
-            jobs_t.c.id == f.job_ids[0]).scalar_subquery())
-    elif f.job_ids:
-        conds.append(_b.job_seq.in_(sa.select(jobs_t.c.seq).where(
-            jobs_t.c.id.in_(list(f.job_ids)))))
-    if f.step is not None:
-        conds.append(sa.literal(f.step, sa.Text) == sa.any_(_b.steps))
-    if f.min_level > min(LEVELS.values()):
-        conds.append(_b.max_level >= f.min_level)
-    if f.q is not None and index is not None:  # (mark, the index's blocks that may match)
-        if not isinstance(index, tuple):  # the ids listed: those of the index's blocks and those after its mark
-            index = (index.mark, index.blocks)
-        mark, listed = index  # a block holding a line of one of them (a binary search)
-        listed = sa.bindparam(None, list(listed), type_=_IDS, unique=True)
-        conds.append(sa.or_(_b.last_id > mark, sa.func.width_bucket(
-            _b.last_id // BLOCK, listed) > sa.func.width_bucket(_b.first_id // BLOCK - 1, listed)))
-    return conds
-
-
-def lines_of(conn, f, index=None, window=None, after=None, before=None):
-    """What a read of the lines ``f`` may match reads from: ``log_entries``, or on
-    PostgreSQL its rows and the lines of the blocks that may hold a match (those in
-    ``window``: ``("lo", id)`` or ``("hi", id)``, see ``Windows``; after ``after``, before
-    ``before``), one subquery named as the table, with its columns: a condition on it
-    reaches both parts, and the blocks' own conditions skip those that cannot match."""
-    if not may_be_sealed(conn, f):
-        return log_t
-    if index is None:  # (a poller asks for the same tail every second: built once)
-        return _lines_of(f, window, after, before)
-    return _build_lines_of(f, index, window, after, before)
-
-
-@functools.lru_cache(maxsize=512)
-def _lines_of(f, window, after, before):
-    return _build_lines_of(f, None, window, after, before)
-
-
-def _build_lines_of(f, index, window, after, before):
-    rows, conds = _ROWS, _block_conds(f, index)
-    if after is not None:
-        conds.append(_b.last_id > after)
-    if before is not None:
-        conds.append(_b.first_id < before)
-    if window is not None:
-        side, edge = window
-        if side == "lo":
-            rows = rows.where(log_t.c.id >= edge)
-            conds += [_b.last_id >= edge, _u.c.id >= edge]
-        else:
-            rows = rows.where(log_t.c.id <= edge)
-            conds += [_b.first_id <= edge, _u.c.id <= edge]
-    return sa.union_all(rows, _BLOCK_LINES.where(*conds)).subquery("log_entries")
-
-
-class Windows:
-    """The ids each job's sealed blocks are read in, for a read of the newest (or, with
-    ``after``, the oldest) ``need`` lines: a job with more than ``m`` blocks that may
-    match has its lines read from its ``m`` newest (oldest) blocks' first (last) id on
-    (a 1,000,000-line job is 4,000 blocks). A read that comes back short with a bounded
-    window is run again with wider ones (``enough``): lines outside a window are older
-    (newer) than every line in it, so a full page within the windows is the page."""
-    START = 4
-
-    def __init__(self, conn, f, after, before, need, index):
-        self.conn, self.f, self.after, self.before, self.need = conn, f, after, before, need
-        self.index = index
-        self.m = max(self.START, -(-need // 256) + 1)
-        self.sealed = may_be_sealed(conn, f)
-        self.bounds = self._probe() if self.sealed else {}
-
-    def _probe(self):
-        keys = self.f.job_ids or (None,)
-        out = {}
-        for key in keys:
-            f = dataclasses.replace(self.f, job_ids=(key,) if key else ())
-            conds = _block_conds(f, self.index)
-            if self.after is not None:
-                conds.append(_b.last_id > self.after)
-            if self.before is not None:
-                conds.append(_b.first_id < self.before)
-            order = _b.last_id.asc() if self.after is not None else _b.last_id.desc()
-            found = self.conn.execute(sa.select(_b.first_id, _b.last_id).where(*conds)
-                                      .order_by(order).limit(self.m + 1)).all()
-            if len(found) > self.m:
-                found = found[:self.m]
-                out[key] = (("hi", max(r.last_id for r in found)) if self.after is not None
-                            else ("lo", min(r.first_id for r in found)))
-        return out
-
-    def of(self, key):
-        return self.bounds.get(key)
-
-    def enough(self, ids, full, per_job=None):
-        """Whether the read that found lines ``ids`` (``full``: all it asked for; or
-        ``per_job``: how many of each job) is the answer; if not, the windows widen for
-        the next try."""
-        if not self.bounds:
-            return True
-        short = []
-        for key, (side, edge) in self.bounds.items():
-            if per_job is not None:
-                ok = per_job.get(key, 0) >= self.need
-            elif not full:
-                ok = False
-            else:  # every line left out is past the read's last line
-                ok = min(ids) >= edge if side == "lo" else max(ids) <= edge
-            if not ok:
-                short.append(key)
-        if not short:
-            return True
-        self.m *= 8
-        self.bounds = self._probe()
-        return False
 
 
 _NEWEST = sa.select(counters_t.c.value).where(counters_t.c.key == ID_KEY)

@@ -24,8 +24,8 @@ import gevent
 import sqlalchemy as sa
 
 from .histogram import second_of
-from .queries import LineFilter, lines_of
-from .sealing import SEAL_AFTER, seal_jobs, unseal
+from .queries import LineFilter
+from .sealing import SEAL_AFTER, lines_of, seal_jobs, unseal
 from .storage import IDEMPOTENCY_TTL, clear_generations
 from .models import (FINISHED, LEVELS, SERVICE_KEY, Job, counters_t, counts_t, idempotency_t,
                      log_t, of_jobs, utcnow, volume_t)
