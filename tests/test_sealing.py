@@ -138,14 +138,34 @@ def test_sealing_changes_no_answer(pg_app, per_block):
         assert seal_jobs(db.engine, seal_after=1e-6) == (0, 0)   # the cursor moved on
 
 
-def test_lines_sent_after_sealing_and_a_job_removed_with_its_blocks(pg_app):
-    rnd = random.Random(3)
-    c = pg_app.test_client()
-    ids = _fill(c, rnd, jobs=2, lines=600)
+def _sealed(app, seed, jobs, lines, per_block=None):
+    """A store of ``jobs`` finished jobs, indexed, their plain lines sealed in blocks of
+    ``per_block`` lines, or (None) by a pass of the app's own pruner."""
+    c = app.test_client()
+    ids = _fill(c, random.Random(seed), jobs=jobs, lines=lines)
     _finish(c, ids)
-    _index(pg_app)
-    with pg_app.app_context():
-        seal_jobs(db.engine, seal_after=1e-6)
+    _index(app)
+    if per_block is None:
+        pruner = app.extensions["quaero"].pruner
+        pruner.seal_after = 1e-6
+        pruner.run_once()
+    else:
+        with app.app_context():
+            seal_jobs(db.engine, seal_after=1e-6, per_block=per_block)
+    return c, ids
+
+
+def _blocks_of(app, job_seq):
+    with app.app_context(), db.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM log_blocks WHERE job_seq = :s"),
+                            {"s": job_seq}).scalar()
+
+
+def test_lines_sent_after_sealing_and_a_job_removed_with_its_blocks(pg_app):
+    c, ids = _sealed(pg_app, 3, jobs=2, lines=600)
+    with pg_app.app_context(), db.engine.connect() as conn:
+        seq = conn.execute(sa.text("SELECT seq FROM jobs WHERE id = :j"), {"j": ids[0]}).scalar()
+    assert _blocks_of(pg_app, seq) > 0
     late = [{"job_id": ids[0], "message": f"late {i}", "step": "build", "level": "info"} for i in range(5)]
     assert c.post("/api/logs", json={"logs": late}).status_code == 201
     page = c.get("/api/logs", query_string={"scope": "job", "job_id": ids[0], "limit": 600}).json
@@ -153,24 +173,16 @@ def test_lines_sent_after_sealing_and_a_job_removed_with_its_blocks(pg_app):
     ids_seen = [ln["id"] for ln in page["logs"]]
     assert ids_seen == sorted(ids_seen) and len(set(ids_seen)) == len(ids_seen)
     assert c.delete(f"/api/jobs/{ids[0]}").status_code == 204
-    with pg_app.app_context(), db.engine.connect() as conn:
-        left = conn.execute(sa.text("SELECT count(*) FROM log_blocks b JOIN jobs j "
-                                    "ON j.seq = b.job_seq WHERE j.id = :j"), {"j": ids[0]}).scalar()
-    assert left == 0
+    assert _blocks_of(pg_app, seq) == 0
     assert c.get("/api/logs", query_string={"scope": "job", "job_id": ids[0]}).status_code == 404
 
 
 def test_a_lower_line_limit_trims_a_sealed_job(pg_app):
     from quaero.retention import prune_once
-    rnd = random.Random(5)
-    c = pg_app.test_client()
-    ids = _fill(c, rnd, jobs=1, lines=1500)
-    _finish(c, ids)
-    _index(pg_app)
+    c, ids = _sealed(pg_app, 5, jobs=1, lines=1500, per_block=7)
     whole = c.get("/api/logs", query_string={"scope": "job", "job_id": ids[0], "level": "debug",
                                              "limit": 5000}).json["logs"]
     with pg_app.app_context():
-        seal_jobs(db.engine, seal_after=1e-6, per_block=7)
         prune_once(db.engine, max_lines_per_job=400)
     kept = c.get("/api/logs", query_string={"scope": "job", "job_id": ids[0], "level": "debug",
                                             "limit": 5000}).json
