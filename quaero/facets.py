@@ -46,9 +46,10 @@ def facet_counts(conn, f, key, limit):
     most frequent first, then by value; ``total``: those lines that have the key."""
     dialect = conn.dialect.name
     index = search_index(conn, f)
-    windows = Windows(conn, f, None, None, FACET_SCAN, index)
+    # (one job's or every line's newest blocks; several jobs' blocks are read whole)
+    windows = Windows(conn, f, None, None, FACET_SCAN, index) if len(f.job_ids) <= 1 else None
     while True:
-        t = lines_of(conn, f, index, windows.of(_key(f)))
+        t = lines_of(conn, f, index, windows and windows.of(_key(f)))
         conds = _where(f, conn, index, t)
         if key not in FACET_COLUMNS:
             conds.append(t.c.attributes.isnot(None))
@@ -58,7 +59,7 @@ def facet_counts(conn, f, key, limit):
                                       sa.func.max(newest.c.id)).group_by(newest.c.v)).all()
         seen = sum(count for _, count, _, _ in rows)
         ends = [min(r[2] for r in rows), max(r[3] for r in rows)] if rows else []
-        if windows.enough(ends, seen == FACET_SCAN):
+        if windows is None or windows.enough(ends, seen == FACET_SCAN):
             break
     counts = {}
     for v, count, _, _ in rows:   # one text may come from two kinds (the number 5, "5")

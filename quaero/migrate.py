@@ -176,6 +176,9 @@ def init_db(engine):
     # So is the job numbers' (``jobs.seq``).
     for key, column in ((ID_KEY, log_t.c.id), (JOBS_KEY, jobs_t.c.seq)):
         newest = sa.select(sa.func.coalesce(sa.func.max(column), 0)).scalar_subquery()
+        if key == ID_KEY and engine.dialect.name == "postgresql":  # sealed lines too
+            newest = sa.func.greatest(newest, sa.text(
+                "(SELECT coalesce(max(last_id), 0) FROM log_blocks)"))
         with engine.begin() as conn:
             conn.execute(counters_t.update().values(value=newest).where(
                 counters_t.c.key == key, counters_t.c.value < newest))

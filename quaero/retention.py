@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from .histogram import second_of
 from .queries import LineFilter
-from .sealing import SEAL_AFTER, lines_of, seal_jobs, unseal
+from .sealing import SEAL_AFTER, lines_of, seal_jobs, sealed_lines, unseal
 from .storage import IDEMPOTENCY_TTL, clear_generations
 from .models import (FINISHED, LEVELS, SERVICE_KEY, Job, counters_t, counts_t, idempotency_t,
                      log_t, of_jobs, utcnow, volume_t)
@@ -139,6 +139,7 @@ def remove_job(engine, job_id, chunks=None):
     with engine.begin() as conn:
         # the counter row first, as the writer locks it (a late write then 404s)
         conn.execute(counters_t.delete().where(counters_t.c.key == job_id))
+        lines += sealed_lines(conn, job_id)  # (they go with the job's row)
         conn.execute(counts_t.delete().where(counts_t.c.key == job_id))
         conn.execute(volume_t.delete().where(volume_t.c.key == job_id))
         conn.execute(sa.delete(Job.__table__).where(Job.id == job_id))

@@ -60,6 +60,10 @@ FROM (SELECT *, (row_number() OVER (ORDER BY id) - 1) / :per_block AS b FROM mov
 GROUP BY b
 RETURNING n""")
 
+_LOCK_JOB = sa.text("SELECT 1 FROM jobs WHERE seq = :seq FOR KEY SHARE")
+# plain lines of the job not sealed for not being in the search index yet
+_LEFT = sa.text(f"SELECT 1 FROM log_entries WHERE job_seq = :seq AND {PLAIN} LIMIT 1")
+
 # a job's blocks with a line at or below :upto, back into rows
 _UNSEAL = sa.text("""
 WITH back AS (DELETE FROM log_blocks
@@ -81,6 +85,10 @@ def seal_job(engine, seq, per_block=BLOCK_LINES):
     moved = 0
     while True:
         with engine.begin() as conn:
+            # the job's row before its lines, as a delete of the job takes them (its
+            # cascade would wait for our lines while we waited for its row: a deadlock)
+            if conn.execute(_LOCK_JOB, {"seq": seq}).first() is None:
+                return moved  # deleted meanwhile
             blocks = conn.execute(_MOVE, {"seq": seq, "n": per_block * MOVE_BLOCKS,
                                           "per_block": per_block}).scalars().all()
         moved += sum(blocks)
@@ -92,6 +100,15 @@ def unseal(conn, job_id, upto):
     """Job ``job_id``'s blocks holding a line at or below id ``upto``, back into rows, in
     the open transaction ``conn`` (retention then deletes rows); returns the lines."""
     return conn.execute(_UNSEAL, {"job": job_id, "upto": upto}).rowcount
+
+
+def sealed_lines(conn, job_id):
+    """How many of job ``job_id``'s lines are in blocks (0 but on PostgreSQL)."""
+    if conn.dialect.name != "postgresql":
+        return 0
+    return int(conn.execute(sa.text(
+        "SELECT coalesce(sum(n), 0) FROM log_blocks WHERE job_seq = "
+        "(SELECT seq FROM jobs WHERE id = :job)"), {"job": job_id}).scalar())
 
 
 def _cursor(conn):
@@ -117,13 +134,16 @@ def seal_jobs(engine, seal_after=SEAL_AFTER, most=100, per_block=BLOCK_LINES):
             .where(jobs_t.c.status.in_(FINISHED), jobs_t.c.finished_at <= cutoff,
                    sa.tuple_(jobs_t.c.finished_at, jobs_t.c.seq) > sa.tuple_(after, seq))
             .order_by(jobs_t.c.finished_at, jobs_t.c.seq).limit(most)).all()
-    lines = 0
+    lines = sealed = 0
     for job_seq, finished_at in jobs:
         lines += seal_job(engine, job_seq, per_block)
         with engine.begin() as conn:
+            if conn.execute(_LEFT, {"seq": job_seq}).first() is not None:
+                break  # the search index is behind: this job again next pass
             conn.execute(counters_t.update().where(counters_t.c.key == SEAL_KEY)
                          .values(value=(finished_at - _EPOCH) // _US, job_seq=job_seq))
-    return len(jobs), lines
+        sealed += 1
+    return sealed, lines
 
 
 # --- reading them ------------------------------------------------------------------------

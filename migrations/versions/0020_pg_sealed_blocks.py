@@ -45,3 +45,4 @@ def downgrade():
                "b.ids, array_fill(b.job_seq, ARRAY[b.n]), b.step_names, b.levels, b.messages, "
                "b.timestamps, b.line_numbers, b.sources) AS u")
     op.execute("DROP TABLE IF EXISTS log_blocks")
+    op.execute("DELETE FROM line_counters WHERE key = '__sealed__'")  # (quaero.sealing)
