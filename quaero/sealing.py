@@ -21,7 +21,6 @@ sealed job to its newest (or oldest) few blocks.
 """
 import dataclasses
 import functools
-import logging
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -29,8 +28,6 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from .models import FINISHED, LEVELS, RARE_LEVEL, SEARCH_KEY, counters_t, jobs_t, log_t, utcnow
 from .storage import BLOCK
-
-log = logging.getLogger("quaero.sealing")
 
 BLOCK_LINES = 256      # lines a block (bench/sealed.py: 27.4 bytes a line; 1024: 25.9, slower pages)
 MOVE_BLOCKS = 64       # blocks a statement moves
@@ -198,8 +195,11 @@ def _block_conds(f, index):
     if f.q is not None and index is not None:  # (mark, the index's blocks that may match)
         if not isinstance(index, tuple):  # the ids listed: those of the index's blocks and those after its mark
             index = (index.mark, index.blocks)
-        mark, listed = index  # a block holding a line of one of them (a binary search)
+        mark, listed = index  # a block holding a line of one of them (a binary search),
+        # none of which is older than the first listed block or the mark (the index's range)
+        oldest = min(listed[0] * BLOCK if listed else mark + 1, mark + 1)
         listed = sa.bindparam(None, list(listed), type_=_IDS, unique=True)
+        conds.append(_b.last_id >= oldest)
         conds.append(sa.or_(_b.last_id > mark, sa.func.width_bucket(
             _b.last_id // BLOCK, listed) > sa.func.width_bucket(_b.first_id // BLOCK - 1, listed)))
     return conds
