@@ -108,7 +108,13 @@ def test_the_budget_measures_the_database(any_app):
     # (the size moves a little by itself: the service log, the search index, statistics)
     assert 0 <= need - (used - int(used // 2 * 0.9)) < used / 2 and "QUAERO_MAX_DB_BYTES" in why
     _job(c, "big", 2000, "completed", timedelta(days=2), any_app)
-    budget = Budget(engine, used)
+    # room for half of what the job added: SQLite's search index keeps the documents of
+    # removed lines until their whole generation goes (storage.clear_generations), and
+    # whether the writer indexed the 2000 lines before the prune is its own timing (a
+    # .ci/run under load saw a budget of ``used`` missed by them: "short")
+    with engine.connect() as conn:
+        grown = Budget(engine, 1).used_bytes(conn) - used
+    budget = Budget(engine, used + grown // 2)
     jobs, lines, why, short = prune_for_room(engine, budget)
     assert (jobs, lines, short) == (1, 2000, False) and "over QUAERO_MAX_DB_BYTES" in why
     # under it again (SQLite: the pages in use), or (PostgreSQL, whose files keep their
