@@ -179,9 +179,14 @@ def may_be_sealed(conn, f):
             and f.trace_id is None and (bool(f.job_ids) or f.everywhere))
 
 
-def _block_conds(f, index):
-    """Conditions on ``log_blocks`` of a block that may hold a line ``f`` matches."""
+def _block_conds(f, index, after=None, before=None):
+    """Conditions on ``log_blocks`` of a block that may hold a line ``f`` matches (with an
+    id after ``after``, before ``before``)."""
     conds = []
+    if after is not None:
+        conds.append(_b.last_id > after)
+    if before is not None:
+        conds.append(_b.first_id < before)
     if len(f.job_ids) == 1:  # (a constant to the planner: the block index's range)
         conds.append(_b.job_seq == sa.select(jobs_t.c.seq).where(
             jobs_t.c.id == f.job_ids[0]).scalar_subquery())
@@ -224,11 +229,7 @@ def _lines_of(f, window, after, before):
 
 
 def _build_lines_of(f, index, window, after, before):
-    rows, conds = _ROWS, _block_conds(f, index)
-    if after is not None:
-        conds.append(_b.last_id > after)
-    if before is not None:
-        conds.append(_b.first_id < before)
+    rows, conds = _ROWS, _block_conds(f, index, after, before)
     if window is not None:
         side, edge = window
         if side == "lo":
@@ -252,27 +253,29 @@ class Windows:
     def __init__(self, conn, f, after, before, need, index):
         self.conn, self.f, self.after, self.before, self.need = conn, f, after, before, need
         self.index = index
-        self.m = max(self.START, -(-need // 256) + 1)
-        self.sealed = may_be_sealed(conn, f)
-        self.bounds = self._probe() if self.sealed else {}
+        self.m = max(self.START, -(-need // BLOCK_LINES) + 1)
+        self.bounds = self._probe() if may_be_sealed(conn, f) else {}
 
     def _probe(self):
-        keys = self.f.job_ids or (None,)
-        out = {}
-        for key in keys:
+        """Each job's (or every line's) first ``m`` + 1 blocks that may match, in one
+        statement; ``{key: window}`` for those with more than ``m``."""
+        parts = []
+        for i, key in enumerate(self.f.job_ids or (None,)):
             f = dataclasses.replace(self.f, job_ids=(key,) if key else ())
-            conds = _block_conds(f, self.index)
-            if self.after is not None:
-                conds.append(_b.last_id > self.after)
-            if self.before is not None:
-                conds.append(_b.first_id < self.before)
             order = _b.last_id.asc() if self.after is not None else _b.last_id.desc()
-            found = self.conn.execute(sa.select(_b.first_id, _b.last_id).where(*conds)
-                                      .order_by(order).limit(self.m + 1)).all()
-            if len(found) > self.m:
-                found = found[:self.m]
-                out[key] = (("hi", max(r.last_id for r in found)) if self.after is not None
-                            else ("lo", min(r.first_id for r in found)))
+            parts.append(sa.select(sa.literal(i).label("k"), _b.first_id, _b.last_id)
+                         .where(*_block_conds(f, self.index, self.after, self.before))
+                         .order_by(order).limit(self.m + 1).subquery().select())
+        found = {}
+        for k, first, last in self.conn.execute(sa.union_all(*parts)):
+            found.setdefault(k, []).append((first, last))
+        out = {}
+        keys = self.f.job_ids or (None,)
+        for k, blocks in found.items():
+            if len(blocks) > self.m:  # the first m in the read's order
+                blocks = sorted(blocks, key=lambda b: b[1], reverse=self.after is None)[:self.m]
+                out[keys[k]] = (("hi", max(b[1] for b in blocks)) if self.after is not None
+                                else ("lo", min(b[0] for b in blocks)))
         return out
 
     def of(self, key):

@@ -195,7 +195,7 @@ def _pg_search_index(conn, folded, every=False):
 class Blocks(list):
     """The search index's block numbers a search read, in order; ``sql``: as an array
     literal (PostgreSQL hashes a constant array; a block of sealed lines is tested
-    against it by a binary search, ``queries._block_conds``)."""
+    against it by a binary search, ``sealing._block_conds``)."""
 
     def __init__(self, blocks):
         super().__init__(sorted(blocks))
