@@ -144,7 +144,8 @@ class LogEntry(db.Model):
         # SQLite: the same three without the id, which ends every SQLite index entry (the
         # rowid) in the same order (migration 0017)
         sa.Index("ix_log_job", "job_seq").ddl_if(dialect="sqlite"),
-        sa.Index("ix_log_job_step", "job_seq", "step_name").ddl_if(dialect="sqlite"),
+        sa.Index("ix_log_job_step", "job_seq", "step_name",  # (lines with a step: 0021)
+                 sqlite_where=sa.text("step_name IS NOT NULL")).ddl_if(dialect="sqlite"),
         sa.Index("ix_log_job_level", "job_seq", "level", sqlite_where=sa.text(
             f"level >= {RARE_LEVEL}")).ddl_if(dialect="sqlite"),
         # the service log, newest first (PostgreSQL does not order (job_seq, id) by id

@@ -16,8 +16,9 @@ from .storage import ICU_ROOT, BLOCK, attr_table, attr_token, generation_table, 
 # "ς"; nothing more, so "ß" is not "ss"), as ``LineFilter.matches`` says for the live grep.
 # The database's trigram index narrows the candidates, then the exact test decides.
 # SQLite: the exact test is ``quaero_contains`` (str.lower, registered on every
-# connection); the FTS5 table ``log_fts`` folds case by its own, older tables, so only the
-# trigrams it surely holds as str.lower has them are asked of it (``_fts_query``).
+# connection); the FTS5 tables hold documents lowered by str.lower (storage._FTS_DDL), but
+# those an older Quaero made fold case by the tokenizer's own, older tables, so only the
+# trigrams both surely hold as str.lower has them are asked of them (``_fts_query``).
 # PostgreSQL: ``lower(message COLLATE "und-x-icu")`` is the same mapping whatever the
 # database's locale (ILIKE folded by that locale: only ASCII under C); the search index
 # holds each block's lines folded so, one per line, under a pg_trgm GIN index (migration

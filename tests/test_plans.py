@@ -1,4 +1,5 @@
-"""PostgreSQL's plans for the pages that must never collect and sort a whole job or step.
+"""The plans for the pages that must never collect and sort a whole job or step (PostgreSQL;
+SQLite's step pages at the end).
 
 A plan is the planner's choice from its statistics, so these tests build the shape that
 once made it choose badly (many small jobs of many steps, one job with one big step),
@@ -91,3 +92,49 @@ def test_a_jobs_page_reads_its_index_in_order(engine, level, jobs):
     shown = plan(engine, LineFilter(job_ids=("job201", "job7")[:jobs], min_level=LEVELS[level]))
     assert "ix_log_job_id" in shown and "Sort\n" not in shown + "\n", shown
     assert "Hash" not in shown and "Bitmap" not in shown, shown
+
+
+# -- SQLite: a step's page reads ix_log_job_step (partial: lines with a step, 0021) -----------
+
+@pytest.fixture(scope="module")
+def sqlite_engine(tmp_path_factory):
+    engine = sa.create_engine(f"sqlite:///{tmp_path_factory.mktemp('plans')}/plans.db")
+    init_db(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 201) "
+            "INSERT INTO jobs (id, seq, name, status, created_at) "
+            "SELECT 'job' || i, i, 'n', 'completed', '2026-12-07' FROM g")
+        conn.exec_driver_sql(
+            "WITH RECURSIVE g(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM g WHERE i < 39999) "
+            "INSERT INTO log_entries (id, job_seq, step_name, level, message, timestamp, "
+            "line_number) SELECT i + 1, i / 200 + 1, 's' || (i % 200 / 20), 20, 'm', 0, i FROM g")
+        conn.exec_driver_sql(
+            f"WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < {BIG}) "
+            "INSERT INTO log_entries (id, job_seq, step_name, level, message, timestamp, "
+            "line_number) SELECT 100000 + i, 201, CASE WHEN i % 4000 = 0 THEN 'small' "
+            "WHEN i % 7 = 0 THEN NULL ELSE 'big' END, CASE WHEN i % 50 = 0 THEN 40 ELSE 20 "
+            "END, 'm', 0, i FROM g")
+        conn.exec_driver_sql("ANALYZE")
+    yield engine
+    engine.dispose()
+
+
+def sqlite_plan(engine, f, **page):
+    with engine.connect() as conn:
+        run, ran = conn.execute, []
+        conn.execute = lambda statement, *a, **k: ran.append(statement) or run(statement, *a, **k)
+        lines, _ = select_lines(conn, f, **page)
+        sql = str(ran[-1].compile(conn, compile_kwargs={"literal_binds": True}))
+        shown = "\n".join(row[-1] for row in run(sa.text("EXPLAIN QUERY PLAN " + sql)))
+        return shown, lines
+
+
+@pytest.mark.parametrize("job, step, anchor", [("job201", "big", 130000),
+                                               ("job201", "small", 130000), ("job7", "s3", 1265)])
+@pytest.mark.parametrize("page", [None, "after", "before"])
+def test_a_steps_page_reads_its_index_in_order_on_sqlite(sqlite_engine, job, step, anchor, page):
+    kw = {"limit": 5} if page is None else {page: anchor, "limit": 5}
+    shown, lines = sqlite_plan(sqlite_engine, LineFilter(job_ids=(job,), step=step), **kw)
+    assert "USING INDEX ix_log_job_step" in shown and "TEMP B-TREE" not in shown, shown
+    assert lines and {ln["step_name"] for ln in lines} == {step}

@@ -354,6 +354,57 @@ def test_q_folds_case_as_str_lower_on_both_databases(c, any_app, q, expected):
         {"level": "info", "message": m, "job_id": job, "step_name": None})) == sorted(expected)
 
 
+@pytest.mark.parametrize("documents", ["lowered", "as sent"])
+def test_q_folds_case_in_a_table_an_older_quaero_made(app, documents):
+    """SQLite: a generation table made by an older Quaero folds case by the tokenizer's
+    own tables. After the upgrade it gets lowered documents ("lowered"); before, it got
+    the messages as sent ("as sent", rewritten here as the older indexer wrote them).
+    Either way every folding case finds what the rule says."""
+    from quaero.storage import BLOCK
+    engine = app.extensions["quaero"].engine
+    with engine.begin() as conn:  # (generation 0, before anything is indexed)
+        conn.exec_driver_sql("CREATE VIRTUAL TABLE log_fts_0 USING fts5(message, content='', "
+                             "tokenize='trigram', detail=none, columnsize=0)")
+    c = app.test_client()
+    job = new_job(c)
+    last = post(c, *[{"level": "info", "message": m, "job_id": job} for m in FOLDING])["last_id"]
+    wait_indexed(app, last)
+    with engine.begin() as conn:
+        ddl = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'log_fts_0'").scalar()
+        assert "case_sensitive" not in ddl
+        if documents == "as sent":
+            blocks = {}
+            for line_id, message in conn.exec_driver_sql(
+                    "SELECT id, message FROM log_entries ORDER BY id"):
+                blocks.setdefault(line_id // BLOCK, []).append(message)
+            conn.exec_driver_sql("INSERT INTO log_fts_0(log_fts_0) VALUES ('delete-all')")
+            for block, lines in blocks.items():
+                conn.exec_driver_sql("INSERT INTO log_fts_0(rowid, message) VALUES (?, ?)",
+                                     (block, "\n".join(lines)))
+    for q, expected in FOLDING_CASES:
+        r = c.get("/api/logs", query_string={"scope": "job", "job_id": job, "q": q})
+        assert sorted(messages(r)) == sorted(expected), q
+        assert sorted(messages(c.get("/api/search", query_string={"q": q}))) == sorted(expected), q
+
+
+def test_the_index_holds_documents_as_searches_fold_them(app):
+    """A table this Quaero makes holds each block's lines lowered by str.lower, and
+    folds nothing more: "İ" is found as "i̇" and its trigrams, an upper-case trigram not."""
+    engine = app.extensions["quaero"].engine
+    c = app.test_client()
+    job = new_job(c)
+    last = post(c, {"level": "info", "message": "İSTANBUL ÉCOLE", "job_id": job})["last_id"]
+    wait_indexed(app, last)
+    with engine.connect() as conn:
+        ddl = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'log_fts_0'").scalar()
+        assert "case_sensitive 1" in ddl
+
+        def found(gram):
+            return conn.exec_driver_sql("SELECT count(*) FROM log_fts_0 WHERE log_fts_0 MATCH ?",
+                                        ('"' + gram + '"',)).scalar()
+        assert found("i\u0307s") == 1 and found("éco") == 1 and found("ÉCO") == 0
+
+
 def wait_indexed(app, last_id, timeout=10):
     """SQLite: until the search index holds every line up to ``last_id`` (the writer
     fills it when idle, a whole block of ids at a time: service lines of "0" fill the
