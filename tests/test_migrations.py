@@ -206,3 +206,39 @@ def test_a_database_at_head_is_left_alone_and_one_behind_is_brought_up(database_
     upgrade(engine)
     assert calls == ["head"] and is_current(engine)
     engine.dispose()
+
+
+def test_a_downgrade_past_0021_leaves_no_case_sensitive_search_table(tmp_path):
+    """SQLite: an older release writes documents as sent; the tables this one made hold
+    them lowered and fold nothing, so the downgrade drops them and the older release
+    indexes their lines again (its mark goes back before their first id)."""
+    from alembic import command
+    from quaero.migrate import alembic_config
+    from quaero.storage import GENERATION, index_behind, write_lines
+    from datetime import datetime
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/d.db")
+    init_db(engine)
+    with engine.begin() as conn:  # an older table (generation 0), then this release's (1)
+        conn.exec_driver_sql("CREATE VIRTUAL TABLE log_fts_0 USING fts5(message, content='', "
+                             "tokenize='trigram', detail=none, columnsize=0)")
+        conn.exec_driver_sql("UPDATE line_counters SET value = ? WHERE key = '__id__'",
+                             (GENERATION - 200,))
+        conn.exec_driver_sql("UPDATE line_counters SET value = ? WHERE key = '__search__'",
+                             (GENERATION - 257,))
+        write_lines(conn, [{"job_id": None, "step_name": None, "level": 20,
+                            "message": f"Line {i}", "timestamp": datetime(2026, 12, 7)}
+                           for i in range(400)])
+    with engine.begin() as conn:
+        assert index_behind(conn) == GENERATION + 191
+        tables = dict(conn.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE name GLOB 'log_fts_[0-9]'").all())
+    assert "case_sensitive" not in tables["log_fts_0"] and "case_sensitive 1" in tables["log_fts_1"]
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0020_pg_sealed_blocks")
+    with engine.connect() as conn:
+        names = set(conn.exec_driver_sql("SELECT name FROM sqlite_master").scalars())
+        mark = conn.exec_driver_sql(
+            "SELECT value FROM line_counters WHERE key = '__search__'").scalar()
+    assert "log_fts_0" in names and "log_fts_1" not in names and "log_attr_1" not in names
+    assert mark == GENERATION - 1
+    engine.dispose()

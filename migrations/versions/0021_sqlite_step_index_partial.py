@@ -11,8 +11,17 @@ eighth of the cost of writing it (``bench/ingest.py``'s floor, 5.8 to 5.2 µs a 
 its bytes. PostgreSQL's step index is ``ix_log_step_key`` (0019), unchanged.
 
 A large database rebuilds the index once, at the first start after the upgrade.
+
+The same release makes the search index's new generation tables case-sensitive, with
+documents lowered as searches fold them (``storage._FTS_DDL``; no migration: a table
+made before folds case itself and takes lowered documents as well). An older release
+would write its documents as sent into such a table and miss their upper-case lines, so
+the downgrade drops those tables, with their attribute tables, and sets the index's mark
+back to before their first id: the older release indexes those lines again.
 """
 from alembic import op
+
+GENERATION = 1 << 20  # storage.GENERATION: the ids of a search index table
 
 revision = '0021_sqlite_step_index_partial'
 down_revision = '0020_pg_sealed_blocks'
@@ -33,3 +42,17 @@ def upgrade():
 
 def downgrade():
     _rebuild("")
+    bind = op.get_bind()
+    if bind.dialect.name != "sqlite":
+        return
+    made = [int(name[len("log_fts_"):]) for name, sql in bind.exec_driver_sql(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name GLOB 'log_fts_[0-9]*'")
+        if name[len("log_fts_"):].isdigit() and "case_sensitive 1" in sql]
+    if not made:
+        return
+    for g in made:
+        op.execute(f"DROP TABLE log_fts_{g}")
+        op.execute(f"DROP TABLE IF EXISTS log_attr_{g}")
+    first = min(made) * GENERATION  # (a multiple of the index's block: a block's end before)
+    op.execute(f"UPDATE line_counters SET value = min(value, {first - 1}) "
+               "WHERE key = '__search__'")
