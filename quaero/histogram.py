@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from .models import LEVELS, LEVEL_NAMES, SERVICE_KEY, iso, log_t, to_millis, volume_t as vol_t
+from .models import (LEVELS, LEVEL_NAMES, SERVICE_KEY, from_millis, iso, log_t, to_millis,
+                     volume_t as vol_t)
 from .queries import _where as line_conditions
 from .sealing import lines_of
 from .textsearch import search_index
@@ -76,30 +77,50 @@ def _from_volume(conn, f, buckets, until):
 
 
 def _from_lines(conn, f, buckets, until):
-    """Buckets of whole milliseconds counted from the lines: ``date_bin`` on PostgreSQL,
-    the stored milliseconds on SQLite (``models.EpochMillis``)."""
+    """Buckets of whole milliseconds counted from the lines, in one pass over them: the
+    matching lines' times and levels (a CTE, which both databases keep when it is read
+    twice), their first and last time, and from those the plan ``bucket_plan`` makes
+    (``t0``: the first time to the millisecond; ``width`` in milliseconds) and each
+    line's bucket. (A statement for the first and last time, then one for the buckets,
+    tested every line twice: a search over a million lines, one of them unpacking every
+    sealed block twice.)"""
     index = search_index(conn, f, every=True)
-    t = lines_of(conn, f, index)
-    conds = line_conditions(f, conn, index, t)
-    ts = t.c.timestamp
-    first, last = conn.execute(sa.select(sa.func.min(ts), sa.func.max(ts)).where(*conds)).one()
-    if first is None:
-        return {"buckets": [], "total": 0}
-    if until is not None and until > last:
-        last = until
-    t0 = first.replace(microsecond=first.microsecond // 1000 * 1000)
-    _, width_ms, n = bucket_plan(0, (last - t0) // _MS, buckets)
-    width = timedelta(milliseconds=width_ms)
-    if conn.dialect.name == "postgresql":
-        b = sa.func.date_bin(width, ts, t0)
+    t = lines_of(conn, f, index, reads=frozenset(("timestamp", "level")))
+    pg = conn.dialect.name == "postgresql"
+    m = sa.select(t.c.timestamp.label("ts"), t.c.level).where(
+        *line_conditions(f, conn, index, t)).cte("m")
+    first, last = sa.func.min(m.c.ts), sa.func.max(m.c.ts)
+    if pg:
+        if until is not None:
+            last = sa.func.greatest(last, until)
+        t0 = sa.func.date_trunc("milliseconds", first)
+        span = sa.cast(sa.func.floor(sa.extract("epoch", last - t0) * 1000), sa.BigInteger)
+    else:  # (milliseconds: models.EpochMillis)
+        first, last = sa.type_coerce(first, sa.BigInteger), sa.type_coerce(last, sa.BigInteger)
+        if until is not None:
+            last = sa.func.max(last, to_millis(until))
+        t0, span = first, last - first
+    plan = sa.select(t0.label("t0"), (span + 1).label("units")).cte("plan")
+    n = sa.func.min if not pg else sa.func.least
+    n = n(plan.c.units, buckets)
+    width = (plan.c.units + n - 1) // n
+    plan = sa.select(plan.c.t0, width.label("width"), n.label("n")).cte("widths")
+    if pg:  # (the bucket's start: integer arithmetic, where the offset's epoch was numeric)
+        b = sa.func.date_bin(plan.c.width * sa.text("interval '1 millisecond'"), m.c.ts,
+                             plan.c.t0)
     else:
-        b = (sa.type_coerce(ts, sa.BigInteger) - to_millis(t0)) // width_ms
-    b = b.label("b")
-    rows = conn.execute(sa.select(b, t.c.level, sa.func.count())
-                        .where(*conds).group_by(b, t.c.level)).all()
-    rows = [((r[0] - t0) // width if isinstance(r[0], datetime) else r[0], r[1], r[2])
-            for r in rows]
-    return _shape(rows, t0, width, n)
+        b = (sa.type_coerce(m.c.ts, sa.BigInteger) - plan.c.t0) // plan.c.width
+    rows = conn.execute(sa.select(plan.c.t0, plan.c.width, plan.c.n, b, m.c.level,
+                                  sa.func.count())
+                        .select_from(m.join(plan, sa.true()))
+                        .group_by(plan.c.t0, plan.c.width, plan.c.n, b, m.c.level)).all()
+    if not rows:
+        return {"buckets": [], "total": 0}
+    t0, width, n = rows[0][0], timedelta(milliseconds=int(rows[0][1])), int(rows[0][2])
+    if not pg:
+        t0 = from_millis(t0)
+    return _shape([((r[3] - t0) // width if pg else r[3], r[4], r[5]) for r in rows],
+                  t0, width, n)
 
 
 def _shape(rows, t0, width, n):

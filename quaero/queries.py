@@ -269,7 +269,7 @@ def count_matches(conn, f):
     matches, stopping at COUNT_CAP."""
     if not f.counted:
         index = search_index(conn, f)
-        t = lines_of(conn, f, index)
+        t = lines_of(conn, f, index, reads=frozenset())
         found = sa.select(t.c.id).where(*_where(f, conn, index, t)).limit(COUNT_CAP + 1)
         n = conn.execute(sa.select(sa.func.count()).select_from(found.subquery())).scalar()
         return min(n, COUNT_CAP), n > COUNT_CAP

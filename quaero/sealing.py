@@ -156,19 +156,38 @@ blocks_t = sa.table(
     sa.column("timestamps", ARRAY(sa.DateTime)), sa.column("line_numbers", ARRAY(sa.Integer)),
     sa.column("sources", _TEXTS))
 _b = blocks_t.c
-_u = sa.func.unnest(_b.ids, _b.step_names, _b.levels, _b.messages, _b.timestamps,
-                    _b.line_numbers, _b.sources).table_valued(
-    sa.column("id", sa.BigInteger), sa.column("step_name", sa.Text),
-    sa.column("level", sa.SmallInteger), sa.column("message", sa.Text),
-    sa.column("timestamp", sa.DateTime), sa.column("line_number", sa.Integer),
-    sa.column("source", sa.Text)).render_derived(name="u")
-# a block's lines as rows of log_entries: the same columns, of the same types (PostgreSQL
-# pushes a condition on the union into each of its parts only then)
-_BLOCK_LINES = sa.select(
-    _u.c.id, _b.job_seq, sa.cast(_u.c.step_name, sa.String(200)), _u.c.level, _u.c.message,
-    _u.c.timestamp, _u.c.line_number, sa.cast(_u.c.source, sa.String(200)),
-    sa.cast(sa.null(), JSONB), sa.cast(sa.null(), sa.LargeBinary),
-    sa.cast(sa.null(), sa.LargeBinary)).select_from(blocks_t).join(_u, sa.true())
+# a block's arrays, by the column of log_entries each holds, with the column's type
+_ARRAYS = {"id": (_b.ids, sa.BigInteger), "step_name": (_b.step_names, sa.String(200)),
+           "level": (_b.levels, sa.SmallInteger), "message": (_b.messages, sa.Text),
+           "timestamp": (_b.timestamps, sa.DateTime),
+           "line_number": (_b.line_numbers, sa.Integer), "source": (_b.sources, sa.String(200))}
+_NEVER = {"attributes": JSONB, "trace_id": sa.LargeBinary, "span_id": sa.LargeBinary}
+
+
+@functools.lru_cache(maxsize=None)
+def _block_lines(columns):
+    """A block's lines as rows of log_entries, ``(select, u)``: the same columns, of the
+    same types (PostgreSQL pushes a condition on the union into each of its parts only
+    then), unpacked from the arrays of ``columns`` (with ``id``) and null in the others
+    (each array unpacked is one more decompressed: a read of times and levels unpacked
+    7 of them)."""
+    names = ["id"] + [c for c in _ARRAYS if c != "id" and c in columns]
+    u = sa.func.unnest(*[_ARRAYS[c][0] for c in names]).table_valued(
+        *[sa.column(c, _ARRAYS[c][1] if c != "step_name" and c != "source" else sa.Text)
+          for c in names]).render_derived(name="u")
+    out = []
+    for c in log_t.c:
+        if c.name == "job_seq":
+            out.append(_b.job_seq)
+        elif c.name in names:
+            out.append(sa.cast(u.c[c.name], c.type) if c.name in ("step_name", "source")
+                       else u.c[c.name])
+        else:
+            out.append(sa.cast(sa.null(), _NEVER.get(c.name) or _ARRAYS[c.name][1]))
+    return sa.select(*out).select_from(blocks_t).join(u, sa.true()), u
+
+
+EVERY = frozenset(_ARRAYS)
 _ROWS = sa.select(*log_t.c)
 
 
@@ -210,35 +229,43 @@ def _block_conds(f, index, after=None, before=None):
     return conds
 
 
-def lines_of(conn, f, index=None, window=None, after=None, before=None):
+def lines_of(conn, f, index=None, window=None, after=None, before=None, reads=EVERY):
     """What a read of the lines ``f`` may match reads from: ``log_entries``, or on
     PostgreSQL its rows and the lines of the blocks that may hold a match (those in
     ``window``: ``("lo", id)`` or ``("hi", id)``, see ``Windows``; after ``after``, before
     ``before``), one subquery named as the table, with its columns: a condition on it
-    reaches both parts, and the blocks' own conditions skip those that cannot match."""
+    reaches both parts, and the blocks' own conditions skip those that cannot match.
+    ``reads``: the columns the caller selects (a frozenset; those ``f`` tests are added),
+    the only ones a block's lines have; the others are null in them."""
     if not may_be_sealed(conn, f):
         return log_t
+    if reads is not EVERY:
+        reads = reads | {"level", "timestamp"} | (
+            {"message"} if f.q is not None else set()) | (
+            {"step_name"} if f.step is not None else set()) | (
+            {"source"} if f.source is not None else set())
     if index is None:  # (a poller asks for the same tail every second: built once)
-        return _lines_of(f, window, after, before)
-    return _build_lines_of(f, index, window, after, before)
+        return _lines_of(f, window, after, before, reads)
+    return _build_lines_of(f, index, window, after, before, reads)
 
 
 @functools.lru_cache(maxsize=512)
-def _lines_of(f, window, after, before):
-    return _build_lines_of(f, None, window, after, before)
+def _lines_of(f, window, after, before, reads):
+    return _build_lines_of(f, None, window, after, before, reads)
 
 
-def _build_lines_of(f, index, window, after, before):
-    rows, conds = _ROWS, _block_conds(f, index, after, before)
+def _build_lines_of(f, index, window, after, before, reads):
+    (lines, u), conds = _block_lines(reads), _block_conds(f, index, after, before)
+    rows = _ROWS
     if window is not None:
         side, edge = window
         if side == "lo":
             rows = rows.where(log_t.c.id >= edge)
-            conds += [_b.last_id >= edge, _u.c.id >= edge]
+            conds += [_b.last_id >= edge, u.c.id >= edge]
         else:
             rows = rows.where(log_t.c.id <= edge)
-            conds += [_b.first_id <= edge, _u.c.id <= edge]
-    return sa.union_all(rows, _BLOCK_LINES.where(*conds)).subquery("log_entries")
+            conds += [_b.first_id <= edge, u.c.id <= edge]
+    return sa.union_all(rows, lines.where(*conds)).subquery("log_entries")
 
 
 class Windows:

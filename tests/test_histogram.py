@@ -185,3 +185,69 @@ def test_in_the_openapi_document(c):
     assert {p["name"] for p in op["parameters"]} >= {"scope", "job_id", "step", "level", "q",
                                                       "buckets"}
     assert "Histogram" in doc["components"]["schemas"]
+
+
+# -- the histogram against a plain model of it -------------------------------------------------
+
+def model_histogram(lines, buckets, until=None):
+    """What the histogram of ``lines`` (``(timestamp, level)``) is, by the rule the API
+    documents: equal buckets of whole milliseconds from the first line's millisecond,
+    the last holding the last line (or ``until``, when later)."""
+    if not lines:
+        return {"buckets": [], "total": 0}
+    first, last = min(t for t, _ in lines), max(t for t, _ in lines)
+    if until is not None and until > last:
+        last = until
+    t0 = first.replace(microsecond=first.microsecond // 1000 * 1000)
+    _, width_ms, n = bucket_plan(0, (last - t0) // timedelta(milliseconds=1), buckets)
+    width = timedelta(milliseconds=width_ms)
+    counts = [dict.fromkeys(("debug", "info", "warn", "error"), 0) for _ in range(n)]
+    for t, level in lines:
+        counts[min((t - t0) // width, n - 1)][level] += 1
+    iso = lambda d: d.isoformat(timespec="milliseconds") + "Z"  # noqa: E731
+    return {"buckets": [{"start": iso(t0 + i * width), "end": iso(t0 + (i + 1) * width),
+                         "counts": counts[i]} for i in range(n)], "total": len(lines)}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_histogram_of_lines_is_the_models(c, any_app, seed):
+    """Random lines (times a millisecond to days apart, levels, words) in a job and the
+    service log; the histogram of a job, of a search in it and everywhere, at several
+    bucket counts, is the model's. (Searches are counted from the lines: every bucket's
+    edge is the model's to the millisecond.)"""
+    import random
+    rnd = random.Random(seed)
+    jid = job(c)
+    spread = rnd.choice([5, 5_000, 90_000_000])   # milliseconds the lines spread over
+    sent = []
+    for target in (jid, None):
+        lines = [{"level": rnd.choice(["debug", "info", "warn", "error"]),
+                  "message": " ".join(rnd.choice(["alpha", "Beta", "gamma", "DELTA"])
+                                      for _ in range(rnd.randrange(1, 4))),
+                  "timestamp": at(rnd.randrange(spread) + rnd.random())}
+                 for _ in range(rnd.randrange(1, 300))]
+        if target:
+            for ln in lines:
+                ln["job_id"] = target
+        post(c, lines)
+        sent += [(target, ln) for ln in lines]
+
+    def when(ln):
+        return datetime.fromisoformat(ln["timestamp"][:-1])
+
+    for buckets in (1, 7, 60, 500):
+        for q in (None, "beta", "a d"):
+            for scope in ("job", "all"):
+                if scope == "all" and q is None:
+                    continue
+                query = f"buckets={buckets}&level=debug&" + (
+                    f"scope=job&job_id={jid}" if scope == "job" else "scope=all")
+                if q:
+                    query += f"&q={q.replace(' ', '%20')}"
+                mine = [(when(ln), ln["level"]) for target, ln in sent
+                        if (scope == "all" or target == jid)
+                        and (q is None or q in ln["message"].lower())]
+                got = hist(c, query)
+                if q is None and scope == "job" and got["buckets"] and spread > 1000:
+                    continue  # (whole seconds from the per-second counts: test_long_log_...)
+                assert got == model_histogram(mine, buckets), (buckets, q, scope)

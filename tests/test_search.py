@@ -308,7 +308,7 @@ def test_the_index_behind_the_writer(any_app):
 
 FOLDING = ["Élan ÉCOLE", "ÄRGER mit Äpfeln", "ΟΔΟΣ closed", "σοφία", "ΣΙΣΥΦΟΣ",
            "İSTANBUL office", "istanbul depot", "KABİNE", "Straße gesperrt", "STRASSE frei",
-           "GROẞE Datei"]
+           "GROẞE Datei", "300 \u212aELVIN"]
 
 
 FOLDING_CASES = [
@@ -334,6 +334,8 @@ FOLDING_CASES = [
     ("ß", ["Straße gesperrt", "GROẞE Datei"]),
     ("GROẞE", ["GROẞE Datei"]),                  # ẞ lowers to ß
     ("große", ["GROẞE Datei"]),
+    ("kelvin", ["300 \u212aELVIN"]),           # the Kelvin sign lowers to an ASCII k
+    ("\u212a", ["300 \u212aELVIN", "KABİNE"]),  # ... and lowers so itself
 ]
 
 
