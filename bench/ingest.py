@@ -52,7 +52,8 @@ def producer(port, body, stop_at, out):
         data = r.read()
         lat.append(time.perf_counter() - t0)
         if r.status != 201:
-            raise RuntimeError(f"POST /api/logs -> {r.status} {data[:200]!r}")
+            raise RuntimeError(f"POST /api/logs -> {r.status} {data[:200]!r} after "
+                               f"{time.perf_counter() - t0:.1f} s, at {time.strftime('%X')}")
         lines += json.loads(data)["accepted"]
     conn.close()
     out.append((lines, lat))
@@ -152,7 +153,11 @@ def bench_db(kind, producers, seconds, profile=False):
                 for n in producers:
                     out = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                         f"ingest-{kind}-{n}.collapsed.txt") if profile else None)
-                    r = run_http(server, job_id, n, seconds, out)
+                    try:
+                        r = run_http(server, job_id, n, seconds, out)
+                    except RuntimeError:  # what the server said about it
+                        print(server.logs()[-3000:], file=sys.stderr)
+                        raise
                     results[n] = r
                     print(f"HTTP   {n} producer{'s' if n > 1 else ' '}               : "
                           f"{r['lines_s']:>9,.0f} lines/s   {r['cpu_us_line']:6.1f} µs CPU/line "
