@@ -60,7 +60,8 @@ def message(i, rnd):
 def build(url, lines):
     """Jobs through the API (a short-lived server), lines through the write path."""
     import sqlalchemy as sa
-    from quaero.storage import index_behind, write_lines
+    from quaero.searchindex import index_behind
+    from quaero.storage import write_lines
     with Server(url) as server:
         jobs = [create_job(server.url, name=f"job-{k}") for k in range(JOBS)]
     engine = sa.create_engine(url)

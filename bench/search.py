@@ -52,7 +52,8 @@ def build(url):
     server), lines through the server's own write path (``storage.write_lines``, in this
     process), so the layout, counters and text index are the ones the server keeps."""
     from quaero.migrate import init_db
-    from quaero.storage import index_behind, write_lines
+    from quaero.searchindex import index_behind
+    from quaero.storage import write_lines
     engine = sa.create_engine(url)
     init_db(engine)
     engine.dispose()

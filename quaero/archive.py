@@ -21,7 +21,8 @@ import sqlalchemy as sa
 
 from .models import FINISHED, LEVELS, Job, Step, counters_t, counts_t, iso, next_job_seq
 from .queries import LineFilter, select_lines
-from .storage import index_behind, write_lines
+from .searchindex import index_behind
+from .storage import write_lines
 
 FORMAT = 1
 PAGE = 5000    # lines read, written or imported at a time

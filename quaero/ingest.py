@@ -15,8 +15,8 @@ from gevent.event import AsyncResult, Event
 
 from .errors import DiskFull, Failed, JobNotFound, Unavailable
 from .models import utcnow
-from .storage import (INDEX_AFTER_QUIET, MAX_UNINDEXED, JobGone, driver_errors, index_behind,
-                      line_key, record_keys, write_lines)
+from .searchindex import INDEX_AFTER_QUIET, MAX_UNINDEXED, index_behind
+from .storage import JobGone, driver_errors, line_key, record_keys, write_lines
 
 log = logging.getLogger("quaero.ingest")
 

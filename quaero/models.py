@@ -39,7 +39,7 @@ def step_name_problem(name):
 # transaction; its row lock serialises writers, so ids become visible in commit order.
 SERVICE_KEY = "service"
 ID_KEY = "__id__"
-SEARCH_KEY = "__search__"  # the last line id in the search index (storage.index_behind)
+SEARCH_KEY = "__search__"  # the last line id in the search index (searchindex.index_behind)
 DEPLOYMENT_KEY = "__deployment__"  # value: this database's random id (the bus channel)
 JOBS_KEY = "__jobs__"  # value: the last job ``seq`` handed out
 

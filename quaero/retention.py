@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from .histogram import second_of
 from .queries import LineFilter
 from .sealing import SEAL_AFTER, lines_of, seal_jobs, sealed_lines, unseal
-from .storage import IDEMPOTENCY_TTL, clear_generations
+from .searchindex import clear_generations
+from .storage import IDEMPOTENCY_TTL
 from .models import (FINISHED, LEVELS, SERVICE_KEY, Job, counters_t, counts_t, idempotency_t,
                      log_t, of_jobs, utcnow, volume_t)
 
@@ -400,7 +401,7 @@ class Pruner:
 
     def _clear_search_index(self):
         """Empty the search index of the lines that are all gone (the index only ever
-        adds, see storage.clear_generations)."""
+        adds, see searchindex.clear_generations)."""
         with self.engine.begin() as conn:
             cleared = clear_generations(conn)
         if cleared:

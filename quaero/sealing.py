@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from .models import FINISHED, LEVELS, RARE_LEVEL, SEARCH_KEY, counters_t, jobs_t, log_t, utcnow
-from .storage import BLOCK
+from .searchindex import BLOCK
 
 BLOCK_LINES = 256      # lines a block (bench/sealed.py: 27.4 bytes a line; 1024: 25.9, slower pages)
 MOVE_BLOCKS = 64       # blocks a statement moves

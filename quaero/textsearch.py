@@ -1,6 +1,6 @@
 """Text search and attribute filters as conditions of the one read query
 (``queries._where``), on each database's own index over blocks of lines (the write side:
-``storage.index_behind``), and the exact tests SQLite runs as functions."""
+``searchindex.index_behind``), and the exact tests SQLite runs as functions."""
 import functools
 
 import orjson
@@ -9,14 +9,14 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from .attributes import value_matches, wanted_texts, wanted_values
 from .models import ID_KEY, SEARCH_KEY, log_t
-from .storage import ICU_ROOT, BLOCK, attr_table, attr_token, generation_table, generations
+from .searchindex import ICU_ROOT, BLOCK, attr_table, attr_token, generation_table, generations
 
 # Text search. The rule: a line matches when ``q.lower()`` is in ``message.lower()``
 # (Python's str.lower: Unicode's full lowercase mapping, "İ" to "i̇" and a final "Σ" to
 # "ς"; nothing more, so "ß" is not "ss"), as ``LineFilter.matches`` says for the live grep.
 # The database's trigram index narrows the candidates, then the exact test decides.
 # SQLite: the exact test is ``quaero_contains`` (str.lower, registered on every
-# connection); the FTS5 tables hold documents lowered by str.lower (storage._FTS_DDL), but
+# connection); the FTS5 tables hold documents lowered by str.lower (searchindex._FTS_DDL), but
 # those an older Quaero made fold case by the tokenizer's own, older tables, so only the
 # trigrams both surely hold as str.lower has them are asked of them (``_fts_query``).
 # PostgreSQL: ``lower(message COLLATE "und-x-icu")`` is the same mapping whatever the
@@ -27,7 +27,7 @@ from .storage import ICU_ROOT, BLOCK, attr_table, attr_token, generation_table, 
 # page's end. On both, the lines after the index's mark are scanned too.
 TRIGRAM = 3
 MAX_Q = 200
-# a block's ids are its number * BLOCK + 0 .. BLOCK - 1 (storage.index_behind)
+# a block's ids are its number * BLOCK + 0 .. BLOCK - 1 (searchindex.index_behind)
 _OFFSETS = "(SELECT column1 AS n FROM (VALUES " + ", ".join(f"({i})" for i in range(BLOCK)) + "))"
 
 
@@ -240,7 +240,7 @@ def attr_condition(key, wanted, dialect, gens=()):
     """``attr.KEY=wanted``. PostgreSQL: containment of one of the values it may stand for
     (the text, the number it spells, the boolean), which the GIN index of migration 0014
     answers and which is ``value_matches`` exactly. SQLite: the lines of the blocks whose
-    attribute tokens hold one of its texts (``storage.attr_token``), and every line not
+    attribute tokens hold one of its texts (``searchindex.attr_token``), and every line not
     indexed yet, each tested exactly."""
     if dialect == "postgresql":
         col = sa.type_coerce(log_t.c.attributes, JSONB)

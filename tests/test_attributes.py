@@ -18,7 +18,7 @@ def c(any_app):
 def index_everything(app):
     """SQLite: put every line into the search index (the writer does it when idle)."""
     from quaero.models import db
-    from quaero.storage import index_behind
+    from quaero.searchindex import index_behind
     with app.app_context():
         engine = db.engine
     if engine.dialect.name != "sqlite":

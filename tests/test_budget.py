@@ -109,7 +109,7 @@ def test_the_budget_measures_the_database(any_app):
     assert 0 <= need - (used - int(used // 2 * 0.9)) < used / 2 and "QUAERO_MAX_DB_BYTES" in why
     _job(c, "big", 2000, "completed", timedelta(days=2), any_app)
     # room for half of what the job added: SQLite's search index keeps the documents of
-    # removed lines until their whole generation goes (storage.clear_generations), and
+    # removed lines until their whole generation goes (searchindex.clear_generations), and
     # whether the writer indexed the 2000 lines before the prune is its own timing (a
     # .ci/run under load saw a budget of ``used`` missed by them: "short")
     with engine.connect() as conn:

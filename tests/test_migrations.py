@@ -214,7 +214,8 @@ def test_a_downgrade_past_0021_leaves_no_case_sensitive_search_table(tmp_path):
     indexes their lines again (its mark goes back before their first id)."""
     from alembic import command
     from quaero.migrate import alembic_config
-    from quaero.storage import GENERATION, index_behind, write_lines
+    from quaero.searchindex import GENERATION, index_behind
+    from quaero.storage import write_lines
     from datetime import datetime
     engine = sa.create_engine(f"sqlite:///{tmp_path}/d.db")
     init_db(engine)

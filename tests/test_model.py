@@ -925,7 +925,7 @@ class QuaeroModel(RuleBasedStateMachine):
         if SKIP & {"seal"} or self.engine.dialect.name != "postgresql":
             return
         from quaero.sealing import seal_job
-        from quaero.storage import index_behind
+        from quaero.searchindex import index_behind
         job = self.pick(self.live_jobs(), i)
         if job is None:
             return

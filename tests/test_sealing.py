@@ -58,7 +58,7 @@ def _finish(c, ids):
 
 
 def _index(app):
-    from quaero.storage import index_behind
+    from quaero.searchindex import index_behind
     last = None
     with app.app_context():
         while True:

@@ -220,13 +220,14 @@ def test_stream_with_q_sends_only_matches_in_backfill_and_live(api):
 
 def test_the_index_behind_the_writer(any_app):
     """Lines the index has not reached are found by the scan after the mark; the idle
-    writer then indexes every whole block of 64 ids (storage.BLOCK), and the index alone
+    writer then indexes every whole block of 64 ids (searchindex.BLOCK), and the index alone
     finds them. Deleted lines are never found; the documents of lines none of which is
     left go with the pruner's clear_generations (SQLite: a whole generation once none of
     its lines is left; PostgreSQL: every block before the oldest line)."""
     from datetime import datetime
 
-    from quaero.storage import BLOCK, clear_generations, generations, index_behind, write_lines
+    from quaero.searchindex import BLOCK, clear_generations, generations, index_behind
+    from quaero.storage import write_lines
     app = any_app
     c = app.test_client()
     engine = app.extensions["quaero"].engine
@@ -362,7 +363,7 @@ def test_q_folds_case_in_a_table_an_older_quaero_made(app, documents):
     own tables. After the upgrade it gets lowered documents ("lowered"); before, it got
     the messages as sent ("as sent", rewritten here as the older indexer wrote them).
     Either way every folding case finds what the rule says."""
-    from quaero.storage import BLOCK
+    from quaero.searchindex import BLOCK
     engine = app.extensions["quaero"].engine
     with engine.begin() as conn:  # (generation 0, before anything is indexed)
         conn.exec_driver_sql("CREATE VIRTUAL TABLE log_fts_0 USING fts5(message, content='', "
@@ -413,7 +414,7 @@ def wait_indexed(app, last_id, timeout=10):
     block), so that a search goes through the index, not the scan after it."""
     import time
 
-    from quaero.storage import BLOCK
+    from quaero.searchindex import BLOCK
     engine = app.extensions["quaero"].engine
     if engine.dialect.name != "sqlite":
         return
@@ -484,7 +485,8 @@ def test_every_way_to_a_page_gives_the_rule(any_app, monkeypatch, cap):
     from quaero.histogram import log_histogram
     from quaero.models import LEVELS
     from quaero.queries import count_matches, select_lines
-    from quaero.storage import index_behind, write_lines
+    from quaero.searchindex import index_behind
+    from quaero.storage import write_lines
     if cap == "scanned":
         monkeypatch.setattr(textsearch, "PG_IDS", 0)
     c = any_app.test_client()

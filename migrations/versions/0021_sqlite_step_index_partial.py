@@ -13,7 +13,7 @@ its bytes. PostgreSQL's step index is ``ix_log_step_key`` (0019), unchanged.
 A large database rebuilds the index once, at the first start after the upgrade.
 
 The same release makes the search index's new generation tables case-sensitive, with
-documents lowered as searches fold them (``storage._FTS_DDL``; no migration: a table
+documents lowered as searches fold them (``searchindex._FTS_DDL``; no migration: a table
 made before folds case itself and takes lowered documents as well). An older release
 would write its documents as sent into such a table and miss their upper-case lines, so
 the downgrade drops those tables, with their attribute tables, and sets the index's mark
@@ -21,7 +21,7 @@ back to before their first id: the older release indexes those lines again.
 """
 from alembic import op
 
-GENERATION = 1 << 20  # storage.GENERATION: the ids of a search index table
+GENERATION = 1 << 20  # searchindex.GENERATION: the ids of a search index table
 
 revision = '0021_sqlite_step_index_partial'
 down_revision = '0020_pg_sealed_blocks'
