@@ -147,6 +147,7 @@ def _sqlite_plain_binds():
 
 
 SQLITE_SLICE = 0.02  # seconds a SQLite read may hold the worker before others get a turn
+SQLITE_PROGRESS_OPS = 10000  # virtual machine steps between two looks at the time
 
 
 def _yield_during_reads(dbapi_conn, record):
@@ -164,7 +165,8 @@ def _yield_during_reads(dbapi_conn, record):
 
     def progress():
         now = time.monotonic()
-        if now - last[0] >= SQLITE_SLICE and not dbapi_conn.in_transaction:
+        if (now - last[0] >= SQLITE_SLICE and not dbapi_conn.in_transaction
+                and id(dbapi_conn) not in _COMMITTING):
             try:
                 gevent.sleep(0.0001)  # a timer, so that the loop polls sockets too
             except BaseException as exc:
@@ -173,7 +175,27 @@ def _yield_during_reads(dbapi_conn, record):
             last[0] = time.monotonic()
         return 0
 
-    dbapi_conn.set_progress_handler(progress, 10000)
+    dbapi_conn.set_progress_handler(progress, SQLITE_PROGRESS_OPS)
+
+
+_COMMITTING = set()  # ids of the SQLite connections in COMMIT (one thread per worker)
+
+
+def _commit_whole(do_commit):
+    """The dialect's ``do_commit``, with the connection marked while it commits. SQLite
+    leaves its transaction when COMMIT starts, and still holds the write lock through
+    it: a commit that flushes the search index's pending terms runs statements of its
+    own there, and the progress handler yielded in them. A greenlet that wrote meanwhile
+    (the runner's heartbeat) waited SQLite's busy timeout in C, holding the worker:
+    10 s in which every batch was answered 503."""
+    def commit(dbapi_conn):  # (SQLAlchemy's proxy of the pooled connection)
+        key = id(getattr(dbapi_conn, "driver_connection", dbapi_conn))
+        _COMMITTING.add(key)
+        try:
+            do_commit(dbapi_conn)
+        finally:
+            _COMMITTING.discard(key)
+    return commit
 
 
 def _reraise_interrupt(context):
@@ -235,6 +257,7 @@ def create_app(config=None):
         _sqlite_plain_binds()
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "handle_error", _reraise_interrupt)
+        engine.dialect.do_commit = _commit_whole(engine.dialect.do_commit)
     else:
         engine.dialect.do_ping = _ping
     init_db(engine)  # Flask-Migrate's `flask --app wsgi db ...`: quaero/wsgi.py adds it

@@ -444,6 +444,50 @@ def test_a_long_sqlite_read_lets_other_greenlets_run(app, client):
         t.join()
 
 
+def test_a_sqlite_commit_never_lets_other_greenlets_write(app, monkeypatch):
+    """SQLite holds the write lock through COMMIT, and a commit that flushes the search
+    index's pending terms runs statements of its own, with the connection already out
+    of its transaction: the progress handler must not yield there. It did, and a
+    greenlet that wrote meanwhile (the runner's heartbeat) waited SQLite's busy timeout
+    in C, holding the worker: 10 s in which every batch was answered 503 (three runs of
+    about twenty of bench/ingest.py)."""
+    import quaero
+    from quaero.searchindex import make_generation
+    monkeypatch.setattr(quaero, "SQLITE_SLICE", 0.0)   # yield whenever the handler may,
+    monkeypatch.setattr(quaero, "SQLITE_PROGRESS_OPS", 50)  # which is often
+    engine = app.extensions["quaero"].engine
+    engine.dispose()  # (connections made from here on)
+    ticks, stop = [0], []
+
+    def ticker():
+        while not stop:
+            gevent.sleep(0)
+            ticks[0] += 1
+
+    committing = []
+    real = engine.dialect.do_commit
+
+    def do_commit(dbapi_conn):
+        before = ticks[0]
+        real(dbapi_conn)
+        committing.append(ticks[0] - before)
+    monkeypatch.setattr(engine.dialect, "do_commit", do_commit)
+    t = gevent.spawn(ticker)
+    gevent.sleep(0)
+    try:
+        with engine.begin() as conn:
+            cur = conn.connection.driver_connection.cursor()
+            conn.exec_driver_sql("UPDATE line_counters SET value = value WHERE key = '__id__'")
+            make_generation(cur, 7)
+            cur.executemany("INSERT INTO log_fts_7(rowid, message) VALUES (?, ?)",
+                            [(b, " ".join(f"word{b}x{i} token{i * b}" for i in range(40)))
+                             for b in range(3000)])
+    finally:
+        stop.append(1)
+        t.join()
+    assert committing and committing[-1] == 0, f"other greenlets ran {committing} times in COMMIT"
+
+
 # --- producers resend with the batch's key --------------------------------------------------
 
 def test_the_sender_resends_a_batch_with_its_one_key():
