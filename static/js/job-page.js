@@ -49,6 +49,7 @@
       levels: LEVELS,
       autoScroll: true,
       paused: false,
+      moves: 0,           // the reader's jumps (a match, top, bottom): the last one wins
       showTimestamps: true,
       ended: false,
       lineCount: 0,
@@ -289,8 +290,10 @@
         if (this.collapsed[key]) this.collapsed[key] = false;
         folder.reveal(rec);
         this.paused = true;
+        var move = ++this.moves;
         return new Promise(function (resolve) {
           self.$nextTick(function () {
+            if (move !== self.moves) return resolve(rec);  // a later jump ("g") came first
             rec.el.scrollIntoView({ block: "center" });
             // scrolling up is a pause; the scroll event says so
             self.paused = !atBottom(self.$refs.scroller);

@@ -96,8 +96,8 @@
         var box = this.$refs.scroller;
         if (action === "next") this.nextMatch();
         else if (action === "prev") this.prevMatch();
-        else if (action === "top") { this.paused = true; box.scrollTop = 0; }
-        else if (action === "bottom") { this.autoScroll = true; this.jumpToLatest(); }
+        else if (action === "top") { this.moves++; this.paused = true; box.scrollTop = 0; }
+        else if (action === "bottom") { this.moves++; this.autoScroll = true; this.jumpToLatest(); }
         else if (action === "follow") { this.autoScroll = !this.autoScroll; this.toggleAutoScroll(); }
       }
     });
