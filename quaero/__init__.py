@@ -166,7 +166,7 @@ def _yield_during_reads(dbapi_conn, record):
     def progress():
         now = time.monotonic()
         if (now - last[0] >= SQLITE_SLICE and not dbapi_conn.in_transaction
-                and id(dbapi_conn) not in _COMMITTING):
+                and not record.info.get("committing")):
             try:
                 gevent.sleep(0.0001)  # a timer, so that the loop polls sockets too
             except BaseException as exc:
@@ -178,23 +178,20 @@ def _yield_during_reads(dbapi_conn, record):
     dbapi_conn.set_progress_handler(progress, SQLITE_PROGRESS_OPS)
 
 
-_COMMITTING = set()  # ids of the SQLite connections in COMMIT (one thread per worker)
-
-
 def _commit_whole(do_commit):
-    """The dialect's ``do_commit``, with the connection marked while it commits. SQLite
-    leaves its transaction when COMMIT starts, and still holds the write lock through
-    it: a commit that flushes the search index's pending terms runs statements of its
-    own there, and the progress handler yielded in them. A greenlet that wrote meanwhile
-    (the runner's heartbeat) waited SQLite's busy timeout in C, holding the worker:
-    10 s in which every batch was answered 503."""
+    """The dialect's ``do_commit``, with the connection marked (in its pool record's
+    ``info``, as ``interrupted_by``) while it commits. SQLite leaves its transaction when
+    COMMIT starts, and still holds the write lock through it: a commit that flushes the
+    search index's pending terms runs statements of its own there, and the progress
+    handler yielded in them. A greenlet that wrote meanwhile (the runner's heartbeat)
+    waited SQLite's busy timeout in C, holding the worker: 10 s in which every batch was
+    answered 503."""
     def commit(dbapi_conn):  # (SQLAlchemy's proxy of the pooled connection)
-        key = id(getattr(dbapi_conn, "driver_connection", dbapi_conn))
-        _COMMITTING.add(key)
+        dbapi_conn.info["committing"] = True
         try:
             do_commit(dbapi_conn)
         finally:
-            _COMMITTING.discard(key)
+            dbapi_conn.info["committing"] = False
     return commit
 
 
