@@ -89,20 +89,21 @@ def _from_lines(conn, f, buckets, until):
     pg = conn.dialect.name == "postgresql"
     m = sa.select(t.c.timestamp.label("ts"), t.c.level).where(
         *line_conditions(f, conn, index, t)).cte("m")
+    # (two values' least and greatest: SQLite's min and max of two arguments)
+    least, greatest = (sa.func.least, sa.func.greatest) if pg else (sa.func.min, sa.func.max)
     first, last = sa.func.min(m.c.ts), sa.func.max(m.c.ts)
     if pg:
         if until is not None:
-            last = sa.func.greatest(last, until)
+            last = greatest(last, until)
         t0 = sa.func.date_trunc("milliseconds", first)
         span = sa.cast(sa.func.floor(sa.extract("epoch", last - t0) * 1000), sa.BigInteger)
     else:  # (milliseconds: models.EpochMillis)
         first, last = sa.type_coerce(first, sa.BigInteger), sa.type_coerce(last, sa.BigInteger)
         if until is not None:
-            last = sa.func.max(last, to_millis(until))
+            last = greatest(last, to_millis(until))
         t0, span = first, last - first
     plan = sa.select(t0.label("t0"), (span + 1).label("units")).cte("plan")
-    n = sa.func.min if not pg else sa.func.least
-    n = n(plan.c.units, buckets)
+    n = least(plan.c.units, buckets)
     width = (plan.c.units + n - 1) // n
     plan = sa.select(plan.c.t0, width.label("width"), n.label("n")).cte("widths")
     if pg:  # (the bucket's start: integer arithmetic, where the offset's epoch was numeric)

@@ -156,7 +156,9 @@ blocks_t = sa.table(
     sa.column("timestamps", ARRAY(sa.DateTime)), sa.column("line_numbers", ARRAY(sa.Integer)),
     sa.column("sources", _TEXTS))
 _b = blocks_t.c
-# a block's arrays, by the column of log_entries each holds, with the column's type
+# a block's arrays, by the column of log_entries each holds, with that column's type (the
+# types of both parts of the union must be the same: PostgreSQL pushes a condition on it
+# into each of its parts only then)
 _ARRAYS = {"id": (_b.ids, sa.BigInteger), "step_name": (_b.step_names, sa.String(200)),
            "level": (_b.levels, sa.SmallInteger), "message": (_b.messages, sa.Text),
            "timestamp": (_b.timestamps, sa.DateTime),
@@ -166,24 +168,15 @@ _NEVER = {"attributes": JSONB, "trace_id": sa.LargeBinary, "span_id": sa.LargeBi
 
 @functools.lru_cache(maxsize=None)
 def _block_lines(columns):
-    """A block's lines as rows of log_entries, ``(select, u)``: the same columns, of the
-    same types (PostgreSQL pushes a condition on the union into each of its parts only
-    then), unpacked from the arrays of ``columns`` (with ``id``) and null in the others
-    (each array unpacked is one more decompressed: a read of times and levels unpacked
-    7 of them)."""
-    names = ["id"] + [c for c in _ARRAYS if c != "id" and c in columns]
+    """A block's lines as rows of log_entries, ``(select, u)``, unpacked from the arrays of
+    ``columns`` (with ``id``) and null in the others (each array unpacked is one more
+    decompressed: a read of times and levels unpacked 7 of them)."""
+    names = [c for c in _ARRAYS if c == "id" or c in columns]
     u = sa.func.unnest(*[_ARRAYS[c][0] for c in names]).table_valued(
-        *[sa.column(c, _ARRAYS[c][1] if c != "step_name" and c != "source" else sa.Text)
-          for c in names]).render_derived(name="u")
-    out = []
-    for c in log_t.c:
-        if c.name == "job_seq":
-            out.append(_b.job_seq)
-        elif c.name in names:
-            out.append(sa.cast(u.c[c.name], c.type) if c.name in ("step_name", "source")
-                       else u.c[c.name])
-        else:
-            out.append(sa.cast(sa.null(), _NEVER.get(c.name) or _ARRAYS[c.name][1]))
+        *[sa.column(c, _ARRAYS[c][0].type.item_type) for c in names]).render_derived(name="u")
+    out = [_b.job_seq if c.name == "job_seq"
+           else sa.cast(u.c[c.name] if c.name in names else sa.null(), _ARRAYS[c.name][1])
+           if c.name in _ARRAYS else sa.cast(sa.null(), _NEVER[c.name]) for c in log_t.c]
     return sa.select(*out).select_from(blocks_t).join(u, sa.true()), u
 
 
